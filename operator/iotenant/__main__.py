@@ -1,0 +1,3 @@
+from iotenant.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""The one command-line entry point: ``iotenant <command> ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from iotenant import __version__
+from iotenant.devcluster import command as devcluster_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iotenant",
+        description="iotenant: a private, licensed IoT stack for every customer, run by a Kubernetes operator.",
+    )
+    parser.add_argument("--version", action="version", version=f"iotenant {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    devcluster_command.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except devcluster_command.UserFacingError as error:
+        print(f"iotenant: {error}", file=sys.stderr)
+        return 1

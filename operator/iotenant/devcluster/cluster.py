@@ -1,0 +1,260 @@
+"""A local Kubernetes control plane on loopback, orchestrated by kwokctl from locally built binaries.
+
+kwokctl (the kwok project's cluster tool) generates the PKI and kubeconfig, starts etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller as processes,
+records their process ids and stops them by those ids. kwok makes fake nodes Ready and moves
+the pods scheduled on them to Running/Ready, so Deployments and StatefulSets report status as in
+a real cluster. Nothing is downloaded: every binary comes from ``binaries.ensure_binaries``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from iotenant.devcluster.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
+
+DEFAULT_NAME = "iotenant"
+FAKE_NODE_COUNT = 2
+
+# Only writes are recorded: enough to count what a controller changes, small enough to keep.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """Where one named local cluster keeps its state."""
+
+    name: str
+
+    @property
+    def workdir(self) -> Path:
+        return cache_dir() / "kwok"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "clusters" / self.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return cache_dir() / "clusters" / self.name / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "logs" / "audit.log"
+
+    def pid_files(self) -> list[Path]:
+        return sorted((self.state_dir / "pids").glob("*.pid"))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _kwokctl(binaries: Binaries, cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KWOK_WORKDIR=str(cluster.workdir))
+    result = subprocess.run(
+        [str(binaries.path("kwokctl")), "--name", cluster.name, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"kwokctl {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def kubectl(binaries: Binaries, kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the pinned kubectl against ``kubeconfig``."""
+    result = subprocess.run(
+        [str(binaries.path("kubectl")), "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_pids(cluster: LocalCluster) -> dict[str, int]:
+    """The cluster's components whose recorded process is still alive."""
+    alive: dict[str, int] = {}
+    for pid_file in cluster.pid_files():
+        try:
+            pid = int(pid_file.read_text().strip())
+        except ValueError:
+            continue
+        if _process_alive(pid):
+            alive[pid_file.stem] = pid
+    return alive
+
+
+def is_ready(binaries: Binaries, cluster: LocalCluster) -> bool:
+    if not cluster.kubeconfig.is_file():
+        return False
+    probe = kubectl(binaries, cluster.kubeconfig, "get", "--raw", "/readyz", "--request-timeout=2s", check=False)
+    return probe.returncode == 0 and probe.stdout.strip() == "ok"
+
+
+def wait_ready(binaries: Binaries, cluster: LocalCluster, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_ready(binaries, cluster):
+            return
+        time.sleep(0.25)
+    log = cluster.state_dir / "logs" / "kube-apiserver.log"
+    tail = log.read_text(errors="replace")[-3000:] if log.is_file() else "(no apiserver log)"
+    raise RuntimeError(f"the local apiserver did not become ready within {timeout:.0f} s; its log ends:\n{tail}")
+
+
+def _create(binaries: Binaries, cluster: LocalCluster) -> None:
+    cluster.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    cluster.workdir.mkdir(parents=True, exist_ok=True)
+    policy = cluster.kubeconfig.parent / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    etcd_port, etcd_peer_port, kwok_port = _free_port(), _free_port(), _free_port()
+    loopback = "127.0.0.1"
+    extra_args = {
+        "etcd": {
+            "unsafe-no-fsync": "true",
+            "listen-client-urls": f"http://{loopback}:{etcd_port}",
+            "advertise-client-urls": f"http://{loopback}:{etcd_port}",
+            "listen-peer-urls": f"http://{loopback}:{etcd_peer_port}",
+            "initial-advertise-peer-urls": f"http://{loopback}:{etcd_peer_port}",
+            "initial-cluster": f"node0=http://{loopback}:{etcd_peer_port}",
+        },
+        "kube-apiserver": {"bind-address": loopback},
+        "kube-controller-manager": {"bind-address": loopback},
+        "kube-scheduler": {"bind-address": loopback},
+        "kwok-controller": {"server-address": f"{loopback}:{kwok_port}"},
+    }
+    args = [
+        "create", "cluster",
+        "--runtime", "binary",
+        "--kubeconfig", str(cluster.kubeconfig),
+        "--etcd-port", str(etcd_port),
+        "--controller-port", str(kwok_port),
+        "--etcd-binary", str(binaries.path("etcd")),
+        "--kube-apiserver-binary", str(binaries.path("kube-apiserver")),
+        "--kube-controller-manager-binary", str(binaries.path("kube-controller-manager")),
+        "--kube-scheduler-binary", str(binaries.path("kube-scheduler")),
+        "--kwok-controller-binary", str(binaries.path("kwok")),
+        "--kube-audit-policy", str(policy),
+        "--wait", "60s",
+    ]
+    for component, flags in extra_args.items():
+        for key, value in flags.items():
+            args += ["--extra-args", f"{component}={key}={value}"]
+    _kwokctl(binaries, cluster, *args)
+
+
+def fake_nodes_manifest(count: int) -> str:
+    """Nodes that kwok keeps Ready; roomy enough for many customer namespaces."""
+    nodes = []
+    for index in range(1, count + 1):
+        name = f"kwok-node-{index}"
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {
+                        "kubernetes.io/arch": "amd64",
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/hostname": name,
+                        "type": "kwok",
+                    },
+                },
+                "spec": {},
+                "status": {
+                    "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "1Ti"},
+                    "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "1Ti"},
+                },
+            }
+        )
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
+
+
+def _ensure_nodes(binaries: Binaries, cluster: LocalCluster, count: int) -> None:
+    kubectl(binaries, cluster.kubeconfig, "apply", "-f", "-", stdin=fake_nodes_manifest(count))
+    kubectl(binaries, cluster.kubeconfig, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+
+
+def up(name: str = DEFAULT_NAME, nodes: int = FAKE_NODE_COUNT) -> Path:
+    """Start (or reuse) the named local cluster and return its kubeconfig path."""
+    binaries = ensure_binaries()
+    cluster = LocalCluster(name)
+    if cluster.state_dir.is_dir() and is_ready(binaries, cluster):
+        _ensure_nodes(binaries, cluster, nodes)
+        return cluster.kubeconfig
+    if cluster.state_dir.is_dir() and cluster.kubeconfig.is_file():
+        _kwokctl(binaries, cluster, "start", "cluster", "--wait", "60s")
+    else:
+        if cluster.state_dir.is_dir():
+            _kwokctl(binaries, cluster, "delete", "cluster", check=False)
+        _create(binaries, cluster)
+    wait_ready(binaries, cluster)
+    _ensure_nodes(binaries, cluster, nodes)
+    return cluster.kubeconfig
+
+
+def down(name: str = DEFAULT_NAME, keep_data: bool = False) -> list[str]:
+    """Stop the processes that ``up`` started (by their recorded ids); delete the state unless asked to keep it."""
+    cluster = LocalCluster(name)
+    if not cluster.state_dir.is_dir():
+        return []
+    binaries = ensure_binaries()
+    stopped = sorted(running_pids(cluster))
+    _kwokctl(binaries, cluster, "stop" if keep_data else "delete", "cluster")
+    deadline = time.monotonic() + 15
+    while running_pids(cluster) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = running_pids(cluster)
+    if survivors:
+        raise RuntimeError(f"components still running after stop: {survivors}")
+    if not keep_data:
+        shutil.rmtree(cluster.kubeconfig.parent, ignore_errors=True)
+        shutil.rmtree(cluster.state_dir, ignore_errors=True)
+    return stopped
+
+
+def status(name: str = DEFAULT_NAME) -> dict[str, object]:
+    cluster = LocalCluster(name)
+    return {
+        "name": name,
+        "kubeconfig": str(cluster.kubeconfig),
+        "exists": cluster.state_dir.is_dir(),
+        "running": running_pids(cluster),
+    }
+
+
+__all__ = ["LocalCluster", "MissingPart", "up", "down", "status", "kubectl", "DEFAULT_NAME"]
