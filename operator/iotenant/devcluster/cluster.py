@@ -21,6 +21,15 @@ from pathlib import Path
 from iotenant.devcluster.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
 
 DEFAULT_NAME = "iotenant"
+SERVICE_RANGE = "10.96.0.0/16"
+STORAGE_CLASS = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+    "provisioner": "kubernetes.io/host-path",
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "Immediate",
+}
 FAKE_NODE_COUNT = 2
 
 # Only writes are recorded: enough to count what a controller changes, small enough to keep.
@@ -150,8 +159,13 @@ def _create(binaries: Binaries, cluster: LocalCluster) -> None:
             "initial-advertise-peer-urls": f"http://{loopback}:{etcd_peer_port}",
             "initial-cluster": f"node0=http://{loopback}:{etcd_peer_port}",
         },
-        "kube-apiserver": {"bind-address": loopback},
-        "kube-controller-manager": {"bind-address": loopback},
+        "kube-apiserver": {"bind-address": loopback, "service-cluster-ip-range": SERVICE_RANGE},
+        # The in-tree hostPath provisioner binds PersistentVolumeClaims (kwok runs no real volumes).
+        "kube-controller-manager": {
+            "bind-address": loopback,
+            "enable-hostpath-provisioner": "true",
+            "service-cluster-ip-range": SERVICE_RANGE,
+        },
         "kube-scheduler": {"bind-address": loopback},
         "kwok-controller": {"server-address": f"{loopback}:{kwok_port}"},
     }
@@ -169,10 +183,22 @@ def _create(binaries: Binaries, cluster: LocalCluster) -> None:
         "--kube-audit-policy", str(policy),
         "--wait", "60s",
     ]
-    for component, flags in extra_args.items():
-        for key, value in flags.items():
-            args += ["--extra-args", f"{component}={key}={value}"]
+    # Extra flags go through a configuration file: kwokctl 0.8's --extra-args mixes up components.
+    configuration = cluster.kubeconfig.parent / "kwokctl.yaml"
+    configuration.write_text(json.dumps(_kwokctl_configuration(extra_args)))
+    args = ["--config", str(configuration), *args]
     _kwokctl(binaries, cluster, *args)
+
+
+def _kwokctl_configuration(extra_args: dict[str, dict[str, str]]) -> dict[str, object]:
+    return {
+        "kind": "KwokctlConfiguration",
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "componentsPatches": [
+            {"name": component, "extraArgs": [{"key": key, "value": value} for key, value in flags.items()]}
+            for component, flags in extra_args.items()
+        ],
+    }
 
 
 def fake_nodes_manifest(count: int) -> str:
@@ -206,6 +232,7 @@ def fake_nodes_manifest(count: int) -> str:
 
 def _ensure_nodes(binaries: Binaries, cluster: LocalCluster, count: int) -> None:
     kubectl(binaries, cluster.kubeconfig, "apply", "-f", "-", stdin=fake_nodes_manifest(count))
+    kubectl(binaries, cluster.kubeconfig, "apply", "-f", "-", stdin=json.dumps(STORAGE_CLASS))
     kubectl(binaries, cluster.kubeconfig, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
 
 

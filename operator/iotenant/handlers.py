@@ -1,0 +1,278 @@
+"""Kopf glue: one reconcile loop per CustomerInstance, woken by changes and by a resync timer.
+
+Handlers stay thin: they decide *when* to reconcile; ``customer_instance`` decides *what*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+from prometheus_client import Counter, Gauge, Histogram
+
+from iotenant import signing_keys
+from iotenant.cluster_api import ClusterAPI, kind_of
+from iotenant.customer_instance import CustomerInstanceReconciler
+from iotenant.plans import load_catalogue
+from iotenant.render.meta import CUSTOMER, PART_OF
+from iotenant.render.monitoring import SERVICE_MONITOR_CRD
+from iotenant.settings import OperatorSettings
+
+log = logging.getLogger("iotenant.operator")
+GROUP, VERSION = "iotenant.io", "v1alpha1"
+CRD = kind_of("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+CONFIG_MAP = kind_of("v1", "ConfigMap")
+
+RECONCILES = Counter("iotenant_operator_reconciles_total", "Reconciles of CustomerInstances by outcome", ["result"])
+RECONCILE_SECONDS = Histogram(
+    "iotenant_operator_reconcile_seconds", "Time of one CustomerInstance reconcile",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+OBJECTS_APPLIED = Counter("iotenant_operator_objects_applied_total", "Objects applied (server-side) because they differed")
+OBJECTS_PRUNED = Counter("iotenant_operator_objects_pruned_total", "Stale objects deleted")
+INSTANCES_BY_PHASE = Gauge("iotenant_operator_instances", "CustomerInstances by phase", ["phase"])
+SIGNING_KEYS = Gauge("iotenant_operator_signing_keys", "Licence signing keys in the key ring")
+
+
+@dataclass
+class OperatorState:
+    """Shared by every handler of one operator process (Kopf's memo)."""
+
+    settings: OperatorSettings
+    api: ClusterAPI
+    reconciler: CustomerInstanceReconciler | None = None
+    keyring: signing_keys.KeyRing | None = None
+    keyring_version: str = ""
+    monitor_crd: bool = False
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    seen: dict[str, tuple[int, str]] = field(default_factory=dict)
+    phases: dict[str, str] = field(default_factory=dict)
+    kids: dict[str, str | None] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def wake(self, uid: str | None = None) -> None:
+        targets = [self.wakeups[uid]] if uid in self.wakeups else [] if uid else list(self.wakeups.values())
+        for event in targets:
+            event.set()
+
+
+STATE: OperatorState | None = None
+
+
+def configure(settings: OperatorSettings, api: ClusterAPI) -> None:
+    global STATE
+    STATE = OperatorState(settings=settings, api=api)
+
+
+def state() -> OperatorState:
+    if STATE is None:
+        raise RuntimeError("the operator was not configured")
+    return STATE
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    s = state()
+    settings.persistence.finalizer = "iotenant.io/cleanup"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="iotenant.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="iotenant.io", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+    catalogue = load_catalogue(s.settings.plan_catalogue)
+    trusted: dict[str, Any] = {"keys": []}
+    if s.settings.trusted_issuers_jwks:
+        trusted = json.loads(Path(s.settings.trusted_issuers_jwks).read_text())
+    ring = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace)
+    s.keyring = ring
+    found = await asyncio.to_thread(signing_keys.read, s.api, s.settings.namespace)
+    s.keyring_version = found[1] if found else ""
+    s.monitor_crd = await asyncio.to_thread(s.api.get, CRD, SERVICE_MONITOR_CRD) is not None
+    s.reconciler = CustomerInstanceReconciler(
+        api=s.api,
+        settings=s.settings,
+        catalogue=catalogue,
+        keyring=lambda: s.keyring,  # type: ignore[arg-type, return-value]
+        trusted_issuers_jwks=trusted,
+        service_monitor_crd_present=lambda: s.monitor_crd,
+    )
+    await asyncio.to_thread(_publish_jwks, s)
+    s.tasks.append(asyncio.create_task(_maintain_keyring(s)))
+    log.info("iotenant operator started: namespace %s, active signing key %s", s.settings.namespace, ring.active_kid)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    for task in state().tasks:
+        task.cancel()
+
+
+def _publish_jwks(s: OperatorState) -> None:
+    assert s.keyring is not None
+    manifest = signing_keys.jwks_config_map(s.settings.namespace, s.keyring.public_jwks())
+    live = s.api.get(CONFIG_MAP, signing_keys.JWKS_CONFIG_MAP, s.settings.namespace)
+    if live is None or live.get("data") != manifest["data"]:
+        s.api.apply(manifest)
+    SIGNING_KEYS.set(len(s.keyring.keys))
+
+
+def _refresh_keyring(s: OperatorState) -> bool:
+    """Re-read the key ring; retire keys no licence uses. True when the ring changed."""
+    found = signing_keys.read(s.api, s.settings.namespace)
+    if found is None:
+        return False
+    ring, version = found
+    changed = version != s.keyring_version
+    s.keyring, s.keyring_version = ring, version
+    in_use = {kid for kid in s.kids.values() if kid}
+    reported_all = all(uid in s.kids for uid in s.wakeups)
+    if reported_all and set(ring.keys) - in_use - {ring.active_kid}:
+        retired = ring.retired(in_use)
+        try:
+            signing_keys.replace(s.api, s.settings.namespace, retired, version)
+        except Exception as error:  # a concurrent rotation wins; we retire on the next pass
+            log.info("key retirement deferred: %s", error)
+            return changed
+        log.info("retired signing keys %s", sorted(set(ring.keys) - set(retired.keys)))
+        refreshed = signing_keys.read(s.api, s.settings.namespace)
+        if refreshed:
+            s.keyring, s.keyring_version = refreshed
+        changed = True
+    if changed:
+        _publish_jwks(s)
+    return changed
+
+
+async def _maintain_keyring(s: OperatorState) -> None:
+    interval = max(1.0, min(10.0, s.settings.resync_seconds / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await asyncio.to_thread(_refresh_keyring, s):
+                s.wake()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("key ring maintenance failed; retrying")
+
+
+@kopf.daemon(GROUP, VERSION, "customerinstances", cancellation_timeout=10.0)
+async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Reconcile now, then whenever woken (spec, annotations, children, CRDs, keys) or at every resync."""
+    s = state()
+    uid = body["metadata"]["uid"]
+    wakeup = s.wakeups.setdefault(uid, asyncio.Event())
+    backoff = 1.0
+    try:
+        while not stopped:
+            wakeup.clear()
+            snapshot = json.loads(json.dumps(dict(body)))
+            started = time.monotonic()
+            assert s.reconciler is not None
+            try:
+                outcome = await asyncio.to_thread(s.reconciler.reconcile, snapshot)
+            except Exception as error:
+                RECONCILES.labels("error").inc()
+                log.exception("reconcile of %s failed, retrying in %.0f s", body["metadata"]["name"], backoff)
+                await asyncio.to_thread(s.reconciler.report_failure, snapshot, error)
+                timeout = backoff
+                backoff = min(backoff * 2, s.settings.resync_seconds)
+            else:
+                RECONCILES.labels("ok").inc()
+                OBJECTS_APPLIED.inc(len(outcome.applied))
+                OBJECTS_PRUNED.inc(len(outcome.pruned))
+                s.phases[uid] = outcome.phase
+                s.kids[uid] = outcome.licence_kid
+                _count_phases(s)
+                if outcome.applied or outcome.pruned:
+                    log.info(
+                        "%s: applied %d, pruned %d objects; phase %s",
+                        body["metadata"]["name"], len(outcome.applied), len(outcome.pruned), outcome.phase,
+                    )
+                backoff = 1.0
+                timeout = 2.0 if outcome.phase == "Provisioning" and not outcome.applied else s.settings.resync_seconds
+            finally:
+                RECONCILE_SECONDS.observe(time.monotonic() - started)
+            try:
+                await asyncio.wait_for(wakeup.wait(), timeout=timeout)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        s.wakeups.pop(uid, None)
+        s.kids.pop(uid, None)
+        s.phases.pop(uid, None)
+        _count_phases(s)
+
+
+def _count_phases(s: OperatorState) -> None:
+    counts: dict[str, int] = {}
+    for phase in s.phases.values():
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase in ("Pending", "Provisioning", "Ready", "Degraded", "Suspended", "Failed", "Terminating"):
+        INSTANCES_BY_PHASE.labels(phase).set(counts.get(phase, 0))
+
+
+@kopf.on.event(GROUP, VERSION, "customerinstances")
+def customer_instance_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Wake the loop when the spec or the annotations changed (not for our own status writes)."""
+    s = state()
+    metadata = body.get("metadata", {})
+    uid = metadata.get("uid")
+    if not uid:
+        return
+    fingerprint = (int(metadata.get("generation", 0)), json.dumps(metadata.get("annotations", {}), sort_keys=True))
+    if s.seen.get(uid) != fingerprint:
+        s.seen[uid] = fingerprint
+        s.wake(uid)
+    if type == "DELETED":
+        s.seen.pop(uid, None)
+
+
+@kopf.on.delete(GROUP, VERSION, "customerinstances")
+def customer_instance_deleted(body: kopf.Body, **_: Any) -> None:
+    s = state()
+    assert s.reconciler is not None
+    s.reconciler.finalize(json.loads(json.dumps(dict(body))))
+
+
+def _wake_owner(body: kopf.Body) -> None:
+    s = state()
+    labels = body.get("metadata", {}).get("labels", {})
+    if labels.get(PART_OF) != "iotenant" or CUSTOMER not in labels:
+        return
+    for references in body.get("metadata", {}).get("ownerReferences", []):
+        if references.get("kind") == "CustomerInstance":
+            s.wake(references.get("uid"))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={PART_OF: "iotenant"})
+def deployment_changed(body: kopf.Body, **_: Any) -> None:
+    _wake_owner(body)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels={PART_OF: "iotenant"})
+def stateful_set_changed(body: kopf.Body, **_: Any) -> None:
+    _wake_owner(body)
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", field="metadata.name", value=SERVICE_MONITOR_CRD)
+def service_monitor_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    s = state()
+    present = type != "DELETED" and body.get("metadata", {}).get("deletionTimestamp") is None
+    established = any(
+        c.get("type") == "Established" and c.get("status") == "True" for c in body.get("status", {}).get("conditions", [])
+    )
+    now = present and established
+    if now != s.monitor_crd:
+        s.monitor_crd = now
+        log.info("ServiceMonitor CRD %s", "available" if now else "gone")
+        s.wake()

@@ -1,0 +1,255 @@
+"""Licences: the claims, how they are signed, and how they are verified.
+
+One module for the operator and the workloads alike. A licence is an RS256 JWT whose header
+carries ``kid`` = the RFC 7638 thumbprint of the signing key. Plan, limits, features and the
+monitoring tier are only ever read from a token whose signature, ``aud``, ``sub``, ``nbf`` and
+``exp`` were verified here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+AUDIENCE = "iotenant"
+ALGORITHM = "RS256"
+KEY_BITS = 3072
+FEATURE_NAMES = ("commands", "alerts", "export", "ota")
+MonitoringTier = Literal["shared", "dedicated"]
+
+# Reasons a licence is not valid; each becomes LicenceValid=False with that reason.
+MISSING = "LicenceMissing"
+MALFORMED = "Malformed"
+UNKNOWN_KEY = "UnknownSigningKey"
+BAD_SIGNATURE = "BadSignature"
+WRONG_AUDIENCE = "WrongAudience"
+WRONG_SUBJECT = "WrongSubject"
+NOT_YET_VALID = "NotYetValid"
+EXPIRED = "Expired"
+
+
+class LicenceInvalid(Exception):
+    """A licence that must not be trusted; ``reason`` is a CamelCase word, ``message`` says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Features:
+    commands: bool = False
+    alerts: bool = False
+    export: bool = False
+    ota: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    maxDevices: int
+    maxFleets: int
+    retentionDays: int
+    maxMessagesPerSecond: int
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    tier: MonitoringTier
+    retentionDays: int = 0
+    storageGb: int = 0
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The fixed licence claims (DESIGN §2)."""
+
+    iss: str
+    sub: str
+    iat: int
+    nbf: int
+    exp: int
+    jti: str
+    plan: str
+    features: Features
+    limits: Limits
+    monitoring: Monitoring
+    aud: str = AUDIENCE
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def validity_seconds(self) -> int:
+        return self.exp - self.nbf
+
+    def remaining_fraction(self, now: float) -> float:
+        return max(0.0, (self.exp - now) / self.validity_seconds) if self.validity_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class VerifiedLicence:
+    """A licence whose signature, audience and subject were verified; ``expired`` is reported, not hidden."""
+
+    token: str
+    claims: Claims
+    key_id: str
+    expired: bool = False
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def public_jwk(public_key: rsa.RSAPublicKey) -> dict[str, str]:
+    """The public key as a JWK with ``kid`` = its RFC 7638 thumbprint."""
+    numbers = public_key.public_numbers()
+    members = {"e": _b64url_uint(numbers.e), "kty": "RSA", "n": _b64url_uint(numbers.n)}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    kid = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+    return {**members, "kid": kid, "use": "sig", "alg": ALGORITHM}
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private RSA key that signs licences."""
+
+    private_key: rsa.RSAPrivateKey
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def generate(cls) -> "SigningKey":
+        return cls(rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS))
+
+    @classmethod
+    def from_pem(cls, pem: bytes, created_at: int | None = None) -> "SigningKey":
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("a licence signing key must be an RSA private key")
+        return cls(key, created_at if created_at is not None else int(time.time()))
+
+    def to_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @property
+    def jwk(self) -> dict[str, str]:
+        return public_jwk(self.private_key.public_key())
+
+    @property
+    def kid(self) -> str:
+        return self.jwk["kid"]
+
+
+def jwks(public_jwks: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """A JWKS document, one entry per key id, in a stable order."""
+    unique = {key["kid"]: key for key in public_jwks}
+    return {"keys": [unique[kid] for kid in sorted(unique)]}
+
+
+def sign(claims: Claims, key: SigningKey) -> str:
+    return jwt.encode(claims.to_payload(), key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "JWT"})
+
+
+def _require(payload: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = payload.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise LicenceInvalid(MALFORMED, f"claim {name!r} is missing or not of type {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _claims_from_payload(payload: dict[str, Any]) -> Claims:
+    features = _require(payload, "features", dict)
+    limits = _require(payload, "limits", dict)
+    monitoring = _require(payload, "monitoring", dict)
+    tier = _require(monitoring, "tier", str)
+    if tier not in ("shared", "dedicated"):
+        raise LicenceInvalid(MALFORMED, f"monitoring.tier must be shared or dedicated, not {tier!r}")
+    try:
+        return Claims(
+            iss=_require(payload, "iss", str),
+            sub=_require(payload, "sub", str),
+            aud=_require(payload, "aud", str),
+            iat=_require(payload, "iat", int),
+            nbf=_require(payload, "nbf", int),
+            exp=_require(payload, "exp", int),
+            jti=_require(payload, "jti", str),
+            plan=_require(payload, "plan", str),
+            features=Features(**{name: _require(features, name, bool) for name in FEATURE_NAMES}),
+            limits=Limits(**{name: _require(limits, name, int) for name in Limits.__dataclass_fields__}),
+            monitoring=Monitoring(
+                tier=tier,
+                retentionDays=int(monitoring.get("retentionDays", 0)),
+                storageGb=int(monitoring.get("storageGb", 0)),
+            ),
+        )
+    except (TypeError, ValueError) as error:
+        raise LicenceInvalid(MALFORMED, str(error)) from error
+
+
+def verify(
+    token: str,
+    trusted_jwks: dict[str, Any],
+    expected_subject: str | None,
+    now: float | None = None,
+    leeway_seconds: int = 60,
+) -> VerifiedLicence:
+    """Verify signature, ``aud``, ``sub`` and ``nbf``; report ``exp`` as ``expired`` (callers decide grace).
+
+    Raises ``LicenceInvalid`` with a specific reason for anything else.
+    """
+    if not token or not token.strip():
+        raise LicenceInvalid(MISSING, "no licence token")
+    token = token.strip()
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as error:
+        raise LicenceInvalid(MALFORMED, f"not a JWT: {error}") from error
+    if header.get("alg") != ALGORITHM:
+        raise LicenceInvalid(MALFORMED, f"algorithm {header.get('alg')!r} is not {ALGORITHM}")
+    kid = header.get("kid")
+    keys = {key.get("kid"): key for key in trusted_jwks.get("keys", [])}
+    if not isinstance(kid, str) or kid not in keys:
+        raise LicenceInvalid(UNKNOWN_KEY, f"signing key {kid!r} is not among the trusted keys")
+    public_key = jwt.PyJWK(keys[kid], algorithm=ALGORITHM).key
+    try:
+        payload = jwt.decode(
+            token,
+            public_key,
+            algorithms=[ALGORITHM],
+            options={"verify_exp": False, "verify_nbf": False, "verify_aud": False, "verify_iat": False},
+        )
+    except jwt.InvalidSignatureError as error:
+        raise LicenceInvalid(BAD_SIGNATURE, "the signature does not match the licence contents") from error
+    except jwt.PyJWTError as error:
+        raise LicenceInvalid(MALFORMED, str(error)) from error
+    claims = _claims_from_payload(payload)
+    current = time.time() if now is None else now
+    if claims.aud != AUDIENCE:
+        raise LicenceInvalid(WRONG_AUDIENCE, f"audience is {claims.aud!r}, expected {AUDIENCE!r}")
+    if expected_subject is not None and claims.sub != expected_subject:
+        raise LicenceInvalid(WRONG_SUBJECT, f"licence is for {claims.sub!r}, not for customer {expected_subject!r}")
+    if claims.nbf > current + leeway_seconds:
+        raise LicenceInvalid(NOT_YET_VALID, f"licence is valid only from {iso8601(claims.nbf)}")
+    return VerifiedLicence(token=token, claims=claims, key_id=kid, expired=claims.exp <= current - leeway_seconds)
+
+
+def require_current(licence: VerifiedLicence) -> VerifiedLicence:
+    """The licence, or ``LicenceInvalid(Expired)`` when it has expired."""
+    if licence.expired:
+        raise LicenceInvalid(EXPIRED, f"licence {licence.claims.jti} expired at {iso8601(licence.claims.exp)}")
+    return licence
+
+
+def iso8601(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

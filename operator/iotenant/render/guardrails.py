@@ -1,0 +1,163 @@
+"""The customer namespace and its guard rails: Pod Security, quota, limits and network policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotenant.plans import Quota
+from iotenant.render.inputs import StackInput
+from iotenant.render.meta import COMPONENT, Owner
+
+Manifest = dict[str, Any]
+
+POD_SECURITY_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/audit": "restricted",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+MQTT_PORTS = (1883, 8883)
+API_PORT = 8080
+METRICS_PORT = 9100
+DATABASE_PORT = 5432
+
+
+def namespace(owner: Owner) -> Manifest:
+    metadata = owner.metadata(owner.namespace, namespaced=False)
+    metadata["labels"].update(POD_SECURITY_LABELS)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+
+
+def resource_quota(owner: Owner, quota: Quota) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": owner.metadata("iotenant-quota"),
+        "spec": {
+            "hard": {
+                "requests.cpu": quota.cpu,
+                "limits.cpu": quota.limitsCpu,
+                "requests.memory": quota.memory,
+                "limits.memory": quota.limitsMemory,
+                "requests.storage": quota.storage,
+                "pods": str(quota.pods),
+                "persistentvolumeclaims": str(quota.persistentVolumeClaims),
+            }
+        },
+    }
+
+
+def limit_range(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": owner.metadata("iotenant-limits"),
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "defaultRequest": {"cpu": "50m", "memory": "64Mi"},
+                    "default": {"cpu": "500m", "memory": "256Mi"},
+                }
+            ]
+        },
+    }
+
+
+def _policy(owner: Owner, name: str, pod_selector: dict[str, str], spec: Manifest) -> Manifest:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": owner.metadata(name),
+        "spec": {"podSelector": {"matchLabels": pod_selector} if pod_selector else {}, **spec},
+    }
+
+
+def _from_namespace(name: str) -> Manifest:
+    return {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: name}}}
+
+
+def _ports(*numbers: int) -> list[Manifest]:
+    return [{"protocol": "TCP", "port": number} for number in numbers]
+
+
+def network_policies(stack: StackInput) -> list[Manifest]:
+    owner, settings = stack.owner, stack.settings
+    policies = [
+        _policy(owner, "default-deny", {}, {"policyTypes": ["Ingress", "Egress"]}),
+        _policy(
+            owner,
+            "allow-egress-dns-and-namespace",
+            {},
+            {
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [_from_namespace("kube-system")],
+                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                    },
+                    {"to": [{"podSelector": {}}]},
+                ],
+            },
+        ),
+        _policy(
+            owner,
+            "allow-mqtt-from-devices",
+            {COMPONENT: "broker"},
+            {"policyTypes": ["Ingress"], "ingress": [{"ports": _ports(*MQTT_PORTS)}]},
+        ),
+        _policy(
+            owner,
+            "allow-api-from-ingress",
+            {COMPONENT: "api"},
+            {
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [_from_namespace(settings.ingress_namespace)], "ports": _ports(API_PORT)}],
+            },
+        ),
+        _policy(
+            owner,
+            "allow-database-from-ingest-and-api",
+            {COMPONENT: "database"},
+            {
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {"podSelector": {"matchLabels": {COMPONENT: "ingest"}}},
+                            {"podSelector": {"matchLabels": {COMPONENT: "api"}}},
+                        ],
+                        "ports": _ports(DATABASE_PORT),
+                    }
+                ],
+            },
+        ),
+        _policy(
+            owner,
+            "allow-metrics-scraping",
+            {},
+            {
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            _from_namespace(settings.monitoring_namespace),
+                            {"podSelector": {"matchLabels": {COMPONENT: "monitoring"}}},
+                        ],
+                        "ports": _ports(METRICS_PORT),
+                    }
+                ],
+            },
+        ),
+    ]
+    if stack.claims is not None and stack.claims.monitoring.tier == "dedicated":
+        policies.append(
+            _policy(
+                owner,
+                "allow-prometheus-to-apiserver",
+                {COMPONENT: "monitoring"},
+                {"policyTypes": ["Egress"], "egress": [{"ports": _ports(443, 6443)}]},
+            )
+        )
+    return policies

@@ -1,0 +1,40 @@
+"""What rendering a customer stack needs: everything is read or decided before, nothing during."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from iotenant.licence import Claims
+from iotenant.plans import Quota
+from iotenant.render.meta import Owner
+from iotenant.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class GeneratedSecrets:
+    """Credentials generated once per customer and kept stable across reconciles."""
+
+    database_password: str
+    api_token: str
+    broker_admin_password: str
+
+
+@dataclass(frozen=True)
+class StackInput:
+    owner: Owner
+    spec: dict[str, Any]
+    settings: OperatorSettings
+    secrets: GeneratedSecrets
+    # The verified licence: None means no valid licence, so no service (fail closed).
+    claims: Claims | None
+    licence_token: str
+    jwks: dict[str, Any]
+    quota: Quota | None
+    # Serving is False when suspended (by spec, or after an expired licence's grace period).
+    serving: bool
+    service_monitor_crd_present: bool
+
+    @property
+    def namespace(self) -> str:
+        return self.owner.namespace

@@ -1,0 +1,63 @@
+"""Names, labels and ownership shared by every object of a customer stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PART_OF = "app.kubernetes.io/part-of"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+COMPONENT = "app.kubernetes.io/component"
+NAME = "app.kubernetes.io/name"
+CUSTOMER = "iotenant.io/customer"
+RETAINED_FROM = "iotenant.io/retained-from"
+OPERATOR_NAME = "iotenant-operator"
+
+API_VERSION = "iotenant.io/v1alpha1"
+
+
+def namespace_for(instance_name: str) -> str:
+    """The customer namespace: readable, and unique by construction."""
+    return f"customer-{instance_name}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The CustomerInstance that owns a stack."""
+
+    name: str
+    uid: str
+
+    @property
+    def namespace(self) -> str:
+        return namespace_for(self.name)
+
+    def labels(self, component: str | None = None) -> dict[str, str]:
+        labels = {PART_OF: "iotenant", MANAGED_BY: OPERATOR_NAME, CUSTOMER: self.name}
+        if component:
+            labels[COMPONENT] = component
+            labels[NAME] = component
+        return labels
+
+    def selector(self, component: str) -> dict[str, str]:
+        return {CUSTOMER: self.name, COMPONENT: component}
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "CustomerInstance",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def metadata(self, name: str, component: str | None = None, namespaced: bool = True) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": name,
+            "labels": self.labels(component),
+            "ownerReferences": [self.reference()],
+        }
+        if namespaced:
+            metadata["namespace"] = self.namespace
+        return metadata

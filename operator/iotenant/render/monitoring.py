@@ -1,0 +1,128 @@
+"""Monitoring by licence tier: a dedicated Prometheus, or a ServiceMonitor for the shared one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from iotenant.licence import Claims
+from iotenant.render.inputs import StackInput
+from iotenant.render.meta import COMPONENT, CUSTOMER
+from iotenant.render.pod_security import resources
+from iotenant.render.workloads import SMALL, config_map, container, pod_template, service, stateful_set
+
+Manifest = dict[str, Any]
+
+PROMETHEUS_UID = 65534
+PROMETHEUS_PORT = 9090
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+
+
+def prometheus_config(namespace: str) -> dict[str, Any]:
+    """Scrape only this namespace: pods exposing a container port named ``metrics``."""
+    return {
+        "global": {"scrape_interval": "30s", "evaluation_interval": "30s", "external_labels": {"namespace": namespace}},
+        "scrape_configs": [
+            {
+                "job_name": "customer-pods",
+                "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
+                "relabel_configs": [
+                    {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "metrics", "action": "keep"},
+                    {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "target_label": "component"},
+                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                ],
+            }
+        ],
+    }
+
+
+def retention_size(storage_gb: int) -> str:
+    """Leave 10 % of the volume free for the write-ahead log and compaction."""
+    return f"{max(1, int(storage_gb * 0.9))}GB"
+
+
+def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
+    owner = stack.owner
+    namespace = owner.namespace
+    labels_sa = owner.metadata("prometheus", "monitoring")
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": owner.metadata("prometheus", "monitoring"),
+        "rules": [{"apiGroups": [""], "resources": ["pods", "services", "endpoints"], "verbs": ["get", "list", "watch"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": owner.metadata("prometheus", "monitoring"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "prometheus"},
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": namespace}],
+    }
+    args = [
+        "--config.file=/etc/prometheus/prometheus.yml",
+        "--storage.tsdb.path=/prometheus",
+        f"--storage.tsdb.retention.time={claims.monitoring.retentionDays}d",
+        f"--storage.tsdb.retention.size={retention_size(claims.monitoring.storageGb)}",
+        f"--web.listen-address=:{PROMETHEUS_PORT}",
+    ]
+    server = container(
+        "prometheus",
+        stack.settings.images.prometheus,
+        args=args,
+        ports=[{"name": "web", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"}],
+        volumeMounts=[
+            {"name": "config", "mountPath": "/etc/prometheus", "readOnly": True},
+            {"name": "data", "mountPath": "/prometheus"},
+        ],
+        resources=resources(None, {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}),
+        readinessProbe={"httpGet": {"path": "/-/ready", "port": "web"}, "periodSeconds": 10},
+        livenessProbe={"httpGet": {"path": "/-/healthy", "port": "web"}, "periodSeconds": 30},
+    )
+    template = pod_template(
+        owner,
+        "monitoring",
+        PROMETHEUS_UID,
+        [server],
+        [{"name": "config", "configMap": {"name": "prometheus-config"}}],
+        service_account="prometheus",
+    )
+    config_text = yaml.safe_dump(prometheus_config(namespace), sort_keys=True)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": labels_sa, "automountServiceAccountToken": True},
+        role,
+        binding,
+        config_map(owner, "prometheus-config", "monitoring", {"prometheus.yml": config_text}),
+        stateful_set(owner, "prometheus", "monitoring", 1, template, f"{claims.monitoring.storageGb}Gi"),
+        service(owner, "prometheus", "monitoring", [("web", PROMETHEUS_PORT)]),
+    ]
+
+
+def service_monitor(stack: StackInput) -> Manifest:
+    owner = stack.owner
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": owner.metadata("iotenant", "monitoring"),
+        "spec": {
+            "selector": {
+                "matchLabels": {CUSTOMER: owner.name},
+                "matchExpressions": [{"key": COMPONENT, "operator": "In", "values": ["ingest", "api"]}],
+            },
+            "namespaceSelector": {"matchNames": [owner.namespace]},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+        },
+    }
+
+
+def monitoring(stack: StackInput) -> list[Manifest]:
+    """Nothing without verified claims: no tier is ever granted by default."""
+    if stack.claims is None:
+        return []
+    if stack.claims.monitoring.tier == "dedicated":
+        return dedicated(stack, stack.claims)
+    return [service_monitor(stack)] if stack.service_monitor_crd_present else []
+
+
+__all__ = ["monitoring", "prometheus_config", "SERVICE_MONITOR_CRD", "SMALL"]

@@ -1,0 +1,325 @@
+"""The customer's workloads: broker (Mosquitto 2), database (PostgreSQL), ingest and api."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from iotenant.render.guardrails import API_PORT, DATABASE_PORT, METRICS_PORT
+from iotenant.render.inputs import StackInput
+from iotenant.render.meta import Owner
+from iotenant.render.pod_security import container_security_context, pod_security_context, resources
+
+Manifest = dict[str, Any]
+
+BROKER_UID = 1883
+DATABASE_UID = 70
+IOTENANT_UID = 10001
+DATABASE_NAME = "iotenant"
+DATABASE_USER = "iotenant"
+LICENCE_MOUNT = "/etc/iotenant/licence"
+JWKS_MOUNT = "/etc/iotenant/keys"
+API_TOKEN_MOUNT = "/etc/iotenant/api-token"
+
+SMALL = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+DATABASE_DEFAULT = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def secret(owner: Owner, name: str, component: str | None, values: dict[str, str]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": owner.metadata(name, component),
+        "type": "Opaque",
+        "data": {key: _b64(value) for key, value in values.items()},
+    }
+
+
+def config_map(owner: Owner, name: str, component: str | None, values: dict[str, str]) -> Manifest:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": owner.metadata(name, component), "data": values}
+
+
+def licence_objects(stack: StackInput) -> list[Manifest]:
+    """Secret ``licence`` (key licence.jwt) and ConfigMap ``licence-keys`` (key jwks.json)."""
+    objects = [config_map(stack.owner, "licence-keys", None, {"jwks.json": json.dumps(stack.jwks, sort_keys=True)})]
+    if stack.licence_token:
+        objects.append(secret(stack.owner, "licence", None, {"licence.jwt": stack.licence_token}))
+    return objects
+
+
+def service(owner: Owner, name: str, component: str, ports: list[tuple[str, int]]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owner.metadata(name, component),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": owner.selector(component),
+            "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"} for port_name, port in ports],
+        },
+    }
+
+
+def pod_template(
+    owner: Owner,
+    component: str,
+    user_id: int,
+    containers: list[Manifest],
+    volumes: list[Manifest],
+    init_containers: list[Manifest] | None = None,
+    service_account: str | None = None,
+) -> Manifest:
+    spec: Manifest = {
+        "securityContext": pod_security_context(user_id),
+        "automountServiceAccountToken": service_account is not None,
+        "enableServiceLinks": False,
+        "containers": containers,
+        "volumes": volumes,
+    }
+    if init_containers:
+        spec["initContainers"] = init_containers
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {"metadata": {"labels": owner.labels(component)}, "spec": spec}
+
+
+def container(name: str, image: str, **fields: Any) -> Manifest:
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": container_security_context(read_only_root=fields.pop("read_only_root", True)),
+        **fields,
+    }
+
+
+def _http_probe(path: str, port: str) -> Manifest:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+
+
+def _empty_dir(name: str) -> Manifest:
+    return {"name": name, "emptyDir": {}}
+
+
+def stateful_set(
+    owner: Owner, name: str, component: str, replicas: int, template: Manifest, storage: str, mount_path_volume: str = "data"
+) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": owner.metadata(name, component),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": owner.selector(component)},
+            "podManagementPolicy": "OrderedReady",
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "template": template,
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": mount_path_volume, "labels": owner.labels(component)},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}},
+                }
+            ],
+        },
+    }
+
+
+def deployment(owner: Owner, name: str, component: str, replicas: int, template: Manifest) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": owner.metadata(name, component),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": owner.selector(component)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": template,
+        },
+    }
+
+
+def mosquitto_conf(tls: bool) -> str:
+    lines = [
+        "# Generated by iotenant-operator: edits are overwritten.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        "persistence true",
+        "persistence_location /mosquitto/data/",
+        "autosave_interval 60",
+        "log_dest stdout",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        "max_queued_messages 10000",
+        "plugin /usr/lib/mosquitto_dynamic_security.so",
+        "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
+        "acl_file /mosquitto/config/acl",
+        "listener 1883",
+    ]
+    if tls:
+        lines += ["listener 8883", "certfile /mosquitto/tls/tls.crt", "keyfile /mosquitto/tls/tls.key"]
+    return "\n".join(lines) + "\n"
+
+
+# A device may publish and subscribe only under iot/<its username>/ (its device id).
+BROKER_ACL = "pattern readwrite iot/%u/#\n"
+
+DYNSEC_INIT = (
+    'if [ ! -f /mosquitto/data/dynamic-security.json ]; then '
+    'mosquitto_ctrl dynsec init /mosquitto/data/dynamic-security.json admin "$BROKER_ADMIN_PASSWORD"; fi'
+)
+
+
+def broker(stack: StackInput) -> list[Manifest]:
+    owner, spec = stack.owner, stack.spec.get("broker", {})
+    tls_secret = (spec.get("tls") or {}).get("secretName")
+    volumes = [
+        {"name": "config", "configMap": {"name": "broker-config"}},
+        _empty_dir("tmp"),
+    ]
+    mounts = [{"name": "config", "mountPath": "/mosquitto/config", "readOnly": True}, {"name": "data", "mountPath": "/mosquitto/data"}]
+    ports = [{"name": "mqtt", "containerPort": 1883, "protocol": "TCP"}]
+    service_ports = [("mqtt", 1883)]
+    if tls_secret:
+        volumes.append({"name": "tls", "secret": {"secretName": tls_secret}})
+        mounts.append({"name": "tls", "mountPath": "/mosquitto/tls", "readOnly": True})
+        ports.append({"name": "mqtts", "containerPort": 8883, "protocol": "TCP"})
+        service_ports.append(("mqtts", 8883))
+    admin_env = [
+        {"name": "BROKER_ADMIN_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "broker-admin", "key": "password"}}}
+    ]
+    init = container(
+        "init-dynamic-security",
+        stack.settings.images.broker,
+        command=["/bin/sh", "-c", DYNSEC_INIT],
+        env=admin_env,
+        volumeMounts=[{"name": "data", "mountPath": "/mosquitto/data"}],
+        resources=resources(None, SMALL),
+    )
+    main = container(
+        "mosquitto",
+        stack.settings.images.broker,
+        command=["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"],
+        ports=ports,
+        volumeMounts=mounts,
+        resources=resources(spec.get("resources"), SMALL),
+        readinessProbe={"tcpSocket": {"port": "mqtt"}, "periodSeconds": 5},
+        livenessProbe={"tcpSocket": {"port": "mqtt"}, "periodSeconds": 20},
+    )
+    template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init])
+    return [
+        secret(owner, "broker-admin", "broker", {"username": "admin", "password": stack.secrets.broker_admin_password}),
+        config_map(owner, "broker-config", "broker", {"mosquitto.conf": mosquitto_conf(bool(tls_secret)), "acl": BROKER_ACL}),
+        stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi")),
+        service(owner, "broker", "broker", service_ports),
+    ]
+
+
+def database(stack: StackInput) -> list[Manifest]:
+    owner, spec = stack.owner, stack.spec.get("database", {})
+    password = stack.secrets.database_password
+    url = f"postgresql://{DATABASE_USER}:{password}@database.{owner.namespace}.svc:{DATABASE_PORT}/{DATABASE_NAME}"
+    env = [
+        {"name": "POSTGRES_USER", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "username"}}},
+        {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "password"}}},
+        {"name": "POSTGRES_DB", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "database"}}},
+        {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+    ]
+    ready = {"exec": {"command": ["pg_isready", "-U", DATABASE_USER, "-d", DATABASE_NAME]}, "periodSeconds": 5}
+    main = container(
+        "postgres",
+        stack.settings.images.database,
+        env=env,
+        ports=[{"name": "postgres", "containerPort": DATABASE_PORT, "protocol": "TCP"}],
+        volumeMounts=[
+            {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+            {"name": "run", "mountPath": "/var/run/postgresql"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        resources=resources(spec.get("resources"), DATABASE_DEFAULT),
+        readinessProbe=ready,
+        livenessProbe={**ready, "periodSeconds": 20, "failureThreshold": 6},
+    )
+    template = pod_template(owner, "database", DATABASE_UID, [main], [_empty_dir("run"), _empty_dir("tmp")])
+    credentials = {"username": DATABASE_USER, "password": password, "database": DATABASE_NAME, "url": url}
+    return [
+        secret(owner, "database-credentials", "database", credentials),
+        stateful_set(owner, "database", "database", 1, template, spec.get("storage", "5Gi")),
+        service(owner, "database", "database", [("postgres", DATABASE_PORT)]),
+    ]
+
+
+def _iotenant_container(stack: StackInput, command: str, extra_ports: list[Manifest], resource_spec: Any) -> Manifest:
+    namespace = stack.owner.namespace
+    env = [
+        {"name": "IOTENANT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "url"}}},
+        {"name": "IOTENANT_MQTT_HOST", "value": f"broker.{namespace}.svc"},
+        {"name": "IOTENANT_MQTT_PORT", "value": "1883"},
+        {"name": "IOTENANT_CUSTOMER_ID", "value": str(stack.spec["customerId"])},
+        {"name": "IOTENANT_LICENCE_FILE", "value": f"{LICENCE_MOUNT}/licence.jwt"},
+        {"name": "IOTENANT_JWKS_FILE", "value": f"{JWKS_MOUNT}/jwks.json"},
+        {"name": "IOTENANT_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "IOTENANT_LOG_FORMAT", "value": "json"},
+    ]
+    mounts = [
+        {"name": "licence", "mountPath": LICENCE_MOUNT, "readOnly": True},
+        {"name": "licence-keys", "mountPath": JWKS_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if command == "api":
+        env.append({"name": "IOTENANT_API_TOKEN_FILE", "value": f"{API_TOKEN_MOUNT}/token"})
+        env.append({"name": "IOTENANT_API_PORT", "value": str(API_PORT)})
+        mounts.append({"name": "api-token", "mountPath": API_TOKEN_MOUNT, "readOnly": True})
+    return container(
+        command,
+        stack.settings.images.iotenant,
+        args=[command],
+        env=env,
+        ports=[*extra_ports, {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        volumeMounts=mounts,
+        resources=resources(resource_spec, SMALL),
+        readinessProbe=_http_probe("/readyz", "metrics"),
+        livenessProbe=_http_probe("/healthz", "metrics"),
+    )
+
+
+def _iotenant_volumes(with_api_token: bool) -> list[Manifest]:
+    volumes = [
+        {"name": "licence", "secret": {"secretName": "licence"}},
+        {"name": "licence-keys", "configMap": {"name": "licence-keys"}},
+        _empty_dir("tmp"),
+    ]
+    if with_api_token:
+        volumes.append({"name": "api-token", "secret": {"secretName": "api-token"}})
+    return volumes
+
+
+def ingest(stack: StackInput) -> list[Manifest]:
+    owner, spec = stack.owner, stack.spec.get("ingest", {})
+    main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
+    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes(False))
+    replicas = int(spec.get("replicas", 1)) if stack.serving else 0
+    return [
+        deployment(owner, "ingest", "ingest", replicas, template),
+        service(owner, "ingest", "ingest", [("metrics", METRICS_PORT)]),
+    ]
+
+
+def api(stack: StackInput) -> list[Manifest]:
+    owner, spec = stack.owner, stack.spec.get("api", {})
+    http = [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
+    main = _iotenant_container(stack, "api", http, spec.get("resources"))
+    template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes(True))
+    replicas = int(spec.get("replicas", 1)) if stack.serving else 0
+    return [
+        secret(owner, "api-token", "api", {"token": stack.secrets.api_token}),
+        deployment(owner, "api", "api", replicas, template),
+        service(owner, "api", "api", [("http", API_PORT), ("metrics", METRICS_PORT)]),
+    ]
