@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what iotenant's tests and local demo need on a fresh Debian machine, and nothing twice:
-# Debian's mosquitto, postgresql and prometheus (promtool), a Python virtual environment with
+# Debian's mosquitto and postgresql, a Python virtual environment with
 # iotenant and its test dependencies, and the pinned control-plane binaries (built from Go modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
-PACKAGES=(mosquitto mosquitto-clients postgresql prometheus iproute2)
+PACKAGES=(mosquitto mosquitto-clients postgresql iproute2)
 
 missing=()
 for package in "${PACKAGES[@]}"; do
@@ -30,6 +30,6 @@ if [[ ! -f "$stamp" ]]; then
   touch "$stamp"
 fi
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and kwokctl
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl and promtool
 # once per pin and machine (a few minutes cold); prints the folder they are in.
 "$VENV/bin/iotenant" dev build

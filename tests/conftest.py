@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from iotenant import licence as licences
 from iotenant.devcluster import cluster as devcluster
 from iotenant.devcluster.binaries import Binaries, MissingPart, ensure_binaries
 
@@ -99,3 +103,72 @@ def crds(kube: Cluster) -> list[dict]:
     for document in documents:
         kube.kubectl("wait", "--for=condition=Established", f"crd/{document['metadata']['name']}", "--timeout=30s")
     return documents
+
+
+OPERATOR_NAMESPACE = "iotenant-system"
+RESYNC_SECONDS = 5
+EXPIRY_GRACE_SECONDS = 86400
+
+
+@dataclass
+class BillingIssuer:
+    """A billing system's key pair, trusted by the operator under test."""
+
+    key: licences.SigningKey
+    jwks_file: Path
+
+
+@dataclass
+class RunningOperator:
+    process: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def billing(tmp_path_factory: pytest.TempPathFactory) -> BillingIssuer:
+    key = licences.SigningKey.generate()
+    jwks_file = tmp_path_factory.mktemp("billing") / "jwks.json"
+    jwks_file.write_text(json.dumps(licences.jwks([key.jwk])))
+    return BillingIssuer(key=key, jwks_file=jwks_file)
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Cluster, crds: list[dict], billing: BillingIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+    """`iotenant operator` against the test cluster, with a short resync interval."""
+    kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    metrics_port = devcluster._free_port()
+    env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "iotenant", "operator",
+             "--namespace", OPERATOR_NAMESPACE,
+             "--resync-seconds", str(RESYNC_SECONDS),
+             "--expiry-grace-seconds", str(EXPIRY_GRACE_SECONDS),
+             "--trusted-issuers-jwks", str(billing.jwks_file),
+             "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--health-port", "0",
+             "--log-format", "text"],
+            env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    running = RunningOperator(process=process, log=log, metrics_port=metrics_port)
+
+    def started() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"the operator exited with {process.returncode}:\n{running.log_text()[-4000:]}")
+        return kube.core.list_namespaced_config_map(OPERATOR_NAMESPACE, field_selector="metadata.name=licence-keys").items != []
+
+    wait_for(started, timeout=60, what="the operator to publish its JWKS")
+    try:
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print(f"\n--- operator log (last 3000 characters) ---\n{running.log_text()[-3000:]}")

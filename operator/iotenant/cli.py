@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from iotenant import __version__
-from iotenant import operator_command
+from iotenant import licence_command, operator_command
 from iotenant.devcluster import command as devcluster_command
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"iotenant {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     operator_command.register(commands)
+    licence_command.register(commands)
     devcluster_command.register(commands)
     return parser
 

@@ -269,7 +269,7 @@ def service_monitor_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> 
     s = state()
     present = type != "DELETED" and body.get("metadata", {}).get("deletionTimestamp") is None
     established = any(
-        c.get("type") == "Established" and c.get("status") == "True" for c in body.get("status", {}).get("conditions", [])
+        c.get("type") == "Established" and c.get("status") == "True" for c in (body.get("status") or {}).get("conditions") or []
     )
     now = present and established
     if now != s.monitor_crd:

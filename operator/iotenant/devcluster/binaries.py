@@ -21,7 +21,8 @@ from pathlib import Path
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ETCD_COMMANDS = ("etcd",)
 KWOK_COMMANDS = ("kwok", "kwokctl")
-ALL_COMMANDS = KUBERNETES_COMMANDS + ETCD_COMMANDS + KWOK_COMMANDS
+PROMETHEUS_COMMANDS = ("promtool",)
+ALL_COMMANDS = KUBERNETES_COMMANDS + ETCD_COMMANDS + KWOK_COMMANDS + PROMETHEUS_COMMANDS
 
 # A fixed date keeps builds reproducible; it is what `kube-apiserver --version -v` reports.
 BUILD_DATE = "2026-01-01T00:00:00Z"
@@ -144,6 +145,13 @@ def ensure_binaries(log_progress: bool = True) -> Binaries:
     _go_build(
         go, src / "kwok", staging / "bin", [f"sigs.k8s.io/kwok/cmd/{c}" for c in KWOK_COMMANDS], list(KWOK_COMMANDS), "-s -w"
     )
+    prometheus_module = required_version(src / "prometheus" / "go.mod", "github.com/prometheus/prometheus")
+    # Prometheus 2.N.P is published as Go module v0.N.P.
+    prometheus_version = "2." + prometheus_module.removeprefix("v0.")
+    _go_build(
+        go, src / "prometheus", staging / "bin" / "promtool", ["github.com/prometheus/prometheus/cmd/promtool"], ["promtool"],
+        f"-s -w -X github.com/prometheus/common/version.Version={prometheus_version}",
+    )
     reported = subprocess.run(
         [str(staging / "bin" / "kube-apiserver"), "--version"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -155,6 +163,7 @@ def ensure_binaries(log_progress: bool = True) -> Binaries:
                 "kubernetes": kubernetes_version,
                 "etcd": required_version(src / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3"),
                 "kwok": required_version(src / "kwok" / "go.mod", "sigs.k8s.io/kwok"),
+                "prometheus": prometheus_version,
                 "go": go_version(go),
                 "seconds": round(time.monotonic() - started, 1),
             },

@@ -43,6 +43,12 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from iotenant.devcluster import demo
+
+    return demo.run(args.name)
+
+
 def _build(args: argparse.Namespace) -> int:
     binaries = ensure_binaries()
     print(binaries.bin_dir)
@@ -80,6 +86,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add("env", _env, "print `export KUBECONFIG=...` for the cluster")
     down = add("down", _down, "stop every process that `up` started, by process id, and delete the cluster")
     down.add_argument("--keep-data", action="store_true", help="only stop the processes; `up` resumes with the same data")
+    add("demo", _demo, "the main job: cluster, CRDs, the operator and the examples, status shown until Ctrl-C")
     add("status", _status, "print the cluster's kubeconfig path and running components as JSON")
     build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries and print their folder")
     build.set_defaults(run=_guarded(_build))

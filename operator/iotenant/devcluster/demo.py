@@ -1,0 +1,103 @@
+"""The main job: a local control plane, the CRDs, the operator and the examples, shown until Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from iotenant import licence as licences
+from iotenant.devcluster import cluster
+from iotenant.devcluster.binaries import cache_dir, ensure_binaries, source_dir
+
+OPERATOR_NAMESPACE = "iotenant-system"
+BILLING_NAMESPACE = "billing"
+
+
+def repository_root() -> Path:
+    return source_dir().parent
+
+
+def billing_issuer(folder: Path) -> tuple[Path, Path]:
+    """A demo billing system's key pair (made once): its private key and its public JWKS."""
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = folder / "billing-key.pem", folder / "billing-jwks.json"
+    if not private.is_file() or not public.is_file():
+        key = licences.SigningKey.generate()
+        private.write_bytes(key.to_pem())
+        private.chmod(0o600)
+        public.write_text(json.dumps(licences.jwks([key.jwk]), indent=2))
+    return private, public
+
+
+def run(name: str) -> int:
+    binaries = ensure_binaries()
+    kubeconfig = cluster.up(name)
+    repo = repository_root()
+
+    def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(binaries, kubeconfig, *args, stdin=stdin, check=check)
+
+    print(f"iotenant: cluster {name!r} is up; KUBECONFIG={kubeconfig}", file=sys.stderr)
+    kubectl("apply", "--server-side", "--field-manager=iotenant-demo", "-f", str(repo / "crds"))
+    # Stands in for the Prometheus Operator, so shared-tier customers get their ServiceMonitor.
+    kubectl("apply", "--server-side", "--field-manager=iotenant-demo", "-f", str(repo / "examples" / "monitoring"))
+    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    for namespace in (OPERATOR_NAMESPACE, BILLING_NAMESPACE):
+        kubectl("create", "namespace", namespace, check=False)
+
+    private_key, jwks_file = billing_issuer(cache_dir() / "demo")
+    token = subprocess.run(
+        [sys.executable, "-m", "iotenant", "licence", "issue", "--private-key", str(private_key),
+         "--subject", "umbrella-corp", "--plan", "professional", "--issuer", "demo-billing", "--days", "30"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    secret = kubectl(
+        "create", "secret", "generic", "umbrella-licence", "-n", BILLING_NAMESPACE,
+        f"--from-literal=licence.jwt={token}", "--dry-run=client", "-o", "yaml",
+    ).stdout
+    kubectl("apply", "-f", "-", stdin=secret)
+
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    log_path = cache_dir() / "clusters" / name / "operator.log"
+    print(f"iotenant: starting the operator (log: {log_path})", file=sys.stderr)
+    with log_path.open("a") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "iotenant", "operator", "--namespace", OPERATOR_NAMESPACE,
+             "--trusted-issuers-jwks", str(jwks_file), "--resync-seconds", "30",
+             "--metrics-address", "127.0.0.1", "--metrics-port", "9100", "--health-port", "8081"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        examples = sorted((repo / "examples").glob("customerinstance-*.yaml"))
+        for example in examples:
+            kubectl("apply", "-f", str(example))
+        fleets_applied = False
+        while True:
+            if operator.poll() is not None:
+                print(f"iotenant: the operator exited with {operator.returncode}; see {log_path}", file=sys.stderr)
+                return 1
+            if not fleets_applied:
+                fleets = sorted((repo / "examples").glob("devicefleet-*.yaml"))
+                fleets_applied = all(kubectl("apply", "-f", str(f), check=False).returncode == 0 for f in fleets)
+            table = kubectl("get", "customerinstances", check=False).stdout
+            fleet_table = kubectl("get", "devicefleets", "-A", check=False).stdout
+            print(f"\n{time.strftime('%H:%M:%S')}  (Ctrl-C stops the operator; `iotenant dev down` stops the cluster)")
+            print(table.rstrip())
+            if fleet_table.strip():
+                print(fleet_table.rstrip())
+            time.sleep(5)
+    except KeyboardInterrupt:
+        print("\niotenant: stopping the operator", file=sys.stderr)
+        return 0
+    finally:
+        if operator.poll() is None:
+            operator.send_signal(signal.SIGINT)
+            try:
+                operator.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                operator.kill()

@@ -1,0 +1,575 @@
+"""CustomerInstance end to end: the operator against a real apiserver, controller-manager, scheduler and kwok."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from conftest import OPERATOR_NAMESPACE, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
+from iotenant import licence as licences
+from iotenant.plans import load_catalogue
+
+GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"
+CATALOGUE = load_catalogue()
+REPO = Path(__file__).resolve().parents[1]
+OPERATOR_AGENT = "iotenant-operator/"
+
+
+def create_instance(kube: Cluster, name: str, **spec: Any) -> dict:
+    spec.setdefault("customerId", f"{name}-id")
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CustomerInstance", "metadata": {"name": name}, "spec": spec}
+    return kube.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+
+
+def instance(kube: Cluster, name: str) -> dict:
+    return kube.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+
+
+def patch_instance(kube: Cluster, name: str, patch: dict) -> dict:
+    return kube.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, patch)
+
+
+def condition(body: dict, condition_type: str) -> dict:
+    return next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == condition_type), {})
+
+
+def wait_condition(kube: Cluster, name: str, condition_type: str, status: str, reason: str | None = None, timeout: float = 60) -> dict:
+    def matches() -> dict | None:
+        body = instance(kube, name)
+        found = condition(body, condition_type)
+        if found.get("status") == status and (reason is None or found.get("reason") == reason):
+            return body
+        return None
+
+    return wait_for(matches, timeout=timeout, what=f"{name}: {condition_type}={status} ({reason or 'any reason'})")
+
+
+def wait_phase(kube: Cluster, name: str, phase: str, timeout: float = 60) -> dict:
+    return wait_for(
+        lambda: (lambda b: b if b.get("status", {}).get("phase") == phase else None)(instance(kube, name)),
+        timeout=timeout,
+        what=f"{name}: phase {phase}",
+    )
+
+
+def exists(read) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def ready_instance(kube: Cluster, name: str, plan: str) -> dict:
+    """The named instance of ``plan`` once Ready, created if this test runs alone."""
+    if not exists(lambda: instance(kube, name)):
+        create_instance(kube, name, plan=plan)
+    return wait_phase(kube, name, "Ready", timeout=90)
+
+
+def delete_instance(kube: Cluster, name: str) -> None:
+    kube.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    wait_for(lambda: not exists(lambda: instance(kube, name)), timeout=60, what=f"CustomerInstance {name} to be gone")
+
+
+def secret_value(kube: Cluster, namespace: str, name: str, key: str) -> str:
+    return base64.b64decode(kube.core.read_namespaced_secret(name, namespace).data[key]).decode()
+
+
+def published_jwks(kube: Cluster, namespace: str) -> dict:
+    return json.loads(kube.core.read_namespaced_config_map("licence-keys", namespace).data["jwks.json"])
+
+
+def billing_licence(kube: Cluster, name: str, token: str, namespace: str = "billing") -> dict:
+    """Store a billing-issued token in a Secret and return a spec.licence.secretRef for it."""
+    kube.kubectl("create", "namespace", namespace, check=False)
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"licence.jwt": token},
+    }
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    return {"secretRef": {"name": name, "namespace": namespace}}
+
+
+def billing_token(billing: BillingIssuer, subject: str, plan: str = "professional", **overrides: Any) -> str:
+    claims = CATALOGUE[plan].claims(subject, "billing-test", 30 * 86400)
+    payload = {**claims.to_payload(), **overrides}
+    return licences.sign(licences._claims_from_payload(payload), billing.key)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Monitoring CRD absent: shared tier is Degraded yet Ready. These run first, before the CRD exists.
+
+
+def test_shared_tier_without_servicemonitor_crd_is_degraded_but_ready(kube: Cluster, operator: RunningOperator) -> None:
+    assert kube.kubectl("get", "crd", "servicemonitors.monitoring.coreos.com", check=False).returncode != 0
+    create_instance(kube, "early", plan="professional")
+    result = kube.kubectl("wait", "--for=condition=Ready", "cust/early", "--timeout=90s", check=False)
+    assert result.returncode == 0, result.stderr
+    body = instance(kube, "early")
+    assert body["status"]["phase"] == "Degraded"
+    assert condition(body, "MonitoringReady")["reason"] == "MonitoringCRDMissing"
+    assert condition(body, "Ready")["status"] == "True"
+
+
+def test_servicemonitor_appears_once_the_crd_is_installed(kube: Cluster, operator: RunningOperator) -> None:
+    kube.kubectl("apply", "--server-side", "-f", str(REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml"))
+    body = wait_phase(kube, "early", "Ready", timeout=60)
+    assert condition(body, "MonitoringReady")["reason"] == "ServiceMonitorCreated"
+    monitor = kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "customer-early", "servicemonitors", "iotenant")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["customer-early"]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plans
+
+
+@pytest.mark.parametrize("plan", ["starter", "professional", "enterprise"])
+def test_each_plan_becomes_ready_with_a_verifiable_licence(kube: Cluster, operator: RunningOperator, plan: str) -> None:
+    name = f"plan-{plan}"
+    create_instance(kube, name, plan=plan)
+    result = kube.kubectl("wait", "--for=condition=Ready", f"cust/{name}", "--timeout=90s", check=False)
+    assert result.returncode == 0, result.stderr
+    body = wait_phase(kube, name, "Ready")
+    namespace = f"customer-{name}"
+    status = body["status"]
+    assert status["namespace"] == namespace
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    assert condition(body, "Reconciling")["status"] == "False"
+    assert condition(body, "Stalled")["status"] == "False"
+    assert status["endpoints"] == {"mqtt": f"mqtt://broker.{namespace}.svc:1883", "api": f"http://api.{namespace}.svc:8080"}
+
+    token = secret_value(kube, namespace, "licence", "licence.jwt")
+    for jwks_namespace in (namespace, OPERATOR_NAMESPACE):
+        verified = licences.require_current(licences.verify(token, published_jwks(kube, jwks_namespace), f"{name}-id"))
+    claims, expected = verified.claims, CATALOGUE[plan]
+    assert (claims.plan, claims.limits, claims.features, claims.monitoring) == (
+        plan, expected.limits, expected.features, expected.monitoring
+    )
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header == {"alg": "RS256", "typ": "JWT", "kid": verified.key_id}
+    assert status["licence"]["keyId"] == verified.key_id and status["licence"]["plan"] == plan
+    assert status["licence"]["monitoringTier"] == expected.monitoring.tier
+    assert status["devices"] == {"provisioned": 0, "limit": expected.limits.maxDevices}
+
+    pods = kube.core.list_namespaced_pod(namespace).items
+    components = sorted(p.metadata.labels["app.kubernetes.io/component"] for p in pods)
+    wanted = ["api", "broker", "database", "ingest"] + (["monitoring"] if plan == "enterprise" else [])
+    assert components == wanted
+    assert all(p.status.phase == "Running" for p in pods)
+    labels = kube.core.read_namespace(namespace).metadata.labels
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    listed = kube.kubectl("get", "deploy,sts,svc,cm,secret,netpol,quota,limits", "-n", namespace, "-o", "json").stdout
+    for item in json.loads(listed)["items"]:
+        item_labels = item["metadata"].get("labels", {})
+        if item["kind"] == "ConfigMap" and item["metadata"]["name"] == "kube-root-ca.crt":
+            continue
+        assert item_labels.get("app.kubernetes.io/part-of") == "iotenant", item["metadata"]["name"]
+        assert item_labels.get("app.kubernetes.io/managed-by") == "iotenant-operator"
+        assert item_labels.get("iotenant.io/customer") == name
+        assert item["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+
+
+def test_every_pod_template_passes_pod_security_restricted(kube: Cluster, operator: RunningOperator) -> None:
+    """Server-side dry-run of each workload's pod template as a bare Pod in an enforcing namespace."""
+    ready_instance(kube, "plan-enterprise", "enterprise")
+    templates = []
+    for kind in ("deployments", "statefulsets"):
+        listed = json.loads(kube.kubectl("get", kind, "-n", "customer-plan-enterprise", "-o", "json").stdout)["items"]
+        for item in listed:
+            template = item["spec"]["template"]
+            claims = [t["metadata"]["name"] for t in item["spec"].get("volumeClaimTemplates", [])]
+            template["spec"]["volumes"] = template["spec"].get("volumes", []) + [
+                {"name": claim, "persistentVolumeClaim": {"claimName": f"{claim}-{item['metadata']['name']}-0"}} for claim in claims
+            ]
+            templates.append((item["metadata"]["name"], template))
+    assert {name for name, _ in templates} == {"api", "ingest", "broker", "database", "prometheus"}
+    for name, template in templates:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"psa-{name}", "labels": template["metadata"]["labels"]}, "spec": template["spec"]}
+        result = kube.kubectl("create", "--dry-run=server", "-n", "customer-plan-enterprise", "-f", "-", stdin=json.dumps(pod), check=False)
+        assert result.returncode == 0 and "Warning" not in result.stderr, f"{name}: {result.stderr}"
+
+
+def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, operator: RunningOperator, tmp_path: Path) -> None:
+    body = ready_instance(kube, "plan-enterprise", "enterprise")
+    assert condition(body, "MonitoringReady")["reason"] == "PrometheusReady"
+    namespace = "customer-plan-enterprise"
+    monitoring = CATALOGUE["enterprise"].monitoring
+    prometheus = kube.apps.read_namespaced_stateful_set("prometheus", namespace)
+    args = prometheus.spec.template.spec.containers[0].args
+    assert f"--storage.tsdb.retention.time={monitoring.retentionDays}d" in args
+    assert f"--storage.tsdb.retention.size={int(monitoring.storageGb * 0.9)}GB" in args
+    assert prometheus.spec.volume_claim_templates[0].spec.resources.requests["storage"] == f"{monitoring.storageGb}Gi"
+    config_text = kube.core.read_namespaced_config_map("prometheus-config", namespace).data["prometheus.yml"]
+    config = yaml.safe_load(config_text)
+    assert config["scrape_configs"][0]["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": [namespace]}}]
+    (tmp_path / "prometheus.yml").write_text(config_text)
+    promtool = subprocess.run([str(kube.binaries.path("promtool")), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
+    assert promtool.returncode == 0, promtool.stdout + promtool.stderr
+    role = kube.kubectl("get", "role", "prometheus", "-n", namespace, "-o", "json").stdout
+    assert json.loads(role)["rules"][0]["verbs"] == ["get", "list", "watch"]
+    assert not exists(lambda: kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors", "iotenant"))
+
+
+def test_professional_gets_a_service_monitor(kube: Cluster, operator: RunningOperator) -> None:
+    ready_instance(kube, "plan-professional", "professional")
+    monitor = kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "customer-plan-professional", "servicemonitors", "iotenant")
+    assert monitor["spec"]["selector"]["matchLabels"] == {"iotenant.io/customer": "plan-professional"}
+    assert not exists(lambda: kube.apps.read_namespaced_stateful_set("prometheus", "customer-plan-professional"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plan changes
+
+
+def _monitoring_objects(kube: Cluster, namespace: str) -> set[str]:
+    listed = json.loads(
+        kube.kubectl("get", "sts,svc,cm,sa,role,rolebinding,servicemonitors", "-n", namespace, "-l", "app.kubernetes.io/component=monitoring", "-o", "json").stdout
+    )["items"]
+    return {f"{item['kind']}/{item['metadata']['name']}" for item in listed}
+
+
+def test_upgrade_and_downgrade_converge_with_nothing_stale(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "mover", "customer-mover"
+    create_instance(kube, name, plan="starter")
+    first = wait_phase(kube, name, "Ready")
+    assert _monitoring_objects(kube, namespace) == {"ServiceMonitor/iotenant"}
+
+    patch_instance(kube, name, {"spec": {"plan": "enterprise"}})
+    upgraded = wait_for(
+        lambda: (lambda b: b if b["status"].get("licence", {}).get("plan") == "enterprise" and b["status"]["phase"] == "Ready" else None)(instance(kube, name)),
+        timeout=90, what="the upgrade to enterprise",
+    )
+    assert upgraded["status"]["licence"]["id"] != first["status"]["licence"]["id"]
+    assert upgraded["status"]["observedGeneration"] == upgraded["metadata"]["generation"] == 2
+    assert _monitoring_objects(kube, namespace) == {
+        "StatefulSet/prometheus", "Service/prometheus", "ConfigMap/prometheus-config",
+        "ServiceAccount/prometheus", "Role/prometheus", "RoleBinding/prometheus",
+    }
+    quota = kube.core.read_namespaced_resource_quota("iotenant-quota", namespace)
+    assert quota.spec.hard["requests.cpu"] == CATALOGUE["enterprise"].quota.cpu
+
+    patch_instance(kube, name, {"spec": {"plan": "starter"}})
+    wait_for(
+        lambda: (lambda b: b if b["status"].get("licence", {}).get("plan") == "starter" and b["status"]["phase"] == "Ready" else None)(instance(kube, name)),
+        timeout=90, what="the downgrade to starter",
+    )
+    wait_for(lambda: _monitoring_objects(kube, namespace) == {"ServiceMonitor/iotenant"}, timeout=30, what="stale Prometheus objects to be pruned")
+    token = secret_value(kube, namespace, "licence", "licence.jwt")
+    assert licences.verify(token, published_jwks(kube, namespace), "mover-id").claims.plan == "starter"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Drift, resync writes, pause
+
+
+def test_drift_is_corrected_within_the_resync_interval(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "drifty", "customer-drifty"
+    create_instance(kube, name, plan="starter")
+    wait_phase(kube, name, "Ready")
+    password = secret_value(kube, namespace, "database-credentials", "password")
+
+    kube.apps.delete_namespaced_deployment("api", namespace)
+    kube.apps.patch_namespaced_deployment("ingest", namespace, {"spec": {"replicas": 5}})
+    kube.core.patch_namespaced_config_map("broker-config", namespace, {"data": {"acl": "topic readwrite #\n"}})
+    kube.kubectl("delete", "networkpolicy", "default-deny", "-n", namespace)
+    started = time.monotonic()
+
+    def healed() -> bool:
+        try:
+            api = kube.apps.read_namespaced_deployment("api", namespace)
+        except ApiException:
+            return False
+        ingest = kube.apps.read_namespaced_deployment("ingest", namespace)
+        acl = kube.core.read_namespaced_config_map("broker-config", namespace).data["acl"]
+        policy = kube.kubectl("get", "networkpolicy", "default-deny", "-n", namespace, check=False).returncode == 0
+        return api.spec.replicas == 1 and ingest.spec.replicas == 1 and acl == "pattern readwrite iot/%u/#\n" and policy
+
+    wait_for(healed, timeout=RESYNC_SECONDS * 3, what="the operator to undo every drift")
+    print(f"drift healed in {time.monotonic() - started:.1f} s (resync interval {RESYNC_SECONDS} s)")
+    assert secret_value(kube, namespace, "database-credentials", "password") == password
+
+
+def operator_writes(kube: Cluster, since: str) -> list[str]:
+    """Write requests the operator sent since an RFC 3339 time, from the apiserver's audit log."""
+    writes = []
+    for line in kube.audit_log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("userAgent", "").startswith(OPERATOR_AGENT) or entry.get("userAgent", "").startswith("kopf/"):
+            if entry["requestReceivedTimestamp"] > since:
+                ref = entry["objectRef"]
+                writes.append(f"{entry['verb']} {ref.get('resource')}/{ref.get('subresource', '')} {ref.get('namespace', '')}/{ref.get('name', '')}")
+    return writes
+
+
+def test_a_no_op_resync_makes_zero_writes(kube: Cluster, operator: RunningOperator) -> None:
+    name = "quiet"
+    create_instance(kube, name, plan="enterprise")
+    wait_phase(kube, name, "Ready")
+    wait_for(lambda: all(i.get("status", {}).get("phase") in ("Ready", "Degraded", "Suspended", "Failed") for i in kube.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]),
+             timeout=90, what="every instance to settle")
+    time.sleep(RESYNC_SECONDS)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    reconciles_before = _metric(operator, "iotenant_operator_reconciles_total", 'result="ok"')
+    time.sleep(RESYNC_SECONDS * 3 + 1)
+    reconciles = _metric(operator, "iotenant_operator_reconciles_total", 'result="ok"') - reconciles_before
+    instances = len(kube.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"])
+    assert reconciles >= instances * 2, f"only {reconciles} reconciles of {instances} instances in the window"
+    assert operator_writes(kube, since) == []
+    print(f"{reconciles:.0f} resync reconciles of {instances} instances made 0 writes")
+
+
+def _metric(operator: RunningOperator, name: str, labels: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_pause_stops_reconciliation_and_resume_catches_up(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "pausable", "customer-pausable"
+    create_instance(kube, name, plan="starter")
+    wait_phase(kube, name, "Ready")
+    patch_instance(kube, name, {"metadata": {"annotations": {"iotenant.io/paused": "true"}}})
+    wait_condition(kube, name, "Paused", "True")
+    kube.apps.delete_namespaced_deployment("api", namespace)
+    time.sleep(RESYNC_SECONDS * 2)
+    assert not exists(lambda: kube.apps.read_namespaced_deployment("api", namespace))
+    events = kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
+    assert "Paused" in {event.reason for event in events}
+
+    patch_instance(kube, name, {"metadata": {"annotations": {"iotenant.io/paused": None}}})
+    wait_for(lambda: exists(lambda: kube.apps.read_namespaced_deployment("api", namespace)), timeout=30, what="api to be recreated")
+    body = wait_phase(kube, name, "Ready")
+    assert condition(body, "Paused") == {}
+
+
+def test_suspension_scales_serving_workloads_to_zero_and_keeps_data(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "sleepy", "customer-sleepy"
+    create_instance(kube, name, plan="starter")
+    wait_phase(kube, name, "Ready")
+    patch_instance(kube, name, {"spec": {"suspended": True}})
+    body = wait_phase(kube, name, "Suspended")
+    assert condition(body, "Ready")["status"] == "False"
+    wait_for(lambda: kube.apps.read_namespaced_stateful_set("broker", namespace).spec.replicas == 0, what="broker scaled to zero")
+    assert kube.apps.read_namespaced_deployment("ingest", namespace).spec.replicas == 0
+    assert kube.apps.read_namespaced_deployment("api", namespace).spec.replicas == 0
+    assert kube.apps.read_namespaced_stateful_set("database", namespace).spec.replicas == 1
+    assert kube.core.read_namespaced_persistent_volume_claim("data-database-0", namespace).status.phase == "Bound"
+    patch_instance(kube, name, {"spec": {"suspended": False}})
+    wait_phase(kube, name, "Ready", timeout=90)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Billing-issued licences
+
+
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("tampered", licences.BAD_SIGNATURE),
+        ("wrong-sub", licences.WRONG_SUBJECT),
+        ("wrong-aud", licences.WRONG_AUDIENCE),
+        ("not-yet-valid", licences.NOT_YET_VALID),
+        ("unknown-key", licences.UNKNOWN_KEY),
+        ("missing", licences.MISSING),
+    ],
+)
+def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operator: RunningOperator, billing: BillingIssuer, case: str, reason: str) -> None:
+    name = f"bad-{case}"
+    subject = f"{name}-id"
+    now = int(time.time())
+    if case == "tampered":
+        header, payload, signature = billing_token(billing, subject, plan="starter").split(".")
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+        claims["plan"], claims["monitoring"] = "enterprise", {"tier": "dedicated", "retentionDays": 30, "storageGb": 50}
+        forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        token = f"{header}.{forged}.{signature}"
+    elif case == "wrong-sub":
+        token = billing_token(billing, "someone-else")
+    elif case == "wrong-aud":
+        token = billing_token(billing, subject, aud="another-product")
+    elif case == "not-yet-valid":
+        token = billing_token(billing, subject, nbf=now + 7 * 86400, iat=now)
+    elif case == "unknown-key":
+        token = licences.sign(CATALOGUE["professional"].claims(subject, "rogue", 86400), licences.SigningKey.generate())
+    else:
+        token = ""
+    secret_ref = billing_licence(kube, f"{name}-licence", token)
+    create_instance(kube, name, customerId=subject, licence=secret_ref)
+    body = wait_condition(kube, name, "LicenceValid", "False", reason=reason)
+    assert condition(body, "Ready")["status"] == "False"
+    assert "licence" not in body["status"]
+    namespace = f"customer-{name}"
+    assert not exists(lambda: kube.core.read_namespaced_secret("licence", namespace))
+    for workload in ("ingest", "api"):
+        assert kube.apps.read_namespaced_deployment(workload, namespace).spec.replicas == 0
+    assert not exists(lambda: kube.apps.read_namespaced_stateful_set("prometheus", namespace))
+    if reason in (licences.BAD_SIGNATURE, licences.WRONG_SUBJECT, licences.WRONG_AUDIENCE, licences.UNKNOWN_KEY):
+        assert condition(body, "Stalled")["status"] == "True"
+        assert body["status"]["phase"] == "Failed"
+
+
+def test_a_valid_billing_licence_decides_plan_and_tier(kube: Cluster, operator: RunningOperator, billing: BillingIssuer) -> None:
+    name = "billed"
+    secret_ref = billing_licence(kube, "billed-licence", billing_token(billing, "billed-id", plan="enterprise"))
+    create_instance(kube, name, licence=secret_ref)
+    body = wait_phase(kube, name, "Ready", timeout=90)
+    assert body["status"]["licence"]["plan"] == "enterprise"
+    assert body["status"]["licence"]["issuer"] == "billing-test"
+    assert exists(lambda: kube.apps.read_namespaced_stateful_set("prometheus", "customer-billed"))
+    jwks = published_jwks(kube, "customer-billed")
+    assert billing.key.kid in {key["kid"] for key in jwks["keys"]}
+
+
+def test_an_expired_billing_licence_degrades_then_suspends_after_grace(kube: Cluster, operator: RunningOperator, billing: BillingIssuer) -> None:
+    now = int(time.time())
+    recent = billing_token(billing, "lapsed-id", nbf=now - 30 * 86400, iat=now - 30 * 86400, exp=now - 3600)
+    create_instance(kube, "lapsed", licence=billing_licence(kube, "lapsed-licence", recent))
+    body = wait_phase(kube, "lapsed", "Degraded", timeout=90)
+    assert condition(body, "LicenceValid")["reason"] == "Expired"
+    assert condition(body, "Ready")["status"] == "False"
+    assert kube.apps.read_namespaced_deployment("ingest", "customer-lapsed").spec.replicas == 1
+
+    long_ago = billing_token(billing, "lapsed-id", nbf=now - 60 * 86400, iat=now - 60 * 86400, exp=now - 2 * 86400)
+    billing_licence(kube, "lapsed-licence", long_ago)
+    body = wait_phase(kube, "lapsed", "Suspended", timeout=RESYNC_SECONDS * 4)
+    assert condition(body, "LicenceValid")["reason"] == "Expired"
+    wait_for(lambda: kube.apps.read_namespaced_deployment("ingest", "customer-lapsed").spec.replicas == 0, what="ingest scaled to zero")
+    assert kube.apps.read_namespaced_stateful_set("database", "customer-lapsed").spec.replicas == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Renewal and key rotation
+
+
+def _signing_ring(kube: Cluster):  # type: ignore[no-untyped-def]
+    from iotenant.signing_keys import SECRET_KEY, SECRET_NAME, KeyRing
+
+    data = kube.core.read_namespaced_secret(SECRET_NAME, OPERATOR_NAMESPACE).data[SECRET_KEY]
+    return KeyRing.from_json(base64.b64decode(data).decode())
+
+
+def test_a_licence_is_renewed_before_twenty_percent_of_validity_remains(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "renewing", "customer-renewing"
+    create_instance(kube, name, plan="starter", licence={"validityDays": 10})
+    first = wait_phase(kube, name, "Ready")
+    now = time.time()
+    old = CATALOGUE["starter"].claims(f"{name}-id", "iotenant-operator", 10 * 86400, now=now - 9 * 86400)
+    kube.core.patch_namespaced_secret(
+        "licence", namespace, {"data": {"licence.jwt": base64.b64encode(licences.sign(old, _signing_ring(kube).active).encode()).decode()}}
+    )
+    renewed = wait_for(
+        lambda: (lambda b: b if b["status"]["licence"]["id"] not in (first["status"]["licence"]["id"], old.jti) else None)(instance(kube, name)),
+        timeout=RESYNC_SECONDS * 4, what="the licence to be renewed",
+    )
+    claims = licences.verify(secret_value(kube, namespace, "licence", "licence.jwt"), published_jwks(kube, namespace), f"{name}-id").claims
+    assert claims.remaining_fraction(time.time()) > 0.99
+    assert renewed["status"]["licence"]["id"] == claims.jti
+
+
+def test_rotate_key_resigns_every_licence_and_retires_the_old_key(kube: Cluster, operator: RunningOperator) -> None:
+    ready_instance(kube, "plan-starter", "starter")
+    old_kid = _signing_ring(kube).active_kid
+    result = subprocess.run([sys.executable, "-m", "iotenant", "licence", "rotate-key", "--namespace", OPERATOR_NAMESPACE],
+                            capture_output=True, text=True, env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)})
+    assert result.returncode == 0, result.stderr
+    new_kid = _signing_ring(kube).active_kid
+    assert new_kid != old_kid
+
+    def all_resigned() -> bool:
+        items = kube.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        issued = [i for i in items if "secretRef" not in i["spec"].get("licence", {}) and "licence" in i.get("status", {})]
+        return bool(issued) and all(i["status"]["licence"]["keyId"] == new_kid for i in issued)
+
+    wait_for(all_resigned, timeout=60, what="every operator-issued licence to be re-signed with the new key")
+    wait_for(lambda: set(_signing_ring(kube).keys) == {new_kid}, timeout=60, what="the old key to be retired")
+    wait_for(lambda: {k["kid"] for k in published_jwks(kube, OPERATOR_NAMESPACE)["keys"]} == {new_kid}, timeout=30, what="the JWKS to drop the old key")
+    token = secret_value(kube, "customer-plan-starter", "licence", "licence.jwt")
+    assert licences.verify(token, published_jwks(kube, "customer-plan-starter"), "plan-starter-id").key_id == new_kid
+
+
+def test_licence_inspect_verifies_against_the_cluster_jwks(kube: Cluster, operator: RunningOperator) -> None:
+    ready_instance(kube, "plan-enterprise", "enterprise")
+    token = secret_value(kube, "customer-plan-enterprise", "licence", "licence.jwt")
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
+    inspect = subprocess.run([sys.executable, "-m", "iotenant", "licence", "inspect", "--namespace", OPERATOR_NAMESPACE, token],
+                             capture_output=True, text=True, env=env)
+    assert inspect.returncode == 0, inspect.stderr
+    described = json.loads(inspect.stdout)
+    assert described["plan"] == "enterprise" and described["monitoringTier"] == "dedicated" and described["valid"]
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    bad = subprocess.run([sys.executable, "-m", "iotenant", "licence", "verify", "--namespace", OPERATOR_NAMESPACE, tampered],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("invalid licence: BadSignature")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deletion and conflicts
+
+
+def test_delete_policy_removes_the_namespace_and_everything_in_it(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "goner", "customer-goner"
+    create_instance(kube, name, plan="enterprise")
+    wait_phase(kube, name, "Ready")
+    delete_instance(kube, name)
+    wait_for(lambda: not exists(lambda: kube.core.read_namespace(namespace)), timeout=90, what="the namespace to be deleted")
+    leftovers = [pv.metadata.name for pv in kube.core.list_persistent_volume().items if pv.spec.claim_ref and pv.spec.claim_ref.namespace == namespace and pv.status.phase == "Bound"]
+    assert leftovers == []
+
+
+def test_retain_policy_keeps_the_namespace_labelled_and_unmanaged(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "keeper", "customer-keeper"
+    create_instance(kube, name, plan="starter", deletionPolicy="Retain")
+    wait_phase(kube, name, "Ready")
+    delete_instance(kube, name)
+    time.sleep(3)  # give the garbage collector a chance to (wrongly) act
+    retained = kube.core.read_namespace(namespace)
+    assert retained.status.phase == "Active"
+    assert retained.metadata.labels["iotenant.io/retained-from"] == name
+    assert not retained.metadata.owner_references
+    pvc = kube.core.read_namespaced_persistent_volume_claim("data-database-0", namespace)
+    assert pvc.metadata.labels["iotenant.io/retained-from"] == name
+    database = kube.apps.read_namespaced_stateful_set("database", namespace)
+    assert not database.metadata.owner_references
+
+
+def test_a_foreign_namespace_is_never_adopted(kube: Cluster, operator: RunningOperator) -> None:
+    kube.kubectl("create", "namespace", "customer-squatter")
+    kube.kubectl("label", "namespace", "customer-squatter", "team=someone-else")
+    create_instance(kube, "squatter", plan="starter")
+    body = wait_condition(kube, "squatter", "Ready", "False", reason="NamespaceConflict")
+    assert body["status"]["phase"] == "Failed"
+    assert condition(body, "Stalled")["status"] == "True"
+    namespace = kube.core.read_namespace("customer-squatter")
+    assert not namespace.metadata.owner_references
+    assert "app.kubernetes.io/part-of" not in namespace.metadata.labels
+    assert kube.core.list_namespaced_secret("customer-squatter").items == []
+    delete_instance(kube, "squatter")
+    assert kube.core.read_namespace("customer-squatter").status.phase == "Active"
+
+
+def test_transitions_post_events(kube: Cluster, operator: RunningOperator) -> None:
+    ready_instance(kube, "plan-starter", "starter")
+    events = kube.core.list_namespaced_event("default", field_selector="involvedObject.name=plan-starter").items
+    reasons = {event.reason for event in events}
+    assert {"LicenceIssued", "Ready"} <= reasons, reasons
