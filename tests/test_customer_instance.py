@@ -111,6 +111,16 @@ def billing_token(billing: BillingIssuer, subject: str, plan: str = "professiona
     return licences.sign(licences._claims_from_payload(payload), billing.key)
 
 
+SERVICE_MONITOR_CRD_FILE = REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml"
+
+
+@pytest.fixture
+def servicemonitor_crd(kube: Cluster) -> None:
+    """The ServiceMonitor CRD, so that shared-tier instances can become fully Ready."""
+    kube.kubectl("apply", "--server-side", "-f", str(SERVICE_MONITOR_CRD_FILE))
+    kube.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=30s")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Monitoring CRD absent: shared tier is Degraded yet Ready. These run first, before the CRD exists.
 
@@ -127,7 +137,7 @@ def test_shared_tier_without_servicemonitor_crd_is_degraded_but_ready(kube: Clus
 
 
 def test_servicemonitor_appears_once_the_crd_is_installed(kube: Cluster, operator: RunningOperator) -> None:
-    kube.kubectl("apply", "--server-side", "-f", str(REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml"))
+    kube.kubectl("apply", "--server-side", "-f", str(SERVICE_MONITOR_CRD_FILE))
     body = wait_phase(kube, "early", "Ready", timeout=60)
     assert condition(body, "MonitoringReady")["reason"] == "ServiceMonitorCreated"
     monitor = kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "customer-early", "servicemonitors", "iotenant")
@@ -140,7 +150,7 @@ def test_servicemonitor_appears_once_the_crd_is_installed(kube: Cluster, operato
 
 
 @pytest.mark.parametrize("plan", ["starter", "professional", "enterprise"])
-def test_each_plan_becomes_ready_with_a_verifiable_licence(kube: Cluster, operator: RunningOperator, plan: str) -> None:
+def test_each_plan_becomes_ready_with_a_verifiable_licence(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, plan: str) -> None:
     name = f"plan-{plan}"
     create_instance(kube, name, plan=plan)
     result = kube.kubectl("wait", "--for=condition=Ready", f"cust/{name}", "--timeout=90s", check=False)
@@ -185,7 +195,7 @@ def test_each_plan_becomes_ready_with_a_verifiable_licence(kube: Cluster, operat
         assert item["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
 
 
-def test_every_pod_template_passes_pod_security_restricted(kube: Cluster, operator: RunningOperator) -> None:
+def test_every_pod_template_passes_pod_security_restricted(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     """Server-side dry-run of each workload's pod template as a bare Pod in an enforcing namespace."""
     ready_instance(kube, "plan-enterprise", "enterprise")
     templates = []
@@ -205,7 +215,7 @@ def test_every_pod_template_passes_pod_security_restricted(kube: Cluster, operat
         assert result.returncode == 0 and "Warning" not in result.stderr, f"{name}: {result.stderr}"
 
 
-def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, operator: RunningOperator, tmp_path: Path) -> None:
+def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, tmp_path: Path) -> None:
     body = ready_instance(kube, "plan-enterprise", "enterprise")
     assert condition(body, "MonitoringReady")["reason"] == "PrometheusReady"
     namespace = "customer-plan-enterprise"
@@ -226,7 +236,7 @@ def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, o
     assert not exists(lambda: kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors", "iotenant"))
 
 
-def test_professional_gets_a_service_monitor(kube: Cluster, operator: RunningOperator) -> None:
+def test_professional_gets_a_service_monitor(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     ready_instance(kube, "plan-professional", "professional")
     monitor = kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "customer-plan-professional", "servicemonitors", "iotenant")
     assert monitor["spec"]["selector"]["matchLabels"] == {"iotenant.io/customer": "plan-professional"}
@@ -244,7 +254,7 @@ def _monitoring_objects(kube: Cluster, namespace: str) -> set[str]:
     return {f"{item['kind']}/{item['metadata']['name']}" for item in listed}
 
 
-def test_upgrade_and_downgrade_converge_with_nothing_stale(kube: Cluster, operator: RunningOperator) -> None:
+def test_upgrade_and_downgrade_converge_with_nothing_stale(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name, namespace = "mover", "customer-mover"
     create_instance(kube, name, plan="starter")
     first = wait_phase(kube, name, "Ready")
@@ -278,7 +288,7 @@ def test_upgrade_and_downgrade_converge_with_nothing_stale(kube: Cluster, operat
 # Drift, resync writes, pause
 
 
-def test_drift_is_corrected_within_the_resync_interval(kube: Cluster, operator: RunningOperator) -> None:
+def test_drift_is_corrected_within_the_resync_interval(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name, namespace = "drifty", "customer-drifty"
     create_instance(kube, name, plan="starter")
     wait_phase(kube, name, "Ready")
@@ -317,7 +327,7 @@ def operator_writes(kube: Cluster, since: str) -> list[str]:
     return writes
 
 
-def test_a_no_op_resync_makes_zero_writes(kube: Cluster, operator: RunningOperator) -> None:
+def test_a_no_op_resync_makes_zero_writes(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name = "quiet"
     create_instance(kube, name, plan="enterprise")
     wait_phase(kube, name, "Ready")
@@ -334,7 +344,7 @@ def test_a_no_op_resync_makes_zero_writes(kube: Cluster, operator: RunningOperat
     print(f"{reconciles:.0f} resync reconciles of {instances} instances made 0 writes")
 
 
-def _metric(operator: RunningOperator, name: str, labels: str) -> float:
+def _metric(operator: RunningOperator, servicemonitor_crd: None, name: str, labels: str) -> float:
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
@@ -344,7 +354,7 @@ def _metric(operator: RunningOperator, name: str, labels: str) -> float:
     return 0.0
 
 
-def test_pause_stops_reconciliation_and_resume_catches_up(kube: Cluster, operator: RunningOperator) -> None:
+def test_pause_stops_reconciliation_and_resume_catches_up(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name, namespace = "pausable", "customer-pausable"
     create_instance(kube, name, plan="starter")
     wait_phase(kube, name, "Ready")
@@ -362,7 +372,7 @@ def test_pause_stops_reconciliation_and_resume_catches_up(kube: Cluster, operato
     assert condition(body, "Paused") == {}
 
 
-def test_suspension_scales_serving_workloads_to_zero_and_keeps_data(kube: Cluster, operator: RunningOperator) -> None:
+def test_suspension_scales_serving_workloads_to_zero_and_keeps_data(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name, namespace = "sleepy", "customer-sleepy"
     create_instance(kube, name, plan="starter")
     wait_phase(kube, name, "Ready")
@@ -393,7 +403,7 @@ def test_suspension_scales_serving_workloads_to_zero_and_keeps_data(kube: Cluste
         ("missing", licences.MISSING),
     ],
 )
-def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operator: RunningOperator, billing: BillingIssuer, case: str, reason: str) -> None:
+def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, billing: BillingIssuer, case: str, reason: str) -> None:
     name = f"bad-{case}"
     subject = f"{name}-id"
     now = int(time.time())
@@ -428,7 +438,7 @@ def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operat
         assert body["status"]["phase"] == "Failed"
 
 
-def test_a_valid_billing_licence_decides_plan_and_tier(kube: Cluster, operator: RunningOperator, billing: BillingIssuer) -> None:
+def test_a_valid_billing_licence_decides_plan_and_tier(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, billing: BillingIssuer) -> None:
     name = "billed"
     secret_ref = billing_licence(kube, "billed-licence", billing_token(billing, "billed-id", plan="enterprise"))
     create_instance(kube, name, licence=secret_ref)
@@ -440,7 +450,7 @@ def test_a_valid_billing_licence_decides_plan_and_tier(kube: Cluster, operator: 
     assert billing.key.kid in {key["kid"] for key in jwks["keys"]}
 
 
-def test_an_expired_billing_licence_degrades_then_suspends_after_grace(kube: Cluster, operator: RunningOperator, billing: BillingIssuer) -> None:
+def test_an_expired_billing_licence_degrades_then_suspends_after_grace(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, billing: BillingIssuer) -> None:
     now = int(time.time())
     recent = billing_token(billing, "lapsed-id", nbf=now - 30 * 86400, iat=now - 30 * 86400, exp=now - 3600)
     create_instance(kube, "lapsed", licence=billing_licence(kube, "lapsed-licence", recent))
@@ -468,7 +478,7 @@ def _signing_ring(kube: Cluster):  # type: ignore[no-untyped-def]
     return KeyRing.from_json(base64.b64decode(data).decode())
 
 
-def test_a_licence_is_renewed_before_twenty_percent_of_validity_remains(kube: Cluster, operator: RunningOperator) -> None:
+def test_a_licence_is_renewed_before_twenty_percent_of_validity_remains(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name, namespace = "renewing", "customer-renewing"
     create_instance(kube, name, plan="starter", licence={"validityDays": 10})
     first = wait_phase(kube, name, "Ready")
@@ -486,7 +496,7 @@ def test_a_licence_is_renewed_before_twenty_percent_of_validity_remains(kube: Cl
     assert renewed["status"]["licence"]["id"] == claims.jti
 
 
-def test_rotate_key_resigns_every_licence_and_retires_the_old_key(kube: Cluster, operator: RunningOperator) -> None:
+def test_rotate_key_resigns_every_licence_and_retires_the_old_key(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     ready_instance(kube, "plan-starter", "starter")
     old_kid = _signing_ring(kube).active_kid
     result = subprocess.run([sys.executable, "-m", "iotenant", "licence", "rotate-key", "--namespace", OPERATOR_NAMESPACE],
@@ -507,7 +517,7 @@ def test_rotate_key_resigns_every_licence_and_retires_the_old_key(kube: Cluster,
     assert licences.verify(token, published_jwks(kube, "customer-plan-starter"), "plan-starter-id").key_id == new_kid
 
 
-def test_licence_inspect_verifies_against_the_cluster_jwks(kube: Cluster, operator: RunningOperator) -> None:
+def test_licence_inspect_verifies_against_the_cluster_jwks(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     ready_instance(kube, "plan-enterprise", "enterprise")
     token = secret_value(kube, "customer-plan-enterprise", "licence", "licence.jwt")
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
@@ -527,7 +537,7 @@ def test_licence_inspect_verifies_against_the_cluster_jwks(kube: Cluster, operat
 # Deletion and conflicts
 
 
-def test_delete_policy_removes_the_namespace_and_everything_in_it(kube: Cluster, operator: RunningOperator) -> None:
+def test_delete_policy_removes_the_namespace_and_everything_in_it(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name, namespace = "goner", "customer-goner"
     create_instance(kube, name, plan="enterprise")
     wait_phase(kube, name, "Ready")
@@ -537,7 +547,7 @@ def test_delete_policy_removes_the_namespace_and_everything_in_it(kube: Cluster,
     assert leftovers == []
 
 
-def test_retain_policy_keeps_the_namespace_labelled_and_unmanaged(kube: Cluster, operator: RunningOperator) -> None:
+def test_retain_policy_keeps_the_namespace_labelled_and_unmanaged(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     name, namespace = "keeper", "customer-keeper"
     create_instance(kube, name, plan="starter", deletionPolicy="Retain")
     wait_phase(kube, name, "Ready")
@@ -553,7 +563,7 @@ def test_retain_policy_keeps_the_namespace_labelled_and_unmanaged(kube: Cluster,
     assert not database.metadata.owner_references
 
 
-def test_a_foreign_namespace_is_never_adopted(kube: Cluster, operator: RunningOperator) -> None:
+def test_a_foreign_namespace_is_never_adopted(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     kube.kubectl("create", "namespace", "customer-squatter")
     kube.kubectl("label", "namespace", "customer-squatter", "team=someone-else")
     create_instance(kube, "squatter", plan="starter")
@@ -568,7 +578,7 @@ def test_a_foreign_namespace_is_never_adopted(kube: Cluster, operator: RunningOp
     assert kube.core.read_namespace("customer-squatter").status.phase == "Active"
 
 
-def test_transitions_post_events(kube: Cluster, operator: RunningOperator) -> None:
+def test_transitions_post_events(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     ready_instance(kube, "plan-starter", "starter")
     events = kube.core.list_namespaced_event("default", field_selector="involvedObject.name=plan-starter").items
     reasons = {event.reason for event in events}
