@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,14 @@ def rejection(kube: Cluster, body: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def namespaces(kube: Cluster, crds: list[dict]) -> None:
-    for name in ("crd-tests", "customer-acme"):
+def namespaces(kube: Cluster, crds: list[dict]) -> Iterator[None]:
+    """Namespaces for the fleets; afterwards every object these tests made is deleted."""
+    names = ("crd-tests", "customer-acme")
+    for name in names:
         kube.kubectl("create", "namespace", name, check=False)
+    yield
+    kube.kubectl("delete", "customerinstances", "--all", "--wait=true", "--timeout=60s")
+    kube.kubectl("delete", "namespace", *names, "--wait=false")
 
 
 def with_spec(base: dict, **changes: object) -> dict:

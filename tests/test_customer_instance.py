@@ -331,8 +331,11 @@ def test_a_no_op_resync_makes_zero_writes(kube: Cluster, operator: RunningOperat
     name = "quiet"
     create_instance(kube, name, plan="enterprise")
     wait_phase(kube, name, "Ready")
-    wait_for(lambda: all(i.get("status", {}).get("phase") in ("Ready", "Degraded", "Suspended", "Failed") for i in kube.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]),
-             timeout=90, what="every instance to settle")
+    def settled() -> bool:
+        items = kube.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        return all(condition(i, "Reconciling").get("status") == "False" for i in items)
+
+    wait_for(settled, timeout=90, what="every instance to settle (Reconciling=False)")
     time.sleep(RESYNC_SECONDS)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     reconciles_before = _metric(operator, "iotenant_operator_reconciles_total", 'result="ok"')
