@@ -347,7 +347,7 @@ def test_a_no_op_resync_makes_zero_writes(kube: Cluster, operator: RunningOperat
     print(f"{reconciles:.0f} resync reconciles of {instances} instances made 0 writes")
 
 
-def _metric(operator: RunningOperator, servicemonitor_crd: None, name: str, labels: str) -> float:
+def _metric(operator: RunningOperator, name: str, labels: str) -> float:
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
