@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from iotenant import __version__
 from iotenant import licence_command, operator_command
 from iotenant.devcluster import command as devcluster_command
+from iotenant_workloads import ingest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator_command.register(commands)
     licence_command.register(commands)
     devcluster_command.register(commands)
+    ingest.register(commands)
     return parser
 
 

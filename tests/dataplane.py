@@ -1,0 +1,152 @@
+"""Helpers for data-plane tests: a licence, device publishers and an ingest process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from iotenant import licence as licences
+from iotenant.plans import load_catalogue
+from real_services import free_port
+
+CUSTOMER_ID = "acme-0001"
+
+
+@dataclass
+class LicenceFiles:
+    licence_file: Path
+    jwks_file: Path
+    key: licences.SigningKey
+
+
+def write_licence(folder: Path, plan: str, key: licences.SigningKey | None = None, **overrides: Any) -> LicenceFiles:
+    key = key or licences.SigningKey.generate()
+    claims = load_catalogue()[plan].claims(CUSTOMER_ID, "test", 30 * 86400)
+    if overrides:
+        claims = licences._claims_from_payload({**claims.to_payload(), **overrides})
+    folder.mkdir(parents=True, exist_ok=True)
+    licence_file, jwks_file = folder / "licence.jwt", folder / "jwks.json"
+    licence_file.write_text(licences.sign(claims, key))
+    jwks_file.write_text(json.dumps(licences.jwks([key.jwk])))
+    return LicenceFiles(licence_file, jwks_file, key)
+
+
+def telemetry(device_id: str, ts: float, seq: int, values: int = 2) -> bytes:
+    return json.dumps(
+        {
+            "v": 2, "device_id": device_id, "ts": ts, "seq": seq, "msg_type": "telemetry",
+            "measurements": [{"type": f"m{i}", "val": seq * 0.5 + i, "unit": "C"} for i in range(values)],
+        }
+    ).encode()
+
+
+class Device:
+    """One device's MQTT connection with its own credentials."""
+
+    def __init__(self, port: int, device_id: str, password: str) -> None:
+        self.device_id = device_id
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
+        self.client.username_pw_set(device_id, password)
+        self.connected = threading.Event()
+        self.client.on_connect = lambda *a: self.connected.set()
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        if not self.connected.wait(10):
+            raise TimeoutError(f"{device_id} could not connect")
+        self.pending: list[mqtt.MQTTMessageInfo] = []
+
+    def publish(self, kind: str, payload: bytes, qos: int = 1) -> None:
+        self.pending.append(self.client.publish(f"iot/{self.device_id}/{kind}", payload, qos=qos))
+
+    def flush(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for info in self.pending:
+            info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise TimeoutError(f"{self.device_id}: message {info.mid} not acknowledged by the broker")
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class IngestProcess:
+    database_url: str
+    broker_port: int
+    licence: LicenceFiles
+    log: Path
+    client_id: str = "ingest-test"
+    metrics_port: int = field(default_factory=free_port)
+    extra: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, IOTENANT_MQTT_PASSWORD="ingest-password")
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "iotenant", "ingest", "--database-url", self.database_url,
+                 "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port), "--mqtt-username", "ingest",
+                 "--licence-file", str(self.licence.licence_file), "--jwks-file", str(self.licence.jwks_file),
+                 "--customer-id", CUSTOMER_ID, "--client-id", self.client_id, "--metrics-address", "127.0.0.1",
+                 "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],
+                env=env, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ingest exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"ingest not ready after 30 s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def metrics(self) -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def rss_kib(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0

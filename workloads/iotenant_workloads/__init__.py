@@ -1,0 +1,1 @@
+"""iotenant data-plane services: ingest, api and the device simulator."""

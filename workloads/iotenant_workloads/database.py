@@ -1,0 +1,144 @@
+"""The customer database: idempotent migrations, daily partitions and retention.
+
+Telemetry is one row per measurement, unique by (device, message ts, seq, index): the durable key
+that removes redeliveries while a rebooted device (seq reset, new ts) loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg
+
+log = logging.getLogger("iotenant.database")
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE devices (
+            device_id text PRIMARY KEY,
+            first_seen timestamptz NOT NULL,
+            last_seen timestamptz NOT NULL,
+            online boolean NOT NULL DEFAULT false,
+            state_changed_at timestamptz,
+            hello jsonb
+        );
+        CREATE TABLE telemetry (
+            device_id text NOT NULL,
+            msg_ts timestamptz NOT NULL,
+            seq bigint NOT NULL,
+            idx smallint NOT NULL,
+            ts timestamptz NOT NULL,
+            type text NOT NULL,
+            val double precision NOT NULL,
+            unit text,
+            received_at timestamptz NOT NULL
+        ) PARTITION BY RANGE (msg_ts);
+        CREATE UNIQUE INDEX telemetry_message_key ON telemetry (device_id, msg_ts, seq, idx);
+        CREATE INDEX telemetry_device_ts ON telemetry (device_id, ts DESC);
+        CREATE INDEX telemetry_device_type_ts ON telemetry (device_id, type, ts DESC);
+        CREATE TABLE commands (
+            cmd_id text PRIMARY KEY,
+            device_id text NOT NULL,
+            name text NOT NULL,
+            args jsonb NOT NULL DEFAULT '{}'::jsonb,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            status text NOT NULL DEFAULT 'sent',
+            acked_at timestamptz,
+            result jsonb
+        );
+        CREATE INDEX commands_device_created ON commands (device_id, created_at DESC);
+        CREATE TABLE rejected_messages (
+            id bigserial PRIMARY KEY,
+            received_at timestamptz NOT NULL DEFAULT now(),
+            topic text NOT NULL,
+            reason text NOT NULL,
+            detail text NOT NULL DEFAULT '',
+            payload bytea NOT NULL
+        );
+        CREATE INDEX rejected_messages_reason ON rejected_messages (reason, id);
+        """,
+    ),
+]
+
+# How many refused messages are kept for inspection; older ones are deleted.
+REJECTED_KEPT = 10_000
+PARTITIONS_AHEAD_DAYS = 2
+
+
+def migrate(connection: psycopg.Connection) -> int:
+    """Apply missing migrations in one transaction each; safe to run from several replicas at once."""
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(4242001)")
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        applied = {row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
+        for version, statements in MIGRATIONS:
+            if version in applied:
+                continue
+            connection.execute(statements)
+            connection.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            log.info("applied database migration %d", version)
+    return max(version for version, _ in MIGRATIONS)
+
+
+def partition_name(day: date) -> str:
+    return f"telemetry_p{day:%Y%m%d}"
+
+
+def ensure_partitions(connection: psycopg.Connection, retention_days: int, today: date | None = None) -> list[str]:
+    """Daily partitions from the oldest retained day to a few days ahead; returns those created."""
+    today = today or datetime.now(timezone.utc).date()
+    created = []
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(4242002)")
+        existing = {
+            row[0]
+            for row in connection.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'"
+            )
+        }
+        for offset in range(-retention_days, PARTITIONS_AHEAD_DAYS + 1):
+            day = today + timedelta(days=offset)
+            name = partition_name(day)
+            if name in existing:
+                continue
+            connection.execute(
+                f"CREATE TABLE {name} PARTITION OF telemetry FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + timedelta(days=1)).isoformat()}')"
+            )
+            created.append(name)
+    return created
+
+
+def apply_retention(connection: psycopg.Connection, retention_days: int, today: date | None = None) -> list[str]:
+    """Drop whole partitions older than the retention window, and old refused messages."""
+    today = today or datetime.now(timezone.utc).date()
+    oldest = today - timedelta(days=retention_days)
+    dropped = []
+    with connection.transaction():
+        rows = connection.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'"
+        ).fetchall()
+        for (name,) in rows:
+            day = datetime.strptime(name.removeprefix("telemetry_p"), "%Y%m%d").date()
+            if day < oldest:
+                connection.execute(f"DROP TABLE {name}")
+                dropped.append(name)
+        connection.execute(
+            "DELETE FROM rejected_messages WHERE id < (SELECT coalesce(max(id), 0) FROM rejected_messages) - %s",
+            (REJECTED_KEPT,),
+        )
+    return dropped
+
+
+def retention_window(retention_days: int, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """Message timestamps that can be stored: inside the partitions that exist."""
+    now = now or datetime.now(timezone.utc)
+    start = datetime.combine(now.date() - timedelta(days=retention_days), datetime.min.time(), tzinfo=timezone.utc)
+    end = datetime.combine(now.date() + timedelta(days=PARTITIONS_AHEAD_DAYS + 1), datetime.min.time(), tzinfo=timezone.utc)
+    return start, end
