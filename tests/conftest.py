@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,9 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from real_services import MosquittoBroker, PostgresServer
+
+from dataplane import LicenceFiles, broker_identities, write_licence
 from iotenant import licence as licences
 from iotenant.devcluster import cluster as devcluster
 from iotenant.devcluster.binaries import Binaries, MissingPart, ensure_binaries
@@ -172,3 +177,44 @@ def operator(kube: Cluster, crds: list[dict], billing: BillingIssuer, tmp_path_f
             process.kill()
             process.wait()
         print(f"\n--- operator log (last 3000 characters) ---\n{running.log_text()[-3000:]}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data plane: Debian's PostgreSQL and Mosquitto
+
+
+@pytest.fixture(scope="session")
+def service_root() -> Iterator[Path]:
+    """A folder the services' own users can reach (pytest's temporary folders are private to root)."""
+    root = Path(tempfile.mkdtemp(prefix="iotenant-services-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(service_root: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(root=service_root / "postgres")
+    server.initialise()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker(service_root: Path) -> Iterator[MosquittoBroker]:
+    server = MosquittoBroker(root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)), admin_password="admin-password", identities=broker_identities())
+    server.write_configuration()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    return postgres.create_database(request.node.name.replace("[", "_").replace("]", "")[:60].lower())
+
+
+@pytest.fixture
+def enterprise_licence(tmp_path: Path) -> LicenceFiles:
+    return write_licence(tmp_path / "licence", "enterprise")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,19 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotenant import licence as licences
+from iotenant.broker_identities import API, INGEST, Identity
 from iotenant.plans import load_catalogue
 from real_services import free_port
 
 CUSTOMER_ID = "acme-0001"
+DEVICES = [f"dev-{n:03d}" for n in range(1, 41)]
+
+
+def broker_identities() -> list[Identity]:
+    """The service identities and 40 devices, each with its own password."""
+    return [Identity("ingest", "ingest-password", INGEST), Identity("api", "api-password", API)] + [
+        Identity(device, f"{device}-password") for device in DEVICES
+    ]
 
 
 @dataclass
@@ -150,3 +160,62 @@ class IngestProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
+
+
+@dataclass
+class ApiProcess:
+    database_url: str
+    broker_port: int
+    licence: LicenceFiles
+    token_file: Path
+    log: Path
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    extra: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, IOTENANT_MQTT_PASSWORD="api-password")
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "iotenant", "api", "--database-url", self.database_url,
+                 "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port), "--mqtt-username", "api",
+                 "--licence-file", str(self.licence.licence_file), "--jwks-file", str(self.licence.jwks_file),
+                 "--customer-id", CUSTOMER_ID, "--token-file", str(self.token_file), "--address", "127.0.0.1",
+                 "--port", str(self.port), "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                 "--log-format", "text", *self.extra],
+                env=env, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"api exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"api not ready after 30 s:\n{self.log.read_text()[-3000:]}")
+
+    def request(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,55 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import wait_for
-from dataplane import Device, IngestProcess, LicenceFiles, telemetry, write_licence
-from iotenant.broker_identities import API, INGEST, Identity
+from dataplane import DEVICES, Device, IngestProcess, LicenceFiles, telemetry, write_licence
 from real_services import MosquittoBroker, PostgresServer
-
-DEVICES = [f"dev-{n:03d}" for n in range(1, 41)]
-
-
-def identities() -> list[Identity]:
-    return [Identity("ingest", "ingest-password", INGEST), Identity("api", "api-password", API)] + [
-        Identity(device, f"{device}-password") for device in DEVICES
-    ]
-
-
-@pytest.fixture(scope="session")
-def service_root() -> Iterator[Path]:
-    """A folder the services' own users can reach (pytest's temporary folders are private to root)."""
-    root = Path(tempfile.mkdtemp(prefix="iotenant-services-"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres(service_root: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(root=service_root / "postgres")
-    server.initialise()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def broker(service_root: Path) -> Iterator[MosquittoBroker]:
-    server = MosquittoBroker(root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)), admin_password="admin-password", identities=identities())
-    server.write_configuration()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def database(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
-    return postgres.create_database(request.node.name.replace("[", "_").replace("]", "")[:60].lower())
-
-
-@pytest.fixture
-def enterprise_licence(tmp_path: Path) -> LicenceFiles:
-    return write_licence(tmp_path / "licence", "enterprise")
-
 
 def start_ingest(database: str, broker: MosquittoBroker, licence: LicenceFiles, log: Path, **options: object) -> IngestProcess:
     process = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=log, **options)  # type: ignore[arg-type]

@@ -1,0 +1,176 @@
+"""`iotenant api` against a database filled by `iotenant ingest`, with real Mosquitto and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import wait_for
+from dataplane import ApiProcess, Device, IngestProcess, LicenceFiles, telemetry, write_licence
+from real_services import MosquittoBroker, PostgresServer
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@dataclass
+class Stack:
+    api: ApiProcess
+    ingest: IngestProcess
+    broker: MosquittoBroker
+    database: str
+    started: float
+
+
+def start_stack(database: str, broker: MosquittoBroker, licence: LicenceFiles, folder: Path, extra: list[str] | None = None) -> Stack:
+    token_file = folder / "token"
+    token_file.write_text(TOKEN + "\n")
+    ingest = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=folder / "ingest.log")
+    ingest.start()
+    api = ApiProcess(database_url=database, broker_port=broker.port, licence=licence, token_file=token_file,
+                     log=folder / "api.log", extra=extra or [])
+    api.start()
+    started = time.time() - 100
+    device = Device(broker.port, "dev-001", "dev-001-password")
+    for seq in range(150):
+        device.publish("telemetry", telemetry("dev-001", started + seq, seq, values=2))
+    device.publish("hello", json.dumps({"v": 2, "device_id": "dev-001", "fw": "1.2.3"}).encode())
+    device.close()
+    other = Device(broker.port, "dev-002", "dev-002-password")
+    other.publish("telemetry", telemetry("dev-002", started, 0, values=1))
+    other.close()
+    wait_for(lambda: ingest.metrics()["iotenant_ingest_stored_total"] == 151, timeout=30, what="the fixture telemetry")
+    return Stack(api=api, ingest=ingest, broker=broker, database=database, started=started)
+
+
+@pytest.fixture
+def professional(database: str, broker: MosquittoBroker, tmp_path: Path) -> Iterator[Stack]:
+    stack = start_stack(database, broker, write_licence(tmp_path / "licence", "professional"), tmp_path)
+    yield stack
+    stack.api.stop()
+    stack.ingest.stop()
+
+
+def test_every_api_route_needs_the_bearer_token(professional: Stack) -> None:
+    api = professional.api
+    for path in ("/api/v1/devices", "/api/v1/devices/dev-001", "/api/v1/licence", "/api/v1/stats"):
+        assert api.request("GET", path) == (401, {"error": "unauthorized", "message": "a valid bearer token is required"})
+        assert api.request("GET", path, token="wrong")[0] == 401
+        assert api.request("GET", path, token=TOKEN)[0] == 200
+    assert api.request("GET", "/healthz") == (200, {"status": "ok"})
+    assert api.request("GET", "/readyz")[1] == {"status": "ready"}
+    assert api.request("GET", "/openapi.json")[1]["paths"]["/api/v1/devices/{device_id}/telemetry"]["get"]["summary"]
+    assert api.request("GET", "/nowhere") == (404, {"error": "not_found", "message": "Not Found"})
+    assert api.request("GET", "/api/v1/nowhere", token=TOKEN) == (404, {"error": "not_found", "message": "Not Found"})
+
+
+def test_devices_and_telemetry(professional: Stack) -> None:
+    api, started = professional.api, professional.started
+    status, body = api.request("GET", "/api/v1/devices", token=TOKEN)
+    assert status == 200 and [d["id"] for d in body["devices"]] == ["dev-001", "dev-002"]
+    status, device = api.request("GET", "/api/v1/devices/dev-001", token=TOKEN)
+    assert status == 200 and device["online"] is True and device["hello"]["fw"] == "1.2.3"
+    assert api.request("GET", "/api/v1/devices/ghost", token=TOKEN)[1]["error"] == "device_not_found"
+    assert api.request("GET", "/api/v1/devices/-bad", token=TOKEN)[0] == 422
+
+    status, last = api.request("GET", "/api/v1/devices/dev-001/telemetry/last", token=TOKEN)
+    assert status == 200 and {m["type"]: m["seq"] for m in last["measurements"]} == {"m0": 149, "m1": 149}
+    status, last_m1 = api.request("GET", "/api/v1/devices/dev-001/telemetry/last?type=m1", token=TOKEN)
+    assert [m["val"] for m in last_m1["measurements"]] == [149 * 0.5 + 1]
+    assert api.request("GET", "/api/v1/devices/dev-001/telemetry/last?type=nope", token=TOKEN)[1]["error"] == "no_telemetry"
+
+    status, recent = api.request("GET", "/api/v1/devices/dev-001/telemetry?type=m0&limit=10", token=TOKEN)
+    assert [m["seq"] for m in recent["measurements"]] == list(range(149, 139, -1))
+    since, until = started + 10, started + 19
+    status, window = api.request("GET", f"/api/v1/devices/dev-001/telemetry?type=m0&from={since}&to={until}", token=TOKEN)
+    assert [m["seq"] for m in window["measurements"]] == list(range(19, 9, -1))
+    assert api.request("GET", "/api/v1/devices/dev-001/telemetry?limit=0", token=TOKEN)[1]["error"] == "invalid_parameter"
+    assert api.request("GET", "/api/v1/devices/dev-001/telemetry?limit=5000", token=TOKEN)[0] == 422
+    assert api.request("GET", f"/api/v1/devices/dev-001/telemetry?from={until}&to={since}", token=TOKEN)[0] == 422
+    assert api.request("GET", "/api/v1/devices/dev-001/telemetry?from=yesterday", token=TOKEN)[0] == 422
+
+
+def test_commands_reach_the_device_and_its_ack_is_shown(professional: Stack) -> None:
+    api, broker = professional.api, professional.broker
+    received: list[dict] = []
+    subscribed = threading.Event()
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-001", protocol=mqtt.MQTTv311)
+    device.username_pw_set("dev-001", "dev-001-password")
+    device.on_connect = lambda c, *_: c.subscribe("iot/dev-001/command", qos=1)
+    device.on_subscribe = lambda *_: subscribed.set()
+    device.on_message = lambda _c, _u, message: received.append(json.loads(message.payload))
+    device.connect("127.0.0.1", broker.port)
+    device.loop_start()
+    assert subscribed.wait(10)
+
+    status, sent = api.request("POST", "/api/v1/devices/dev-001/commands", token=TOKEN, body={"name": "reboot", "args": {"delay": 5}})
+    assert status == 202 and sent["status"] == "sent"
+    wait_for(lambda: received, timeout=10, what="the command to reach the device")
+    assert received[0]["cmd_id"] == sent["cmdId"] and received[0]["name"] == "reboot" and received[0]["args"] == {"delay": 5}
+    ack = {"v": 2, "device_id": "dev-001", "cmd_id": sent["cmdId"], "status": "done", "result": {"ok": True}}
+    device.publish("iot/dev-001/command/ack", json.dumps(ack), qos=1).wait_for_publish(5)
+
+    def acknowledged() -> dict | None:
+        commands = api.request("GET", "/api/v1/devices/dev-001/commands", token=TOKEN)[1]["commands"]
+        return commands[0] if commands and commands[0]["status"] == "done" else None
+
+    shown = wait_for(acknowledged, timeout=15, what="the acknowledgement to be shown")
+    assert shown["result"] == {"ok": True} and shown["ackedAt"]
+    again = api.request("POST", "/api/v1/devices/dev-001/commands", token=TOKEN, body={"name": "x", "cmd_id": sent["cmdId"]})
+    assert again[0] == 409 and again[1]["error"] == "command_exists"
+    assert api.request("POST", "/api/v1/devices/dev-001/commands", token=TOKEN, body={"args": {}})[0] == 422
+    assert api.request("POST", "/api/v1/devices/ghost/commands", token=TOKEN, body={"name": "x"})[0] == 404
+    device.loop_stop()
+    device.disconnect()
+
+
+def test_licence_and_stats(professional: Stack) -> None:
+    api = professional.api
+    status, licence = api.request("GET", "/api/v1/licence", token=TOKEN)
+    assert status == 200 and licence["plan"] == "professional" and licence["features"]["commands"] is True
+    assert licence["limits"]["maxDevices"] == 500
+    status, stats = api.request("GET", "/api/v1/stats", token=TOKEN)
+    assert status == 200 and stats["devices"] == 2 and stats["measurements"] == 301 and stats["deviceLimit"] == 500
+
+
+def test_commands_are_refused_without_the_feature(database: str, broker: MosquittoBroker, tmp_path: Path) -> None:
+    roomy = {"maxDevices": 25, "maxFleets": 2, "retentionDays": 7, "maxMessagesPerSecond": 10000}  # no rate limit in the way
+    stack = start_stack(database, broker, write_licence(tmp_path / "licence", "starter", limits=roomy), tmp_path)
+    try:
+        for method, body in (("POST", {"name": "reboot"}), ("GET", None)):
+            status, error = stack.api.request(method, "/api/v1/devices/dev-001/commands", token=TOKEN, body=body)
+            assert (status, error["error"]) == (403, "feature_not_licensed")
+    finally:
+        stack.api.stop()
+        stack.ingest.stop()
+
+
+def test_too_many_requests_get_429(database: str, broker: MosquittoBroker, tmp_path: Path) -> None:
+    stack = start_stack(database, broker, write_licence(tmp_path / "licence", "professional"), tmp_path,
+                        extra=["--requests-per-second", "5"])
+    try:
+        statuses = [stack.api.request("GET", "/api/v1/devices", token=TOKEN)[0] for _ in range(30)]
+        assert statuses.count(429) >= 20 and statuses[0] == 200
+        assert stack.api.request("GET", "/api/v1/devices", token=TOKEN)[1]["error"] == "rate_limited"
+    finally:
+        stack.api.stop()
+        stack.ingest.stop()
+
+
+def test_database_down_gives_503_and_recovers(professional: Stack, postgres: PostgresServer) -> None:
+    api = professional.api
+    postgres.stop()
+    try:
+        status, error = api.request("GET", "/api/v1/devices", token=TOKEN)
+        assert (status, error["error"]) == (503, "database_unavailable")
+        assert "Traceback" not in json.dumps(error)
+    finally:
+        postgres.start()
+    wait_for(lambda: api.request("GET", "/api/v1/devices", token=TOKEN)[0] == 200, timeout=30, what="the API to recover")

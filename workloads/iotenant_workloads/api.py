@@ -1,0 +1,443 @@
+"""``iotenant api``: the customer's REST API over the tenant database.
+
+Bearer-token auth (token from a mounted file, constant-time comparison); every error is JSON with
+a stable ``error`` code; features not in the verified licence give 403 ``feature_not_licensed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from aiohttp import web
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from iotenant import logs
+from iotenant.environment_flags import flag
+from iotenant_workloads import datagram
+from iotenant_workloads.ingest import add_common_flags
+from iotenant_workloads.mounted_licence import MountedLicence
+
+log = logging.getLogger("iotenant.api")
+
+REQUESTS = Counter("iotenant_api_requests_total", "API requests", ["route", "status"])
+LATENCY = Histogram("iotenant_api_request_seconds", "API request latency", ["route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+DATABASE_UP = Gauge("iotenant_api_database_up", "1 when the last database query succeeded")
+BROKER_UP = Gauge("iotenant_api_broker_up", "1 while connected to the broker (commands)")
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+API_KEY = web.AppKey("iotenant_api", object)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _time_parameter(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return datagram.timestamp(float(raw) if raw.replace(".", "", 1).isdigit() else raw)
+    except datagram.Rejected:
+        raise ApiError(422, "invalid_parameter", f"{name} must be an RFC 3339 time or seconds since the epoch") from None
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(422, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _device_id(request: web.Request) -> str:
+    device_id = request.match_info["device_id"]
+    if not datagram.DEVICE_ID.match(device_id):
+        raise ApiError(422, "invalid_parameter", "device id must be 1..63 of [A-Za-z0-9._-], starting with a letter or digit")
+    return device_id
+
+
+class RequestRate:
+    """Requests per second per client address (HTTP 429 beyond)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, updated = self.buckets.get(key, (self.per_second, now))
+        tokens = min(self.per_second, tokens + (now - updated) * self.per_second)
+        if len(self.buckets) > 10_000:
+            self.buckets.clear()
+        if tokens < 1:
+            self.buckets[key] = (tokens, now)
+            return False
+        self.buckets[key] = (tokens - 1, now)
+        return True
+
+
+class CustomerApi:
+    def __init__(self, pool: AsyncConnectionPool, licence: MountedLicence, token_file: Path, publisher: "CommandPublisher | None", rate: RequestRate) -> None:
+        self.pool = pool
+        self.licence = licence
+        self.token_file = token_file
+        self.publisher = publisher
+        self.rate = rate
+        self._token = b""
+        self._token_stamp = 0.0
+
+    # ------------------------------------------------------------ auth, features, errors
+
+    def _expected_token(self) -> bytes:
+        stamp = self.token_file.stat().st_mtime
+        if stamp != self._token_stamp:
+            self._token, self._token_stamp = self.token_file.read_text().strip().encode(), stamp
+        return self._token
+
+    def authorise(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        expected = self._expected_token()
+        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(presented.strip().encode(), expected):
+            raise ApiError(401, "unauthorized", "a valid bearer token is required")
+
+    def claims(self) -> Any:
+        verified = self.licence.refresh()
+        if verified is None:
+            raise ApiError(503, "licence_invalid", f"no valid licence: {self.licence.problem}")
+        return verified.claims
+
+    def require_feature(self, feature: str) -> None:
+        if not getattr(self.claims().features, feature):
+            raise ApiError(403, "feature_not_licensed", f"the licence does not include {feature}")
+
+    async def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        try:
+            async with self.pool.connection(timeout=5) as connection:
+                async with connection.cursor(row_factory=dict_row) as cursor:
+                    await cursor.execute(sql, parameters)
+                    rows = await cursor.fetchall() if cursor.description else []
+            DATABASE_UP.set(1)
+            return rows
+        except (psycopg.OperationalError, TimeoutError) as error:
+            DATABASE_UP.set(0)
+            raise ApiError(503, "database_unavailable", "the database is not reachable; retry later") from error
+
+    async def _device_or_404(self, device_id: str) -> dict[str, Any]:
+        rows = await self.query("SELECT * FROM devices WHERE device_id = %s", (device_id,))
+        if not rows:
+            raise ApiError(404, "device_not_found", f"no device {device_id!r} has reported")
+        return rows[0]
+
+    # ------------------------------------------------------------ routes
+
+    async def list_devices(self, request: web.Request) -> Any:
+        limit = _limit(request)
+        rows = await self.query(
+            "SELECT device_id, first_seen, last_seen, online FROM devices ORDER BY device_id LIMIT %s", (limit,)
+        )
+        return {"devices": [self._device(row) for row in rows], "count": len(rows)}
+
+    def _device(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"id": row["device_id"], "online": row["online"], "firstSeen": _iso(row["first_seen"]), "lastSeen": _iso(row["last_seen"])}
+
+    async def get_device(self, request: web.Request) -> Any:
+        row = await self._device_or_404(_device_id(request))
+        return {**self._device(row), "hello": row.get("hello"), "stateChangedAt": _iso(row.get("state_changed_at"))}
+
+    async def last_telemetry(self, request: web.Request) -> Any:
+        device_id = _device_id(request)
+        kind = request.query.get("type")
+        if kind:
+            rows = await self.query(
+                "SELECT ts, type, val, unit, seq FROM telemetry WHERE device_id = %s AND type = %s ORDER BY ts DESC LIMIT 1",
+                (device_id, kind),
+            )
+        else:
+            rows = await self.query(
+                "SELECT DISTINCT ON (type) ts, type, val, unit, seq FROM telemetry WHERE device_id = %s "
+                "AND ts >= (SELECT max(ts) FROM telemetry WHERE device_id = %s) - interval '1 day' ORDER BY type, ts DESC",
+                (device_id, device_id),
+            )
+        if not rows:
+            await self._device_or_404(device_id)
+            raise ApiError(404, "no_telemetry", f"device {device_id!r} has no telemetry" + (f" of type {kind!r}" if kind else ""))
+        return {"deviceId": device_id, "measurements": [self._measurement(row) for row in rows]}
+
+    def _measurement(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"ts": _iso(row["ts"]), "type": row["type"], "val": row["val"], "unit": row["unit"], "seq": row["seq"]}
+
+    async def telemetry(self, request: web.Request) -> Any:
+        device_id = _device_id(request)
+        since, until, kind, limit = _time_parameter(request, "from"), _time_parameter(request, "to"), request.query.get("type"), _limit(request)
+        if since and until and since > until:
+            raise ApiError(422, "invalid_parameter", "from must not be after to")
+        clauses, parameters = ["device_id = %s"], [device_id]
+        if kind:
+            clauses.append("type = %s")
+            parameters.append(kind)
+        if since:
+            clauses.append("ts >= %s")
+            parameters.append(since)
+        if until:
+            clauses.append("ts <= %s")
+            parameters.append(until)
+        rows = await self.query(
+            f"SELECT ts, type, val, unit, seq FROM telemetry WHERE {' AND '.join(clauses)} ORDER BY ts DESC LIMIT %s",
+            (*parameters, limit),
+        )
+        if not rows:
+            await self._device_or_404(device_id)
+        return {"deviceId": device_id, "measurements": [self._measurement(row) for row in rows], "count": len(rows)}
+
+    async def send_command(self, request: web.Request) -> Any:
+        self.require_feature("commands")
+        device_id = _device_id(request)
+        await self._device_or_404(device_id)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(422, "invalid_body", "the body must be a JSON object") from None
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not 1 <= len(body["name"]) <= 64:
+            raise ApiError(422, "invalid_body", "name (1..64 characters) is required")
+        args = body.get("args", {})
+        if not isinstance(args, dict):
+            raise ApiError(422, "invalid_body", "args must be an object")
+        cmd_id = str(body.get("cmd_id") or uuid.uuid4())
+        if self.publisher is None or not self.publisher.connected.is_set():
+            raise ApiError(503, "broker_unavailable", "the broker is not reachable; retry later")
+        rows = await self.query(
+            "INSERT INTO commands (cmd_id, device_id, name, args) VALUES (%s, %s, %s, %s) ON CONFLICT (cmd_id) DO NOTHING RETURNING cmd_id",
+            (cmd_id, device_id, body["name"], json.dumps(args)),
+        )
+        if not rows:
+            raise ApiError(409, "command_exists", f"a command with cmd_id {cmd_id!r} exists already")
+        message = {"cmd_id": cmd_id, "name": body["name"], "args": args, "ts": time.time()}
+        await asyncio.to_thread(self.publisher.publish, device_id, message)
+        return web.json_response({"cmdId": cmd_id, "status": "sent"}, status=202)
+
+    async def list_commands(self, request: web.Request) -> Any:
+        self.require_feature("commands")
+        device_id = _device_id(request)
+        rows = await self.query(
+            "SELECT cmd_id, name, args, status, created_at, acked_at, result FROM commands WHERE device_id = %s "
+            "ORDER BY created_at DESC LIMIT %s",
+            (device_id, _limit(request)),
+        )
+        return {"deviceId": device_id, "commands": [
+            {"cmdId": r["cmd_id"], "name": r["name"], "args": r["args"], "status": r["status"],
+             "createdAt": _iso(r["created_at"]), "ackedAt": _iso(r["acked_at"]), "result": r["result"]} for r in rows
+        ]}
+
+    async def licence_state(self, request: web.Request) -> Any:
+        claims = self.claims()
+        return {"plan": claims.plan, "subject": claims.sub, "issuer": claims.iss, "id": claims.jti,
+                "expiresAt": datetime.fromtimestamp(claims.exp, timezone.utc).isoformat().replace("+00:00", "Z"),
+                "features": vars(claims.features), "limits": vars(claims.limits), "monitoring": vars(claims.monitoring)}
+
+    async def stats(self, request: web.Request) -> Any:
+        (counts,) = await self.query(
+            "SELECT (SELECT count(*) FROM devices) AS devices, (SELECT count(*) FROM devices WHERE online) AS online, "
+            "(SELECT count(*) FROM telemetry) AS measurements, (SELECT count(*) FROM commands) AS commands"
+        )
+        rejected = await self.query("SELECT reason, count(*) AS n FROM rejected_messages GROUP BY reason ORDER BY reason")
+        limits = self.claims().limits
+        return {**counts, "rejected": {r["reason"]: r["n"] for r in rejected}, "deviceLimit": limits.maxDevices}
+
+
+Handler = Callable[[web.Request], Awaitable[Any]]
+
+ROUTES: list[tuple[str, str, str, str]] = [
+    ("GET", "/api/v1/devices", "list_devices", "List devices (`limit`)."),
+    ("GET", "/api/v1/devices/{device_id}", "get_device", "One device: online state, first and last seen, hello."),
+    ("GET", "/api/v1/devices/{device_id}/telemetry/last", "last_telemetry", "Latest measurement per type (`type`)."),
+    ("GET", "/api/v1/devices/{device_id}/telemetry", "telemetry", "Measurements, newest first (`from`, `to`, `type`, `limit`)."),
+    ("POST", "/api/v1/devices/{device_id}/commands", "send_command", "Send a command (needs features.commands)."),
+    ("GET", "/api/v1/devices/{device_id}/commands", "list_commands", "Commands and their acknowledgement (needs features.commands)."),
+    ("GET", "/api/v1/licence", "licence_state", "The verified licence: plan, features, limits, expiry."),
+    ("GET", "/api/v1/stats", "stats", "Counts of devices, measurements, commands and refused messages."),
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method, path, _name, summary in ROUTES:
+        parameters = [{"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}] if "{device_id}" in path else []
+        paths.setdefault(path, {})[method.lower()] = {
+            "summary": summary, "parameters": parameters, "security": [{"bearer": []}],
+            "responses": {code: {"description": text} for code, text in (
+                ("200", "OK"), ("401", "unauthorized"), ("403", "feature_not_licensed"), ("404", "not found"),
+                ("409", "conflict"), ("422", "invalid parameter"), ("429", "rate_limited"), ("503", "unavailable"))},
+        }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "iotenant customer API", "version": "v1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }
+
+
+def add_endpoints(app: web.Application, api: CustomerApi) -> None:
+    """/healthz, /readyz and /metrics (no token)."""
+
+    async def healthz(_request: web.Request) -> Any:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        try:
+            await api.query("SELECT 1")
+        except ApiError as error:
+            return web.json_response({"status": "not_ready", "detail": error.message}, status=503)
+        if api.licence.refresh() is None:
+            return web.json_response({"status": "not_ready", "detail": api.licence.problem}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+
+def build_app(api: CustomerApi) -> web.Application:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        started = time.perf_counter()
+        try:
+            if request.path.startswith("/api/"):
+                api.authorise(request)
+                if not api.rate.allow(request.remote or "?"):
+                    raise ApiError(429, "rate_limited", "too many requests; slow down")
+            result = await handler(request)
+            response = result if isinstance(result, web.StreamResponse) else web.json_response(result)
+        except ApiError as error:
+            response = web.json_response({"error": error.code, "message": error.message}, status=error.status)
+        except web.HTTPException as error:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(error.status, "http_error")
+            response = web.json_response({"error": code, "message": error.reason}, status=error.status)
+        except Exception:  # never a stack trace to the client
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            response = web.json_response({"error": "internal_error", "message": "unexpected error"}, status=500)
+        REQUESTS.labels(route, str(response.status)).inc()
+        LATENCY.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    app = web.Application(middlewares=[errors])
+    for method, path, name, _summary in ROUTES:
+        app.router.add_route(method, path, getattr(api, name))
+
+    add_endpoints(app, api)
+
+    async def openapi(_request: web.Request) -> Any:
+        return openapi_document()
+
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+class CommandPublisher:
+    """The API's broker connection: publishes ``iot/<id>/command`` at QoS 1."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        self.connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"api-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(username, password)
+        self.client.on_connect = lambda *_: (self.connected.set(), BROKER_UP.set(1))
+        self.client.on_disconnect = lambda *_: (self.connected.clear(), BROKER_UP.set(0))
+        self.client.connect_async(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def publish(self, device_id: str, message: dict[str, Any]) -> None:
+        info = self.client.publish(f"iot/{device_id}/command", json.dumps(message), qos=1)
+        info.wait_for_publish(timeout=5)
+        if not info.is_published():
+            raise ApiError(503, "broker_unavailable", "the broker did not accept the command")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _run(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level, args.log_format)
+    licence = MountedLicence(Path(args.licence_file), Path(args.jwks_file), args.customer_id)
+    try:
+        licence.load()
+    except Exception as error:
+        log.error("refusing to start without a valid licence: %s", error)
+        return 2
+    password = Path(args.mqtt_password_file).read_text().strip() if args.mqtt_password_file else args.mqtt_password
+    publisher = CommandPublisher(args.mqtt_host, args.mqtt_port, args.mqtt_username, password) if args.mqtt_username else None
+
+    async def serve() -> None:
+        pool = AsyncConnectionPool(args.database_url, min_size=2, max_size=args.pool_size, open=False, timeout=5)
+        await pool.open(wait=False)
+        api = CustomerApi(pool, licence, Path(args.token_file), publisher, RequestRate(args.requests_per_second))
+        app = build_app(api)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        sites = [web.TCPSite(runner, args.address, args.port)]
+        if args.metrics_port != args.port:
+            endpoints_app = web.Application()
+            add_endpoints(endpoints_app, api)
+            endpoints_runner = web.AppRunner(endpoints_app, access_log=None)
+            await endpoints_runner.setup()
+            sites.append(web.TCPSite(endpoints_runner, args.metrics_address, args.metrics_port))
+        for site in sites:
+            await site.start()
+        log.info("API listening on %s:%d (metrics on %d)", args.address, args.port, args.metrics_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+        await pool.close()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        if publisher:
+            publisher.close()
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser("api", help="serve the customer's REST API", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    flag(parser, "--database-url", "IOTENANT_DATABASE_URL", "PostgreSQL connection URL", required=True)
+    flag(parser, "--token-file", "IOTENANT_API_TOKEN_FILE", "file holding the bearer token", default="/etc/iotenant/api-token/token")
+    flag(parser, "--address", "IOTENANT_API_ADDRESS", "address to listen on", default="0.0.0.0")
+    flag(parser, "--port", "IOTENANT_API_PORT", "API port", kind=int, default=8080)
+    flag(parser, "--pool-size", "IOTENANT_DATABASE_POOL_SIZE", "most database connections", kind=int, default=10)
+    flag(parser, "--requests-per-second", "IOTENANT_API_REQUESTS_PER_SECOND", "requests per second per client before 429",
+         kind=float, default=200.0)
+    add_common_flags(parser)
+    parser.set_defaults(run=_run)
