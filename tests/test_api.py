@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import wait_for
 from dataplane import ApiProcess, Device, IngestProcess, LicenceFiles, telemetry, write_licence
+from iotenant.broker_identities import device_credentials
 from real_services import MosquittoBroker, PostgresServer
 
 TOKEN = "s3cret-token-for-tests"
@@ -174,3 +177,37 @@ def test_database_down_gives_503_and_recovers(professional: Stack, postgres: Pos
     finally:
         postgres.start()
     wait_for(lambda: api.request("GET", "/api/v1/devices", token=TOKEN)[0] == 200, timeout=30, what="the API to recover")
+
+
+def test_simulated_devices_are_stored_and_their_last_will_marks_them_offline(
+    database: str, broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for device in ("dev-010", "dev-011", "dev-012"):
+        (credentials / device).write_text(json.dumps(device_credentials(device, f"{device}-password", "127.0.0.1", broker.port)))
+    stack = start_stack(database, broker, write_licence(tmp_path / "licence", "professional"), tmp_path)
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "iotenant", "simulate", "--credentials-dir", str(credentials), "--interval", "0.1",
+         "--keepalive", "2", "--reboot-probability", "0.05", "--metrics-port", "0", "--log-format", "text"],
+        stdout=(tmp_path / "simulate.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        def online() -> bool:
+            devices = stack.api.request("GET", "/api/v1/devices", token=TOKEN)[1]["devices"]
+            simulated = [d for d in devices if d["id"] in ("dev-010", "dev-011", "dev-012")]
+            return len(simulated) == 3 and all(d["online"] for d in simulated)
+
+        wait_for(online, timeout=20, what="the simulated devices to be online")
+        wait_for(lambda: len(stack.api.request("GET", "/api/v1/devices/dev-011/telemetry?limit=30", token=TOKEN)[1]["measurements"]) == 30,
+                 timeout=20, what="simulated telemetry")
+        simulator.kill()  # no goodbye: the broker publishes each device's last will after 1.5 keepalives
+        simulator.wait()
+        wait_for(lambda: not stack.api.request("GET", "/api/v1/devices/dev-010", token=TOKEN)[1]["online"], timeout=20,
+                 what="the last will to mark dev-010 offline")
+        assert stack.ingest.metrics()["iotenant_ingest_duplicate_total"] == 0
+    finally:
+        if simulator.poll() is None:
+            simulator.kill()
+        stack.api.stop()
+        stack.ingest.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,11 @@ ADMIN_ACLS = [
 ]
 
 
+def stable_salt(username: str, password: str) -> bytes:
+    """A per-identity salt that stays the same for the same password, so rendering is repeatable."""
+    return hmac.new(password.encode(), username.encode(), hashlib.sha256).digest()[:12]
+
+
 def password_entry(password: str, salt: bytes | None = None, iterations: int = ITERATIONS) -> dict[str, Any]:
     salt = salt if salt is not None else os.urandom(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
@@ -50,9 +56,11 @@ class Identity:
 
 def dynamic_security_config(admin_password: str, identities: list[Identity]) -> dict[str, Any]:
     """A complete dynamic-security document: the admin, service roles, and the given identities."""
-    clients = [{"username": ADMIN, "textName": "iotenant operator", **password_entry(admin_password), "roles": [{"rolename": ADMIN}]}]
+    admin_entry = password_entry(admin_password, stable_salt(ADMIN, admin_password))
+    clients = [{"username": ADMIN, "textName": "iotenant operator", **admin_entry, "roles": [{"rolename": ADMIN}]}]
     for identity in identities:
-        client: dict[str, Any] = {"username": identity.username, **password_entry(identity.password)}
+        entry = password_entry(identity.password, stable_salt(identity.username, identity.password))
+        client: dict[str, Any] = {"username": identity.username, **entry}
         client["roles"] = [{"rolename": identity.role}] if identity.role else []
         clients.append(client)
     roles = [{"rolename": ADMIN, "acls": ADMIN_ACLS}] + [
@@ -63,4 +71,16 @@ def dynamic_security_config(admin_password: str, identities: list[Identity]) -> 
         "clients": clients,
         "groups": [],
         "roles": roles,
+    }
+
+
+def device_credentials(device_id: str, password: str, host: str, port: int) -> dict[str, Any]:
+    """What one device needs to connect: the value under its id in ``devicefleet-<name>-credentials``."""
+    return {
+        "clientId": device_id,
+        "username": device_id,
+        "password": password,
+        "host": host,
+        "port": port,
+        "topicPrefix": f"iot/{device_id}/",
     }

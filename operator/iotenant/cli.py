@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from iotenant import __version__
 from iotenant import licence_command, operator_command
 from iotenant.devcluster import command as devcluster_command
-from iotenant_workloads import api, ingest
+from iotenant_workloads import api, ingest, simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     devcluster_command.register(commands)
     ingest.register(commands)
     api.register(commands)
+    simulate.register(commands)
     return parser
 
 
