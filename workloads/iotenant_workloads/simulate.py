@@ -73,6 +73,7 @@ class SimulatedDevice:
     boot_ts: float = field(default_factory=time.time)
     next_at: float = 0.0
     connected: bool = False
+    connection_ts: float = 0.0
     client: mqtt.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,10 @@ class SimulatedDevice:
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.credentials.device_id, protocol=mqtt.MQTTv311)
         client.username_pw_set(self.credentials.username, self.credentials.password)
-        offline = {"v": 2, "device_id": self.credentials.device_id, "state": "offline"}
+        # "online" and the will both carry the time of the connection they belong to: the will wins over
+        # its own connection's "online" (it comes later), and a later connection's "online" wins over it.
+        self.connection_ts = time.time()
+        offline = {"v": 2, "device_id": self.credentials.device_id, "state": "offline", "ts": self.connection_ts}
         client.will_set(self._topic("status"), json.dumps(offline), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -100,7 +104,7 @@ class SimulatedDevice:
         now = time.time()
         hello = {"v": 2, "device_id": self.credentials.device_id, "ts": now, "boot_ts": self.boot_ts, "fw": "sim-1"}
         client.publish(self._topic("hello"), json.dumps(hello), qos=1)
-        status = {"v": 2, "device_id": self.credentials.device_id, "ts": now, "state": "online"}
+        status = {"v": 2, "device_id": self.credentials.device_id, "ts": self.connection_ts, "state": "online"}
         client.publish(self._topic("status"), json.dumps(status), qos=1, retain=True)
         PUBLISHED.labels("hello").inc()
         PUBLISHED.labels("status").inc()

@@ -36,14 +36,24 @@ SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])
 ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen)
 """
 
+# Status messages are ordered by their own ts: a last will carries the time of the connection it
+# belongs to, so it wins over that connection's "online" and loses to a later connection's.
 STATE = """
-INSERT INTO devices (device_id, first_seen, last_seen, online, state_changed_at, hello)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO devices (device_id, first_seen, last_seen, online, state_changed_at)
+VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT (device_id) DO UPDATE SET
     online = CASE WHEN devices.state_changed_at IS NULL OR devices.state_changed_at <= EXCLUDED.state_changed_at
                   THEN EXCLUDED.online ELSE devices.online END,
     state_changed_at = GREATEST(devices.state_changed_at, EXCLUDED.state_changed_at),
-    hello = COALESCE(EXCLUDED.hello, devices.hello),
+    last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen)
+"""
+
+HELLO = """
+INSERT INTO devices (device_id, first_seen, last_seen, online, hello)
+VALUES (%s, %s, %s, true, %s)
+ON CONFLICT (device_id) DO UPDATE SET
+    hello = EXCLUDED.hello,
+    online = CASE WHEN devices.state_changed_at IS NULL THEN true ELSE devices.online END,
     last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen)
 """
 
@@ -102,10 +112,11 @@ def write_batch(connection: psycopg.Connection, batch: Batch) -> BatchOutcome:
                 ids = sorted(last_seen)
                 cursor.execute(SEEN, (ids, [last_seen[i] for i in ids], [last_seen[i] for i in ids]))
             for event in sorted(batch.events, key=lambda e: e.ts):
-                if event.kind in ("hello", "status"):
-                    online = event.kind == "hello" or event.body.get("state") == "online"
-                    hello = json.dumps(event.body) if event.kind == "hello" else None
-                    cursor.execute(STATE, (event.device_id, event.ts, event.ts, online, event.ts, hello))
+                if event.kind == "hello":
+                    cursor.execute(HELLO, (event.device_id, event.ts, event.ts, json.dumps(event.body)))
+                elif event.kind == "status":
+                    online = event.body.get("state") == "online"
+                    cursor.execute(STATE, (event.device_id, event.ts, event.ts, online, event.ts))
                 elif event.kind == "command/ack":
                     cursor.execute(
                         ACK,
