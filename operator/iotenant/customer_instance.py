@@ -305,6 +305,8 @@ class CustomerInstanceReconciler:
             database_password=_decode(live_secret("database-credentials"), "password") or secrets.token_urlsafe(24),
             api_token=_decode(live_secret("api-token"), "token") or secrets.token_urlsafe(32),
             broker_admin_password=_decode(live_secret("broker-admin"), "password") or secrets.token_urlsafe(24),
+            ingest_broker_password=_decode(live_secret("broker-service-credentials"), "ingest-password") or secrets.token_urlsafe(24),
+            api_broker_password=_decode(live_secret("broker-service-credentials"), "api-password") or secrets.token_urlsafe(24),
         )
         suspended_by_spec = bool(spec.get("suspended"))
         serving = decision.serving and not suspended_by_spec

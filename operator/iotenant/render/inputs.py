@@ -18,6 +18,8 @@ class GeneratedSecrets:
     database_password: str
     api_token: str
     broker_admin_password: str
+    ingest_broker_password: str
+    api_broker_password: str
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+from iotenant.broker_identities import API, INGEST, Identity, dynamic_security_config
 from iotenant.render.guardrails import API_PORT, DATABASE_PORT, METRICS_PORT
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import Owner
@@ -182,10 +183,9 @@ def mosquitto_conf(
 # A device may publish and subscribe only under iot/<its username>/ (its device id).
 BROKER_ACL = "pattern readwrite iot/%u/#\n"
 
-DYNSEC_INIT = (
-    'if [ ! -f /mosquitto/data/dynamic-security.json ]; then '
-    'mosquitto_ctrl dynsec init /mosquitto/data/dynamic-security.json admin "$BROKER_ADMIN_PASSWORD"; fi'
-)
+# The broker's identities start from the operator's seed; afterwards they change live over $CONTROL.
+DYNSEC_SEED = "[ -f /mosquitto/data/dynamic-security.json ] || cp /seed/dynamic-security.json /mosquitto/data/"
+MQTT_PASSWORD_MOUNT = "/etc/iotenant/mqtt"
 
 
 def broker(stack: StackInput) -> list[Manifest]:
@@ -203,15 +203,12 @@ def broker(stack: StackInput) -> list[Manifest]:
         mounts.append({"name": "tls", "mountPath": "/mosquitto/tls", "readOnly": True})
         ports.append({"name": "mqtts", "containerPort": 8883, "protocol": "TCP"})
         service_ports.append(("mqtts", 8883))
-    admin_env = [
-        {"name": "BROKER_ADMIN_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "broker-admin", "key": "password"}}}
-    ]
+    volumes.append({"name": "seed", "secret": {"secretName": "broker-dynamic-security"}})
     init = container(
-        "init-dynamic-security",
+        "seed-dynamic-security",
         stack.settings.images.broker,
-        command=["/bin/sh", "-c", DYNSEC_INIT],
-        env=admin_env,
-        volumeMounts=[{"name": "data", "mountPath": "/mosquitto/data"}],
+        command=["/bin/sh", "-c", DYNSEC_SEED],
+        volumeMounts=[{"name": "data", "mountPath": "/mosquitto/data"}, {"name": "seed", "mountPath": "/seed", "readOnly": True}],
         resources=resources(None, SMALL),
     )
     main = container(
@@ -225,8 +222,17 @@ def broker(stack: StackInput) -> list[Manifest]:
         livenessProbe={"tcpSocket": {"port": "mqtt"}, "periodSeconds": 20},
     )
     template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init])
+    generated = stack.secrets
+    services = [
+        Identity(INGEST, generated.ingest_broker_password, INGEST),
+        Identity(API, generated.api_broker_password, API),
+    ]
+    seed = json.dumps(dynamic_security_config(generated.broker_admin_password, services), sort_keys=True)
     return [
-        secret(owner, "broker-admin", "broker", {"username": "admin", "password": stack.secrets.broker_admin_password}),
+        secret(owner, "broker-admin", "broker", {"username": "admin", "password": generated.broker_admin_password}),
+        secret(owner, "broker-service-credentials", "broker",
+               {"ingest-password": generated.ingest_broker_password, "api-password": generated.api_broker_password}),
+        secret(owner, "broker-dynamic-security", "broker", {"dynamic-security.json": seed}),
         config_map(owner, "broker-config", "broker", {"mosquitto.conf": mosquitto_conf(bool(tls_secret)), "acl": BROKER_ACL}),
         stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi")),
         service(owner, "broker", "broker", service_ports),
@@ -278,8 +284,13 @@ def _iotenant_container(stack: StackInput, command: str, extra_ports: list[Manif
         {"name": "IOTENANT_JWKS_FILE", "value": f"{JWKS_MOUNT}/jwks.json"},
         {"name": "IOTENANT_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "IOTENANT_LOG_FORMAT", "value": "json"},
+        {"name": "IOTENANT_MQTT_USERNAME", "value": command},
+        {"name": "IOTENANT_MQTT_PASSWORD_FILE", "value": f"{MQTT_PASSWORD_MOUNT}/password"},
     ]
+    if command == "ingest":
+        env.append({"name": "IOTENANT_INGEST_REPLICAS", "value": str(int(stack.spec.get("ingest", {}).get("replicas", 1)))})
     mounts = [
+        {"name": "mqtt", "mountPath": MQTT_PASSWORD_MOUNT, "readOnly": True},
         {"name": "licence", "mountPath": LICENCE_MOUNT, "readOnly": True},
         {"name": "licence-keys", "mountPath": JWKS_MOUNT, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -301,13 +312,17 @@ def _iotenant_container(stack: StackInput, command: str, extra_ports: list[Manif
     )
 
 
-def _iotenant_volumes(with_api_token: bool) -> list[Manifest]:
+def _iotenant_volumes(service: str) -> list[Manifest]:
     volumes = [
+        {
+            "name": "mqtt",
+            "secret": {"secretName": "broker-service-credentials", "items": [{"key": f"{service}-password", "path": "password"}]},
+        },
         {"name": "licence", "secret": {"secretName": "licence"}},
         {"name": "licence-keys", "configMap": {"name": "licence-keys"}},
         _empty_dir("tmp"),
     ]
-    if with_api_token:
+    if service == API:
         volumes.append({"name": "api-token", "secret": {"secretName": "api-token"}})
     return volumes
 
@@ -315,7 +330,7 @@ def _iotenant_volumes(with_api_token: bool) -> list[Manifest]:
 def ingest(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("ingest", {})
     main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
-    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes(False))
+    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes(INGEST))
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     return [
         deployment(owner, "ingest", "ingest", replicas, template),
@@ -327,7 +342,7 @@ def api(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("api", {})
     http = [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
     main = _iotenant_container(stack, "api", http, spec.get("resources"))
-    template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes(True))
+    template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes(API))
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     return [
         secret(owner, "api-token", "api", {"token": stack.secrets.api_token}),
