@@ -37,6 +37,15 @@ def start_stack(database: str, broker: MosquittoBroker, licence: LicenceFiles, f
     token_file.write_text(TOKEN + "\n")
     ingest = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=folder / "ingest.log")
     ingest.start()
+    try:
+        return _fill_stack(database, broker, licence, folder, extra, ingest, token_file)
+    except BaseException:
+        ingest.stop()
+        raise
+
+
+def _fill_stack(database: str, broker: MosquittoBroker, licence: LicenceFiles, folder: Path, extra: list[str] | None,
+                ingest: IngestProcess, token_file: Path) -> Stack:
     api = ApiProcess(database_url=database, broker_port=broker.port, licence=licence, token_file=token_file,
                      log=folder / "api.log", extra=extra or [])
     api.start()

@@ -1,0 +1,164 @@
+"""Sustained ingest throughput and lag, beside the raw ceilings measured in the same run.
+
+Prints, for N messages published at QoS 1 by several device connections:
+- the broker ceiling: a subscriber that only counts (automatic acknowledgement);
+- the database ceiling: COPY of the same rows into the telemetry table;
+- ingest with 1 and with 2 processes: messages/s from first publish to last committed row, and
+  p50/p99 of the lag from each message's timestamp to its commit (estimated from the ingest's
+  lag histogram, as Prometheus would).
+
+Usage: python bench/ingest_throughput.py [--messages 60000] [--devices 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import threading
+import time
+from datetime import datetime, timezone
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+
+from dataplane_bench import Services, histogram_quantile, services
+from dataplane import DEVICES, IngestProcess, telemetry
+
+from iotenant_workloads import database
+
+
+def publish_worker(port: int, devices: list[str], messages: int, offset: float) -> None:
+    clients = []
+    for device in devices:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device}", protocol=mqtt.MQTTv311)
+        client.username_pw_set(device, f"{device}-password")
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        clients.append(client)
+    infos = []
+    for n in range(messages):
+        client = clients[n % len(clients)]
+        device = devices[n % len(devices)]
+        infos.append(client.publish(f"iot/{device}/telemetry", telemetry(device, time.time() + offset * 0, n), qos=1))
+    for info in infos:
+        info.wait_for_publish(120)
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+
+
+def publish(port: int, devices: list[str], messages: int, processes: int = 2) -> float:
+    """Publish from ``processes`` processes; returns the time the first message left."""
+    share = [devices[i::processes] for i in range(processes)]
+    workers = [multiprocessing.Process(target=publish_worker, args=(port, share[i], messages // processes, 0.0)) for i in range(processes)]
+    started = time.time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return started
+
+
+def broker_ceiling(svc: Services, devices: list[str], messages: int) -> float:
+    received = 0
+    done = threading.Event()
+    first: list[float] = []
+
+    def on_message(*_: object) -> None:
+        nonlocal received
+        if not first:
+            first.append(time.time())
+        received += 1
+        if received >= messages:
+            done.set()
+
+    counter = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter", protocol=mqtt.MQTTv5)
+    counter.username_pw_set("ingest", "ingest-password")
+    counter.on_message = on_message
+    subscribed = threading.Event()
+    counter.on_subscribe = lambda *_: subscribed.set()
+    counter.connect("127.0.0.1", svc.broker.port)
+    counter.subscribe("$share/bench/iot/+/telemetry", qos=1)
+    counter.loop_start()
+    subscribed.wait(10)
+    started = publish(svc.broker.port, devices, messages)
+    done.wait(300)
+    elapsed = time.time() - started
+    counter.unsubscribe("$share/bench/iot/+/telemetry")
+    counter.disconnect()
+    counter.loop_stop()
+    return received / elapsed
+
+
+def copy_ceiling(url: str, messages: int) -> float:
+    now = datetime.now(timezone.utc)
+    with psycopg.connect(url) as connection:
+        database.migrate(connection)
+        database.ensure_partitions(connection, 2)
+        connection.commit()
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            with cursor.copy("COPY telemetry (device_id, msg_ts, seq, idx, ts, type, val, unit, received_at) FROM STDIN") as copy:
+                for n in range(messages):
+                    ts = now.replace(microsecond=n % 1_000_000)
+                    for index in range(2):
+                        copy.write_row((DEVICES[n % 20], ts, n, index, ts, f"m{index}", n * 0.5, "C", now))
+        connection.commit()
+        return messages / (time.perf_counter() - started)
+
+
+def ingest_run(svc: Services, devices: list[str], messages: int, processes: int) -> dict[str, float]:
+    url = svc.postgres.create_database(f"bench_ingest_{processes}")
+    runners = [
+        IngestProcess(database_url=url, broker_port=svc.broker.port, licence=svc.licence,
+                      log=svc.root / f"ingest-{processes}-{i}.log", client_id=f"bench-ingest-{processes}-{i}",
+                      # A group of its own: Mosquitto keeps handing a shared subscription's messages to
+                      # the stopped sessions of an earlier run.
+                      extra=["--share-group", f"bench{processes}"])
+        for i in range(processes)
+    ]
+    for runner in runners:
+        runner.start()
+    started = publish(svc.broker.port, devices, messages)
+    with psycopg.connect(url, autocommit=True) as connection:
+        while connection.execute("SELECT count(*) FROM telemetry").fetchone()[0] < messages * 2:
+            time.sleep(0.05)
+    elapsed = time.time() - started
+    buckets: dict[float, float] = {}
+    for runner in runners:
+        for name, value in runner.metrics().items():
+            if name.startswith("iotenant_ingest_lag_seconds_bucket"):
+                bound = name.split('le="')[1].rstrip('"}')
+                key = float("inf") if bound == "+Inf" else float(bound)
+                buckets[key] = buckets.get(key, 0.0) + value
+        runner.stop()
+    ordered = sorted(buckets.items())
+    return {"rate": messages / elapsed, "p50": histogram_quantile(ordered, 0.5), "p99": histogram_quantile(ordered, 0.99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=60_000)
+    parser.add_argument("--devices", type=int, default=20)
+    args = parser.parse_args()
+    devices = DEVICES[: args.devices]
+    with services() as svc:
+        results = {
+            "broker_ceiling_msg_per_s": broker_ceiling(svc, devices, args.messages),
+            "copy_ceiling_msg_per_s": copy_ceiling(svc.postgres.create_database("bench_copy"), args.messages),
+        }
+        for processes in (1, 2):
+            run = ingest_run(svc, devices, args.messages, processes)
+            results[f"ingest_{processes}_msg_per_s"] = run["rate"]
+            results[f"ingest_{processes}_lag_p50_s"] = run["p50"]
+            results[f"ingest_{processes}_lag_p99_s"] = run["p99"]
+    print(json.dumps({"messages": args.messages, "devices": args.devices, "cores": multiprocessing.cpu_count(),
+                      **{k: round(v, 3) for k, v in results.items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
