@@ -94,6 +94,34 @@ class Device:
         self.client.loop_stop()
 
 
+def launch(name: str, arguments: list[str], password: str, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+    """Start ``iotenant <name>`` and wait until its /readyz answers 200."""
+    env = dict(os.environ, IOTENANT_MQTT_PASSWORD=password)
+    with log.open("ab") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "iotenant", name, *arguments], env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1).status == 200:
+                return process
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} not ready after 30 s:\n{log.read_text()[-3000:]}")
+
+
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class IngestProcess:
     database_url: str
@@ -106,27 +134,14 @@ class IngestProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, IOTENANT_MQTT_PASSWORD="ingest-password")
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "iotenant", "ingest", "--database-url", self.database_url,
-                 "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port), "--mqtt-username", "ingest",
-                 "--licence-file", str(self.licence.licence_file), "--jwks-file", str(self.licence.jwks_file),
-                 "--customer-id", CUSTOMER_ID, "--client-id", self.client_id, "--metrics-address", "127.0.0.1",
-                 "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],
-                env=env, stdout=sink, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ingest exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1).status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"ingest not ready after 30 s:\n{self.log.read_text()[-3000:]}")
+        self.process = launch(
+            "ingest",
+            ["--database-url", self.database_url, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port),
+             "--mqtt-username", "ingest", "--licence-file", str(self.licence.licence_file),
+             "--jwks-file", str(self.licence.jwks_file), "--customer-id", CUSTOMER_ID, "--client-id", self.client_id,
+             "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],
+            "ingest-password", self.log, self.metrics_port,
+        )
 
     def kill(self) -> None:
         assert self.process is not None
@@ -134,13 +149,7 @@ class IngestProcess:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -175,28 +184,15 @@ class ApiProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, IOTENANT_MQTT_PASSWORD="api-password")
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "iotenant", "api", "--database-url", self.database_url,
-                 "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port), "--mqtt-username", "api",
-                 "--licence-file", str(self.licence.licence_file), "--jwks-file", str(self.licence.jwks_file),
-                 "--customer-id", CUSTOMER_ID, "--token-file", str(self.token_file), "--address", "127.0.0.1",
-                 "--port", str(self.port), "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                 "--log-format", "text", *self.extra],
-                env=env, stdout=sink, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"api exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1).status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"api not ready after 30 s:\n{self.log.read_text()[-3000:]}")
+        self.process = launch(
+            "api",
+            ["--database-url", self.database_url, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port),
+             "--mqtt-username", "api", "--licence-file", str(self.licence.licence_file),
+             "--jwks-file", str(self.licence.jwks_file), "--customer-id", CUSTOMER_ID, "--token-file", str(self.token_file),
+             "--address", "127.0.0.1", "--port", str(self.port), "--metrics-address", "127.0.0.1",
+             "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],
+            "api-password", self.log, self.metrics_port,
+        )
 
     def request(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
@@ -212,10 +208,4 @@ class ApiProcess:
             return error.code, json.loads(error.read() or b"null")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)

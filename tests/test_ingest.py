@@ -247,3 +247,42 @@ def test_fuzzed_payloads_never_crash_ingest_and_are_counted_by_reason(
                          "bad_seq", "bad_measurements", "too_many_measurements", "bad_status", "bad_ack",
                          "timestamp_out_of_range", "payload_too_large"}
     ingest.stop()
+
+
+def test_partitions_follow_the_licence_retention(database: str) -> None:
+    from datetime import date
+
+    from iotenant_workloads import database as schema
+
+    today = date(2026, 3, 10)
+    with psycopg.connect(database) as connection:
+        schema.migrate(connection)
+        assert schema.migrate(connection) == 1  # idempotent
+        created = schema.ensure_partitions(connection, 7, today=today)
+        assert created[0] == "telemetry_p20260303" and created[-1] == "telemetry_p20260312" and len(created) == 10
+        assert schema.ensure_partitions(connection, 7, today=today) == []
+        later = date(2026, 3, 20)
+        schema.ensure_partitions(connection, 7, today=later)
+        dropped = schema.apply_retention(connection, 7, today=later)
+        assert dropped == [f"telemetry_p202603{day:02d}" for day in range(3, 13)]
+
+
+def test_a_changed_licence_file_is_re_read(database: str, broker: MosquittoBroker, tmp_path: Path) -> None:
+    licence = write_licence(tmp_path / "licence", "enterprise")
+    ingest = start_ingest(database, broker, licence, tmp_path / "ingest.log")
+    fleet = devices(broker, 30)
+    now = time.time() - 10
+    for n, device in enumerate(fleet[:20]):
+        device.publish("telemetry", telemetry(device.device_id, now + n * 0.001, 0))
+        device.flush()
+    wait_for(lambda: rows(database)[0] == 20, timeout=20, what="20 devices stored")
+    roomy = {"maxDevices": 25, "maxFleets": 2, "retentionDays": 7, "maxMessagesPerSecond": 10000}
+    write_licence(tmp_path / "licence", "starter", key=licence.key, limits=roomy)
+    wait_for(lambda: "plan starter" in (tmp_path / "ingest.log").read_text(), timeout=20, what="the new licence to be read")
+    for n, device in enumerate(fleet[20:]):
+        device.publish("telemetry", telemetry(device.device_id, now + 1 + n * 0.001, 0))
+        device.flush()
+    wait_for(lambda: ingest.metrics().get('iotenant_ingest_rejected_total{reason="device_limit"}', 0) == 5,
+             timeout=20, what="the starter device limit to apply")
+    assert rows(database)[0] == 25
+    ingest.stop()
