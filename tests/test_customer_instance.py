@@ -295,7 +295,7 @@ def test_drift_is_corrected_within_the_resync_interval(kube: Cluster, operator: 
     password = secret_value(kube, namespace, "database-credentials", "password")
 
     kube.apps.delete_namespaced_deployment("api", namespace)
-    kube.apps.patch_namespaced_deployment("ingest", namespace, {"spec": {"replicas": 5}})
+    kube.apps.patch_namespaced_stateful_set("ingest", namespace, {"spec": {"replicas": 5}})
     kube.core.patch_namespaced_config_map("broker-config", namespace, {"data": {"acl": "topic readwrite #\n"}})
     kube.kubectl("delete", "networkpolicy", "default-deny", "-n", namespace)
     started = time.monotonic()
@@ -305,7 +305,7 @@ def test_drift_is_corrected_within_the_resync_interval(kube: Cluster, operator: 
             api = kube.apps.read_namespaced_deployment("api", namespace)
         except ApiException:
             return False
-        ingest = kube.apps.read_namespaced_deployment("ingest", namespace)
+        ingest = kube.apps.read_namespaced_stateful_set("ingest", namespace)
         acl = kube.core.read_namespaced_config_map("broker-config", namespace).data["acl"]
         policy = kube.kubectl("get", "networkpolicy", "default-deny", "-n", namespace, check=False).returncode == 0
         return api.spec.replicas == 1 and ingest.spec.replicas == 1 and acl == "pattern readwrite iot/%u/#\n" and policy
@@ -383,7 +383,7 @@ def test_suspension_scales_serving_workloads_to_zero_and_keeps_data(kube: Cluste
     body = wait_phase(kube, name, "Suspended")
     assert condition(body, "Ready")["status"] == "False"
     wait_for(lambda: kube.apps.read_namespaced_stateful_set("broker", namespace).spec.replicas == 0, what="broker scaled to zero")
-    assert kube.apps.read_namespaced_deployment("ingest", namespace).spec.replicas == 0
+    assert kube.apps.read_namespaced_stateful_set("ingest", namespace).spec.replicas == 0
     assert kube.apps.read_namespaced_deployment("api", namespace).spec.replicas == 0
     assert kube.apps.read_namespaced_stateful_set("database", namespace).spec.replicas == 1
     assert kube.core.read_namespaced_persistent_volume_claim("data-database-0", namespace).status.phase == "Bound"
@@ -433,8 +433,8 @@ def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operat
     assert "licence" not in body["status"]
     namespace = f"customer-{name}"
     assert not exists(lambda: kube.core.read_namespaced_secret("licence", namespace))
-    for workload in ("ingest", "api"):
-        assert kube.apps.read_namespaced_deployment(workload, namespace).spec.replicas == 0
+    assert kube.apps.read_namespaced_stateful_set("ingest", namespace).spec.replicas == 0
+    assert kube.apps.read_namespaced_deployment("api", namespace).spec.replicas == 0
     assert not exists(lambda: kube.apps.read_namespaced_stateful_set("prometheus", namespace))
     if reason in (licences.BAD_SIGNATURE, licences.WRONG_SUBJECT, licences.WRONG_AUDIENCE, licences.UNKNOWN_KEY):
         assert condition(body, "Stalled")["status"] == "True"
@@ -460,13 +460,13 @@ def test_an_expired_billing_licence_degrades_then_suspends_after_grace(kube: Clu
     body = wait_phase(kube, "lapsed", "Degraded", timeout=90)
     assert condition(body, "LicenceValid")["reason"] == "Expired"
     assert condition(body, "Ready")["status"] == "False"
-    assert kube.apps.read_namespaced_deployment("ingest", "customer-lapsed").spec.replicas == 1
+    assert kube.apps.read_namespaced_stateful_set("ingest", "customer-lapsed").spec.replicas == 1
 
     long_ago = billing_token(billing, "lapsed-id", nbf=now - 60 * 86400, iat=now - 60 * 86400, exp=now - 2 * 86400)
     billing_licence(kube, "lapsed-licence", long_ago)
     body = wait_phase(kube, "lapsed", "Suspended", timeout=RESYNC_SECONDS * 4)
     assert condition(body, "LicenceValid")["reason"] == "Expired"
-    wait_for(lambda: kube.apps.read_namespaced_deployment("ingest", "customer-lapsed").spec.replicas == 0, what="ingest scaled to zero")
+    wait_for(lambda: kube.apps.read_namespaced_stateful_set("ingest", "customer-lapsed").spec.replicas == 0, what="ingest scaled to zero")
     assert kube.apps.read_namespaced_stateful_set("database", "customer-lapsed").spec.replicas == 1
 
 

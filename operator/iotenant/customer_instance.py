@@ -330,7 +330,7 @@ class CustomerInstanceReconciler:
 
         workloads_ready: list[str] = []
         workloads_waiting: list[str] = []
-        for kind, workload in (("StatefulSet", "broker"), ("StatefulSet", "database"), ("Deployment", "ingest"), ("Deployment", "api")):
+        for kind, workload in (("StatefulSet", "broker"), ("StatefulSet", "database"), ("StatefulSet", "ingest"), ("Deployment", "api")):
             ready, detail = _ready_replicas(objects.get((kind, namespace_name, workload)))
             (workloads_ready if ready else workloads_waiting).append(f"{workload} {detail}")
 

@@ -108,27 +108,25 @@ def _empty_dir(name: str) -> Manifest:
 
 
 def stateful_set(
-    owner: Owner, name: str, component: str, replicas: int, template: Manifest, storage: str, mount_path_volume: str = "data"
+    owner: Owner, name: str, component: str, replicas: int, template: Manifest, storage: str | None, mount_path_volume: str = "data"
 ) -> Manifest:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": owner.metadata(name, component),
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "selector": {"matchLabels": owner.selector(component)},
-            "podManagementPolicy": "OrderedReady",
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
-            "template": template,
-            "volumeClaimTemplates": [
-                {
-                    "metadata": {"name": mount_path_volume, "labels": owner.labels(component)},
-                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}},
-                }
-            ],
-        },
+    """A StatefulSet: stable pod names, and a volume per pod when ``storage`` is given."""
+    spec: Manifest = {
+        "replicas": replicas,
+        "serviceName": name,
+        "selector": {"matchLabels": owner.selector(component)},
+        "podManagementPolicy": "OrderedReady" if storage else "Parallel",
+        "template": template,
     }
+    if storage:
+        spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Retain", "whenScaled": "Retain"}
+        spec["volumeClaimTemplates"] = [
+            {
+                "metadata": {"name": mount_path_volume, "labels": owner.labels(component)},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}},
+            }
+        ]
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": owner.metadata(name, component), "spec": spec}
 
 
 def deployment(owner: Owner, name: str, component: str, replicas: int, template: Manifest) -> Manifest:
@@ -332,8 +330,10 @@ def ingest(stack: StackInput) -> list[Manifest]:
     main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
     template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes(INGEST))
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
+    # Stable pod names give each replica the same MQTT client id after a restart, so its persistent
+    # session (and the messages queued for it in the shared subscription) is picked up again.
     return [
-        deployment(owner, "ingest", "ingest", replicas, template),
+        stateful_set(owner, "ingest", "ingest", replicas, template, storage=None),
         service(owner, "ingest", "ingest", [("metrics", METRICS_PORT)]),
     ]
 
