@@ -7,7 +7,6 @@ Objects are plain dicts (as they travel on the wire). Every write the operator m
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,8 +82,6 @@ class ClusterAPI:
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = api_client
-        self._lock = threading.Lock()
-        self.writes = 0
 
     @classmethod
     def from_environment(cls) -> "ClusterAPI":
@@ -110,9 +107,6 @@ class ClusterAPI:
         timeout: float = 30.0,
     ) -> Manifest:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        if method != "GET":
-            with self._lock:
-                self.writes += 1
         prepared = self._api.param_serialize(
             method=method,
             resource_path=path,

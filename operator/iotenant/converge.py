@@ -13,7 +13,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 

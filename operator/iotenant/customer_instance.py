@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from iotenant import licence as licences
 from iotenant.cluster_api import ClusterAPI, Manifest, kind_of
 from iotenant.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge_conditions
-from iotenant.converge import NAMESPACED_KINDS, Convergence, ObjectKey, converge, key_of, list_live
+from iotenant.converge import NAMESPACED_KINDS, Convergence, ObjectKey, controlled_by, converge, key_of, list_live
 from iotenant.plans import Plan
 from iotenant.render import meta
 from iotenant.render.inputs import GeneratedSecrets, StackInput
@@ -79,6 +79,15 @@ def _decode(secret: Manifest | None, key: str) -> str | None:
     return base64.b64decode(value).decode() if value else None
 
 
+def _kept_conditions(body: Manifest, replaced: tuple[str, ...]) -> list[Condition]:
+    """The current conditions, except the types about to be replaced."""
+    return [
+        Condition(c["type"], c["status"], c["reason"], c["message"])
+        for c in (body.get("status") or {}).get("conditions", [])
+        if c["type"] not in replaced
+    ]
+
+
 def _ready_replicas(workload: Manifest | None) -> tuple[bool, str]:
     """Whether a Deployment or StatefulSet has all wanted replicas available at its current generation."""
     if workload is None:
@@ -118,7 +127,7 @@ class CustomerInstanceReconciler:
     # ----------------------------------------------------------------------------- licence
 
     def _operator_jwks(self) -> dict[str, Any]:
-        return self.keyring().public_jwks()
+        return self.keyring().public_jwks
 
     def _trusted_jwks(self) -> dict[str, Any]:
         return licences.jwks([*self.trusted_issuers_jwks.get("keys", []), *self._operator_jwks()["keys"]])
@@ -156,13 +165,12 @@ class CustomerInstanceReconciler:
         reason = "Issued"
         if live_token:
             try:
-                current = licences.verify(live_token, ring.public_jwks(), spec["customerId"], now=now)
-                wanted = plan.claims(current.claims.sub, self.settings.issuer, validity, now=current.claims.nbf)
+                current = licences.verify(live_token, ring.public_jwks, spec["customerId"], now=now)
                 unchanged = (
                     current.claims.plan == plan.name
-                    and current.claims.features == wanted.features
-                    and current.claims.limits == wanted.limits
-                    and current.claims.monitoring == wanted.monitoring
+                    and current.claims.features == plan.features
+                    and current.claims.limits == plan.limits
+                    and current.claims.monitoring == plan.monitoring
                     and current.claims.validity_seconds == validity
                     and current.claims.iss == self.settings.issuer
                 )
@@ -178,7 +186,7 @@ class CustomerInstanceReconciler:
             except licences.LicenceInvalid as invalid:
                 log.info("re-issuing the licence of %s: %s", spec["customerId"], invalid)
         token = licences.sign(plan.claims(spec["customerId"], self.settings.issuer, validity, now=now), ring.active)
-        verified = licences.verify(token, ring.public_jwks(), spec["customerId"], now=now)
+        verified = licences.verify(token, ring.public_jwks, spec["customerId"], now=now)
         return LicenceDecision(verified, reason, f"licence {verified.claims.jti} issued for plan {plan.name}", serving=True)
 
     # ----------------------------------------------------------------------------- events
@@ -257,11 +265,7 @@ class CustomerInstanceReconciler:
 
         if annotations.get(PAUSED_ANNOTATION) == "true":
             previous = body.get("status") or {}
-            conditions = [
-                Condition(c["type"], c["status"], c["reason"], c["message"])
-                for c in previous.get("conditions", [])
-                if c["type"] not in ("Paused", "Reconciling")
-            ]
+            conditions = _kept_conditions(body, ("Paused", "Reconciling"))
             conditions.append(Condition("Paused", TRUE, "Paused", f"reconciliation paused by annotation {PAUSED_ANNOTATION}"))
             conditions.append(Condition("Reconciling", FALSE, "Paused", "reconciliation is paused"))
             status = self._status(body, previous.get("phase", "Pending"), conditions)
@@ -273,7 +277,7 @@ class CustomerInstanceReconciler:
 
         namespace_name = owner.namespace
         namespace = self.api.get(NAMESPACE, namespace_name)
-        if namespace is not None and not any(r.get("uid") == uid for r in namespace["metadata"].get("ownerReferences", [])):
+        if namespace is not None and not controlled_by(namespace, uid):
             message = f"namespace {namespace_name} exists and is not owned by this CustomerInstance; iotenant never adopts it"
             conditions = [
                 Condition("Ready", FALSE, "NamespaceConflict", message),
@@ -443,11 +447,7 @@ class CustomerInstanceReconciler:
         """A reconcile that raised: Ready=Unknown and Reconciling=True with the error, and a Warning Event."""
         message = f"{type(error).__name__}: {error}"[:1000]
         previous = body.get("status") or {}
-        kept = [
-            Condition(c["type"], c["status"], c["reason"], c["message"])
-            for c in previous.get("conditions", [])
-            if c["type"] not in ("Ready", "Reconciling")
-        ]
+        kept = _kept_conditions(body, ("Ready", "Reconciling"))
         conditions = [Condition("Ready", UNKNOWN, "ReconcileError", message), Condition("Reconciling", TRUE, "ReconcileError", message), *kept]
         generation = int(body["metadata"].get("generation", 1))
         try:
@@ -465,7 +465,7 @@ class CustomerInstanceReconciler:
         name, uid = metadata["name"], metadata["uid"]
         namespace_name = meta.namespace_for(name)
         namespace = self.api.get(NAMESPACE, namespace_name)
-        if namespace is None or not any(r.get("uid") == uid for r in namespace["metadata"].get("ownerReferences", [])):
+        if namespace is None or not controlled_by(namespace, uid):
             return  # already gone, or never ours: nothing to do, nothing to wait for
         if spec.get("deletionPolicy", "Delete") == "Delete":
             self.api.delete(NAMESPACE, namespace_name)

@@ -92,10 +92,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     trusted: dict[str, Any] = {"keys": []}
     if s.settings.trusted_issuers_jwks:
         trusted = json.loads(Path(s.settings.trusted_issuers_jwks).read_text())
-    ring = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace)
+    ring, s.keyring_version = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace)
     s.keyring = ring
-    found = await asyncio.to_thread(signing_keys.read, s.api, s.settings.namespace)
-    s.keyring_version = found[1] if found else ""
     s.monitor_crd = await asyncio.to_thread(s.api.get, CRD, SERVICE_MONITOR_CRD) is not None
     s.reconciler = CustomerInstanceReconciler(
         api=s.api,
@@ -118,7 +116,7 @@ async def cleanup(**_: Any) -> None:
 
 def _publish_jwks(s: OperatorState) -> None:
     assert s.keyring is not None
-    manifest = signing_keys.jwks_config_map(s.settings.namespace, s.keyring.public_jwks())
+    manifest = signing_keys.jwks_config_map(s.settings.namespace, s.keyring.public_jwks)
     live = s.api.get(CONFIG_MAP, signing_keys.JWKS_CONFIG_MAP, s.settings.namespace)
     if live is None or live.get("data") != manifest["data"]:
         s.api.apply(manifest)
@@ -127,7 +125,8 @@ def _publish_jwks(s: OperatorState) -> None:
 
 def _refresh_keyring(s: OperatorState) -> bool:
     """Re-read the key ring; retire keys no licence uses. True when the ring changed."""
-    found = signing_keys.read(s.api, s.settings.namespace)
+    assert s.keyring is not None
+    found = signing_keys.read(s.api, s.settings.namespace, known=(s.keyring, s.keyring_version))
     if found is None:
         return False
     ring, version = found
@@ -138,14 +137,12 @@ def _refresh_keyring(s: OperatorState) -> bool:
     if reported_all and set(ring.keys) - in_use - {ring.active_kid}:
         retired = ring.retired(in_use)
         try:
-            signing_keys.replace(s.api, s.settings.namespace, retired, version)
+            new_version = signing_keys.replace(s.api, s.settings.namespace, retired, version)
         except Exception as error:  # a concurrent rotation wins; we retire on the next pass
             log.info("key retirement deferred: %s", error)
             return changed
         log.info("retired signing keys %s", sorted(set(ring.keys) - set(retired.keys)))
-        refreshed = signing_keys.read(s.api, s.settings.namespace)
-        if refreshed:
-            s.keyring, s.keyring_version = refreshed
+        s.keyring, s.keyring_version = retired, new_version
         changed = True
     if changed:
         _publish_jwks(s)

@@ -13,6 +13,8 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 import jwt
@@ -142,13 +144,22 @@ class SigningKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
-    @property
+    @cached_property
     def jwk(self) -> dict[str, str]:
         return public_jwk(self.private_key.public_key())
 
     @property
     def kid(self) -> str:
         return self.jwk["kid"]
+
+
+def write_key_pair(private_key: Path, public_jwks: Path) -> SigningKey:
+    """A new issuer key: its private PEM (mode 0600) and its public JWKS, for the operator to trust."""
+    key = SigningKey.generate()
+    private_key.write_bytes(key.to_pem())
+    private_key.chmod(0o600)
+    public_jwks.write_text(json.dumps(jwks([key.jwk]), indent=2) + "\n")
+    return key
 
 
 def jwks(public_jwks: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:

@@ -36,11 +36,7 @@ def _trusted_keys(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    key = licences.SigningKey.generate()
-    Path(args.private_key).write_bytes(key.to_pem())
-    os.chmod(args.private_key, 0o600)
-    Path(args.jwks).write_text(json.dumps(licences.jwks([key.jwk]), indent=2) + "\n")
-    print(key.kid)
+    print(licences.write_key_pair(Path(args.private_key), Path(args.jwks)).kid)
     return 0
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from iotenant import logs
 from iotenant import settings as operator_settings
+from iotenant.environment_flags import flag
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -36,14 +36,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Reconcile CustomerInstances cluster-wide until interrupted. Every flag has an IOTENANT_... variable.",
     )
     operator_settings.add_arguments(parser)
-    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("IOTENANT_METRICS_PORT", "9100")),
-                        help="Prometheus /metrics port, 0 to disable [IOTENANT_METRICS_PORT] (default: 9100)")
-    parser.add_argument("--health-port", type=int, default=int(os.environ.get("IOTENANT_HEALTH_PORT", "8081")),
-                        help="liveness /healthz port, 0 to disable [IOTENANT_HEALTH_PORT] (default: 8081)")
-    parser.add_argument("--metrics-address", default=os.environ.get("IOTENANT_METRICS_ADDRESS", "0.0.0.0"),
-                        help="address the metrics and health servers bind [IOTENANT_METRICS_ADDRESS] (default: 0.0.0.0)")
-    parser.add_argument("--log-level", default=os.environ.get("IOTENANT_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"], help="[IOTENANT_LOG_LEVEL] (default: info)")
-    parser.add_argument("--log-format", default=os.environ.get("IOTENANT_LOG_FORMAT", "json"), choices=["json", "text"],
-                        help="[IOTENANT_LOG_FORMAT] (default: json)")
+    flag(parser, "--metrics-port", "IOTENANT_METRICS_PORT", "Prometheus /metrics port, 0 to disable", kind=int, default=9100)
+    flag(parser, "--health-port", "IOTENANT_HEALTH_PORT", "liveness /healthz port, 0 to disable", kind=int, default=8081)
+    flag(parser, "--metrics-address", "IOTENANT_METRICS_ADDRESS", "address the metrics and health servers bind", default="0.0.0.0")
+    flag(parser, "--log-level", "IOTENANT_LOG_LEVEL", "log level", default="info", choices=["debug", "info", "warning", "error"])
+    flag(parser, "--log-format", "IOTENANT_LOG_FORMAT", "log format", default="json", choices=["json", "text"])
     parser.set_defaults(run=_run)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from iotenant.environment_flags import flag
 
 
 @dataclass(frozen=True)
@@ -32,48 +33,35 @@ class OperatorSettings:
     images: Images = Images()
 
 
-# (attribute, flag, environment variable, type, help)
-_FLAGS: list[tuple[str, str, str, type, str]] = [
-    ("namespace", "--namespace", "IOTENANT_NAMESPACE", str, "the operator's own namespace (signing key, JWKS)"),
-    ("issuer", "--issuer", "IOTENANT_ISSUER", str, "the iss claim of licences this operator issues"),
-    ("resync_seconds", "--resync-seconds", "IOTENANT_RESYNC_SECONDS", float, "how often every instance is compared with the cluster (drift, renewal)"),
-    ("expiry_grace_seconds", "--expiry-grace-seconds", "IOTENANT_EXPIRY_GRACE_SECONDS", float, "how long an expired billing licence keeps serving (Degraded) before Suspended"),
-    ("renew_fraction", "--renew-fraction", "IOTENANT_RENEW_FRACTION", float, "re-issue an operator licence when less than this fraction of its validity remains"),
-    ("ingress_namespace", "--ingress-namespace", "IOTENANT_INGRESS_NAMESPACE", str, "namespace whose pods may reach customer APIs"),
-    ("monitoring_namespace", "--monitoring-namespace", "IOTENANT_MONITORING_NAMESPACE", str, "namespace whose pods may scrape customer metrics"),
-    ("plan_catalogue", "--plan-catalogue", "IOTENANT_PLAN_CATALOGUE", Path, "YAML file replacing the built-in plan catalogue"),
-    ("trusted_issuers_jwks", "--trusted-issuers-jwks", "IOTENANT_TRUSTED_ISSUERS_JWKS", Path, "JWKS file of billing systems whose licences are trusted"),
+# (attribute, environment variable, type, help); the flag is --<attribute with dashes>.
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("namespace", "IOTENANT_NAMESPACE", str, "the operator's own namespace (signing key, JWKS)"),
+    ("issuer", "IOTENANT_ISSUER", str, "the iss claim of licences this operator issues"),
+    ("resync_seconds", "IOTENANT_RESYNC_SECONDS", float, "how often every instance is compared with the cluster (drift, renewal)"),
+    ("expiry_grace_seconds", "IOTENANT_EXPIRY_GRACE_SECONDS", float, "how long an expired billing licence keeps serving (Degraded) before Suspended"),
+    ("renew_fraction", "IOTENANT_RENEW_FRACTION", float, "re-issue an operator licence when less than this fraction of its validity remains"),
+    ("ingress_namespace", "IOTENANT_INGRESS_NAMESPACE", str, "namespace whose pods may reach customer APIs"),
+    ("monitoring_namespace", "IOTENANT_MONITORING_NAMESPACE", str, "namespace whose pods may scrape customer metrics"),
+    ("plan_catalogue", "IOTENANT_PLAN_CATALOGUE", Path, "YAML file replacing the built-in plan catalogue"),
+    ("trusted_issuers_jwks", "IOTENANT_TRUSTED_ISSUERS_JWKS", Path, "JWKS file of billing systems whose licences are trusted"),
 ]
+# (image attribute, environment variable); the flag is --<attribute>-image.
 _IMAGE_FLAGS = [
-    ("broker", "--broker-image", "IOTENANT_BROKER_IMAGE"),
-    ("database", "--database-image", "IOTENANT_DATABASE_IMAGE"),
-    ("prometheus", "--prometheus-image", "IOTENANT_PROMETHEUS_IMAGE"),
-    ("iotenant", "--iotenant-image", "IOTENANT_IMAGE"),
+    ("broker", "IOTENANT_BROKER_IMAGE"),
+    ("database", "IOTENANT_DATABASE_IMAGE"),
+    ("prometheus", "IOTENANT_PROMETHEUS_IMAGE"),
+    ("iotenant", "IOTENANT_IMAGE"),
 ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = OperatorSettings()
-    for attribute, flag, variable, kind, help_text in _FLAGS:
-        default = getattr(defaults, attribute)
-        parser.add_argument(
-            flag,
-            dest=attribute,
-            type=kind,
-            default=os.environ.get(variable, default),
-            help=f"{help_text} [{variable}] (default: {default})",
-        )
-    for attribute, flag, variable in _IMAGE_FLAGS:
-        default = getattr(defaults.images, attribute)
-        parser.add_argument(
-            flag, dest=f"image_{attribute}", default=os.environ.get(variable, default), help=f"[{variable}] (default: {default})"
-        )
+    for attribute, variable, kind, help_text in _FLAGS:
+        flag(parser, "--" + attribute.replace("_", "-"), variable, help_text, kind=kind, default=getattr(defaults, attribute))
+    for attribute, variable in _IMAGE_FLAGS:
+        flag(parser, f"--{attribute}-image", variable, f"the pinned {attribute} image", default=getattr(defaults.images, attribute))
 
 
 def from_arguments(args: argparse.Namespace) -> OperatorSettings:
-    values = {}
-    for attribute, _flag, _variable, kind, _help in _FLAGS:
-        value = getattr(args, attribute)
-        values[attribute] = kind(value) if value is not None and not isinstance(value, kind) else value
-    images = Images(**{attribute: getattr(args, f"image_{attribute}") for attribute, _f, _v in _IMAGE_FLAGS})
-    return OperatorSettings(**values, images=images)
+    images = Images(**{attribute: getattr(args, f"{attribute}_image") for attribute, _variable in _IMAGE_FLAGS})
+    return OperatorSettings(**{attribute: getattr(args, attribute) for attribute, *_ in _FLAGS}, images=images)

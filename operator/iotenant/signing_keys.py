@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -44,7 +45,9 @@ class KeyRing:
     def active(self) -> SigningKey:
         return self.keys[self.active_kid]
 
+    @cached_property
     def public_jwks(self) -> dict[str, Any]:
+        """Computed once per ring: every reconcile verifies with it."""
         return jwks([key.jwk for key in self.keys.values()])
 
     def rotated(self) -> "KeyRing":
@@ -108,16 +111,22 @@ def _ring_from_secret(secret: dict[str, Any]) -> KeyRing:
         ) from error
 
 
-def read(api: ClusterAPI, namespace: str) -> tuple[KeyRing, str] | None:
-    """The key ring and its Secret's resourceVersion, or None if there is no ring yet."""
+def read(api: ClusterAPI, namespace: str, known: tuple[KeyRing, str] | None = None) -> tuple[KeyRing, str] | None:
+    """The key ring and its Secret's resourceVersion, or None if there is no ring yet.
+
+    ``known`` is returned as it is when the Secret has not changed since: no keys are parsed again.
+    """
     secret = api.get(SECRET, SECRET_NAME, namespace)
     if secret is None:
         return None
-    return _ring_from_secret(secret), secret["metadata"]["resourceVersion"]
+    version = secret["metadata"]["resourceVersion"]
+    if known is not None and known[1] == version:
+        return known
+    return _ring_from_secret(secret), version
 
 
-def load_or_create(api: ClusterAPI, namespace: str) -> KeyRing:
-    """The ring, created on first start; two replicas starting at once end with the same ring."""
+def load_or_create(api: ClusterAPI, namespace: str) -> tuple[KeyRing, str]:
+    """The ring and its Secret's resourceVersion, created on first start; two replicas starting at once end with the same ring."""
     if api.get(NAMESPACE, namespace) is None:
         raise SigningKeysUnavailable(
             f"the operator namespace {namespace!r} does not exist: create it (kubectl create namespace {namespace}) "
@@ -125,7 +134,7 @@ def load_or_create(api: ClusterAPI, namespace: str) -> KeyRing:
         )
     existing = read(api, namespace)
     if existing is not None:
-        return existing[0]
+        return existing
     try:
         api.create(_secret_manifest(namespace, KeyRing.new()))
     except ApiException as error:
@@ -133,13 +142,13 @@ def load_or_create(api: ClusterAPI, namespace: str) -> KeyRing:
             raise
     found = read(api, namespace)
     assert found is not None
-    return found[0]
+    return found
 
 
-def replace(api: ClusterAPI, namespace: str, ring: KeyRing, resource_version: str) -> None:
-    """Write the ring, failing with 409 if someone else changed it since ``resource_version``."""
+def replace(api: ClusterAPI, namespace: str, ring: KeyRing, resource_version: str) -> str:
+    """Write the ring, failing with 409 if someone else changed it since ``resource_version``; the new version."""
     manifest = _secret_manifest(namespace, ring, resource_version)
-    api.replace(SECRET, SECRET_NAME, namespace, manifest)
+    return str(api.replace(SECRET, SECRET_NAME, namespace, manifest)["metadata"]["resourceVersion"])
 
 
 def rotate(api: ClusterAPI, namespace: str) -> tuple[str, str]:

@@ -110,10 +110,16 @@ class CustomerApi:
         self.rate = rate
         self._token = b""
         self._token_stamp = 0.0
+        self._token_checked = 0.0
 
     # ------------------------------------------------------------ auth, features, errors
 
     def _expected_token(self) -> bytes:
+        """The mounted token, re-read when the file changes (looked at once a second at most)."""
+        now = time.monotonic()
+        if now - self._token_checked < MountedLicence.RECHECK_SECONDS and self._token:
+            return self._token
+        self._token_checked = now
         stamp = self.token_file.stat().st_mtime
         if stamp != self._token_stamp:
             self._token, self._token_stamp = self.token_file.read_text().strip().encode(), stamp

@@ -19,6 +19,9 @@ log = logging.getLogger("iotenant.licence")
 
 
 class MountedLicence:
+    # The files are looked at no more often than this: the API asks on every request.
+    RECHECK_SECONDS = 1.0
+
     def __init__(self, licence_file: Path, jwks_file: Path, customer_id: str | None) -> None:
         self.licence_file = licence_file
         self.jwks_file = jwks_file
@@ -27,6 +30,7 @@ class MountedLicence:
         self._stamp: tuple[float, float] | None = None
         self._current: licences.VerifiedLicence | None = None
         self._problem = "not loaded"
+        self._checked = 0.0
 
     def _stamps(self) -> tuple[float, float]:
         return (os.stat(self.licence_file).st_mtime, os.stat(self.jwks_file).st_mtime)
@@ -43,6 +47,10 @@ class MountedLicence:
 
     def refresh(self) -> licences.VerifiedLicence | None:
         """Re-verify when a mounted file changed (or the licence expired); the licence in force, or None."""
+        now = time.monotonic()
+        if now - self._checked < self.RECHECK_SECONDS:
+            return self.current
+        self._checked = now
         try:
             changed = self._stamps() != self._stamp
         except OSError as error:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 from iotenant import licence as licences
 from iotenant.devcluster import cluster
 from iotenant.devcluster.binaries import cache_dir, ensure_binaries, source_dir
+from iotenant.plans import load_catalogue
 
 OPERATOR_NAMESPACE = "iotenant-system"
 BILLING_NAMESPACE = "billing"
@@ -22,16 +22,13 @@ def repository_root() -> Path:
     return source_dir().parent
 
 
-def billing_issuer(folder: Path) -> tuple[Path, Path]:
-    """A demo billing system's key pair (made once): its private key and its public JWKS."""
+def billing_issuer(folder: Path) -> tuple[licences.SigningKey, Path]:
+    """A demo billing system's key (made once) and the public JWKS the operator trusts."""
     folder.mkdir(parents=True, exist_ok=True)
     private, public = folder / "billing-key.pem", folder / "billing-jwks.json"
     if not private.is_file() or not public.is_file():
-        key = licences.SigningKey.generate()
-        private.write_bytes(key.to_pem())
-        private.chmod(0o600)
-        public.write_text(json.dumps(licences.jwks([key.jwk]), indent=2))
-    return private, public
+        return licences.write_key_pair(private, public), public
+    return licences.SigningKey.from_pem(private.read_bytes()), public
 
 
 def run(name: str) -> int:
@@ -50,12 +47,9 @@ def run(name: str) -> int:
     for namespace in (OPERATOR_NAMESPACE, BILLING_NAMESPACE):
         kubectl("create", "namespace", namespace, check=False)
 
-    private_key, jwks_file = billing_issuer(cache_dir() / "demo")
-    token = subprocess.run(
-        [sys.executable, "-m", "iotenant", "licence", "issue", "--private-key", str(private_key),
-         "--subject", "umbrella-corp", "--plan", "professional", "--issuer", "demo-billing", "--days", "30"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    billing_key, jwks_file = billing_issuer(cache_dir() / "demo")
+    claims = load_catalogue()["professional"].claims("umbrella-corp", "demo-billing", 30 * 86400)
+    token = licences.sign(claims, billing_key)
     secret = kubectl(
         "create", "secret", "generic", "umbrella-licence", "-n", BILLING_NAMESPACE,
         f"--from-literal=licence.jwt={token}", "--dry-run=client", "-o", "yaml",
