@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from dataplane_bench import Services, histogram_quantile, services
 from dataplane import DEVICES, IngestProcess, telemetry
+from iotenant.broker_identities import INGEST
 
 from iotenant_workloads import database
 
@@ -77,7 +78,7 @@ def broker_ceiling(svc: Services, devices: list[str], messages: int) -> float:
             done.set()
 
     counter = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter", protocol=mqtt.MQTTv5)
-    counter.username_pw_set("ingest", "ingest-password")
+    counter.username_pw_set(INGEST, "ingest-password")
     counter.on_message = on_message
     subscribed = threading.Event()
     counter.on_subscribe = lambda *_: subscribed.set()

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotenant import licence as licences
-from iotenant.broker_identities import API, INGEST, Identity
+from iotenant.broker_identities import API, INGEST, Identity, service_identities
 from iotenant.plans import load_catalogue
 from real_services import free_port
 
@@ -29,8 +29,8 @@ DEVICES = [f"dev-{n:03d}" for n in range(1, 41)]
 
 def broker_identities() -> list[Identity]:
     """The service identities and 40 devices, each with its own password."""
-    return [Identity("ingest", "ingest-password", INGEST), Identity("api", "api-password", API)] + [
-        Identity(device, f"{device}-password") for device in DEVICES
+    return service_identities("ingest-password", "api-password") + [
+        Identity(device, f"{device}-password", label="fleet/test") for device in DEVICES
     ]
 
 
@@ -137,7 +137,7 @@ class IngestProcess:
         self.process = launch(
             "ingest",
             ["--database-url", self.database_url, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port),
-             "--mqtt-username", "ingest", "--licence-file", str(self.licence.licence_file),
+             "--mqtt-username", INGEST, "--licence-file", str(self.licence.licence_file),
              "--jwks-file", str(self.licence.jwks_file), "--customer-id", CUSTOMER_ID, "--client-id", self.client_id,
              "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],
             "ingest-password", self.log, self.metrics_port,
@@ -187,7 +187,7 @@ class ApiProcess:
         self.process = launch(
             "api",
             ["--database-url", self.database_url, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port),
-             "--mqtt-username", "api", "--licence-file", str(self.licence.licence_file),
+             "--mqtt-username", API, "--licence-file", str(self.licence.licence_file),
              "--jwks-file", str(self.licence.jwks_file), "--customer-id", CUSTOMER_ID, "--token-file", str(self.token_file),
              "--address", "127.0.0.1", "--port", str(self.port), "--metrics-address", "127.0.0.1",
              "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import wait_for
 from dataplane import ApiProcess, Device, IngestProcess, LicenceFiles, telemetry, write_licence
-from iotenant.broker_identities import device_credentials
+from iotenant.broker_identities import DeviceCredentials
 from real_services import MosquittoBroker, PostgresServer
 
 TOKEN = "s3cret-token-for-tests"
@@ -194,7 +194,7 @@ def test_simulated_devices_are_stored_and_their_last_will_marks_them_offline(
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     for device in ("dev-010", "dev-011", "dev-012"):
-        (credentials / device).write_text(json.dumps(device_credentials(device, f"{device}-password", "127.0.0.1", broker.port)))
+        (credentials / device).write_text(DeviceCredentials(device, f"{device}-password", "127.0.0.1", broker.port).url())
     stack = start_stack(database, broker, write_licence(tmp_path / "licence", "professional"), tmp_path)
     simulator = subprocess.Popen(
         [sys.executable, "-m", "iotenant", "simulate", "--credentials-dir", str(credentials), "--interval", "0.1",

@@ -90,6 +90,7 @@ INVALID = [
     ("storage-not-a-quantity", with_spec(CUSTOMER, database={"storage": "lots"}), "spec.database.storage"),
     ("unknown-field", with_spec(CUSTOMER, colour="blue"), 'unknown field "spec.colour"'),
     ("suspended-not-boolean", with_spec(CUSTOMER, suspended="yes"), "spec.suspended"),
+    ("fleet-name-too-long", {**FLEET, "metadata": {**FLEET["metadata"], "name": "f" * 64}}, "metadata.name must be at most 63 characters"),
     ("fleet-count-and-ids", with_devices(count=2, idPrefix="d-", ids=["a"]), "exactly one of spec.devices.count"),
     ("fleet-neither-count-nor-ids", with_devices(), "exactly one of spec.devices.count"),
     ("fleet-count-too-large", with_devices(count=10001, idPrefix="d-"), "spec.devices.count"),

@@ -16,10 +16,13 @@ from kubernetes.client.exceptions import ApiException
 
 from iotenant import licence as licences
 from iotenant.cluster_api import ClusterAPI, Manifest, kind_of
+from iotenant.device_fleet import DeviceFleetReconciler, FleetsOutcome, TenantAccess
+from iotenant.events import post_event
 from iotenant.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge_conditions
 from iotenant.converge import NAMESPACED_KINDS, Convergence, ObjectKey, controlled_by, converge, key_of, list_live
 from iotenant.plans import Plan
 from iotenant.render import meta
+from iotenant.render.fleet import FLEET_LABEL
 from iotenant.render.inputs import GeneratedSecrets, StackInput
 from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
@@ -28,13 +31,11 @@ from iotenant.signing_keys import KeyRing
 log = logging.getLogger("iotenant.customer_instance")
 
 PAUSED_ANNOTATION = "iotenant.io/paused"
+DEVICE_FLEET_RETRY_SECONDS = 5.0
 CUSTOMER_INSTANCE = kind_of("iotenant.io/v1alpha1", "CustomerInstance")
-DEVICE_FLEET = kind_of("iotenant.io/v1alpha1", "DeviceFleet")
 NAMESPACE = kind_of("v1", "Namespace")
 SECRET = kind_of("v1", "Secret")
 PVC = kind_of("v1", "PersistentVolumeClaim")
-EVENT = kind_of("v1", "Event")
-EVENT_NAMESPACE = "default"  # where Events about cluster-scoped objects live
 
 # Licence reasons that retrying cannot fix until someone changes the licence.
 UNFIXABLE_LICENCE_REASONS = {
@@ -70,6 +71,7 @@ class Outcome:
     pruned: list[ObjectKey] = field(default_factory=list)
     status_written: bool = False
     licence_kid: str | None = None
+    retry_after: float | None = None  # seconds: something (the broker) asked to be tried again soon
 
 
 def _decode(secret: Manifest | None, key: str) -> str | None:
@@ -114,6 +116,7 @@ class CustomerInstanceReconciler:
         keyring: Callable[[], KeyRing],
         trusted_issuers_jwks: dict[str, Any],
         service_monitor_crd_present: Callable[[], bool],
+        fleets: DeviceFleetReconciler | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
@@ -122,6 +125,7 @@ class CustomerInstanceReconciler:
         self.keyring = keyring
         self.trusted_issuers_jwks = trusted_issuers_jwks
         self.service_monitor_crd_present = service_monitor_crd_present
+        self.fleets = fleets or DeviceFleetReconciler(api, settings)
         self.clock = clock
 
     # ----------------------------------------------------------------------------- licence
@@ -192,33 +196,7 @@ class CustomerInstanceReconciler:
     # ----------------------------------------------------------------------------- events
 
     def post_event(self, body: Manifest, event_type: str, reason: str, message: str) -> None:
-        metadata = body["metadata"]
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{metadata['name']}.", "namespace": EVENT_NAMESPACE},
-            "involvedObject": {
-                "apiVersion": meta.API_VERSION,
-                "kind": "CustomerInstance",
-                "name": metadata["name"],
-                "uid": metadata["uid"],
-                "resourceVersion": metadata.get("resourceVersion", ""),
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": meta.OPERATOR_NAME},
-            "reportingComponent": meta.OPERATOR_NAME,
-            "reportingInstance": meta.OPERATOR_NAME,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        try:
-            self.api.create(event)
-        except ApiException as error:  # an Event that cannot be posted must not fail the reconcile
-            log.warning("could not post event %s for %s: %s", reason, metadata["name"], error.reason)
+        post_event(self.api, {"apiVersion": meta.API_VERSION, "kind": "CustomerInstance", **body}, event_type, reason, message)
 
     # ----------------------------------------------------------------------------- status
 
@@ -292,7 +270,8 @@ class CustomerInstanceReconciler:
 
         live: dict[ObjectKey, Manifest] = {}
         if namespace is not None:
-            live = list_live(self.api, namespace_name, f"{meta.CUSTOMER}={name}")
+            # A fleet's own objects (credentials, simulator) belong to the fleet, not to this set.
+            live = list_live(self.api, namespace_name, f"{meta.CUSTOMER}={name},!{FLEET_LABEL}")
             live[key_of({**namespace, "kind": "Namespace"})] = {**namespace, "kind": "Namespace", "apiVersion": "v1"}
 
         def live_secret(secret_name: str) -> Manifest | None:
@@ -337,6 +316,25 @@ class CustomerInstanceReconciler:
         for kind, workload in (("StatefulSet", "broker"), ("StatefulSet", "database"), ("StatefulSet", "ingest"), ("Deployment", "api")):
             ready, detail = _ready_replicas(objects.get((kind, namespace_name, workload)))
             (workloads_ready if ready else workloads_waiting).append(f"{workload} {detail}")
+
+        broker_ready, _ = _ready_replicas(objects.get(("StatefulSet", namespace_name, "broker")))
+        fleets = self._reconcile_fleets(
+            TenantAccess(
+                owner=owner,
+                limits=claims.limits if claims else None,
+                serving=serving,
+                not_serving_reason="Suspended" if decision.verified else "NoValidLicence",
+                not_serving_message=(
+                    "the customer instance is suspended: no device can connect" if decision.verified
+                    else f"no valid licence ({decision.message}): no device can connect"
+                ),
+                broker_ready=serving and broker_ready,
+                admin_password=generated.broker_admin_password,
+                ingest_password=generated.ingest_broker_password,
+                api_password=generated.api_broker_password,
+            ),
+            body,
+        )
 
         tier = claims.monitoring.tier if claims else None
         if tier == "dedicated":
@@ -410,7 +408,7 @@ class CustomerInstanceReconciler:
                 "mqtt": f"mqtt://broker.{namespace_name}.svc:1883",
                 "api": f"http://api.{namespace_name}.svc:8080",
             },
-            "devices": {"provisioned": self._provisioned_devices(namespace_name), "limit": claims.limits.maxDevices if claims else 0},
+            "devices": {"provisioned": fleets.provisioned, "limit": claims.limits.maxDevices if claims else 0},
         }
         if decision.verified:
             verified_claims = decision.verified.claims
@@ -432,16 +430,17 @@ class CustomerInstanceReconciler:
             pruned=result.pruned,
             status_written=written,
             licence_kid=decision.verified.key_id if decision.verified else None,
+            retry_after=fleets.retry_after,
         )
 
-    def _provisioned_devices(self, namespace: str) -> int:
+    def _reconcile_fleets(self, access: TenantAccess, body: Manifest) -> FleetsOutcome:
+        """The namespace's DeviceFleets; their trouble is reported on them and never fails the instance."""
         try:
-            fleets = self.api.list(DEVICE_FLEET, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return 0
-            raise
-        return sum(int((fleet.get("status") or {}).get("provisioned", 0) or 0) for fleet in fleets)
+            return self.fleets.reconcile(access)
+        except Exception as error:
+            log.exception("reconciling the device fleets of %s failed", access.owner.namespace)
+            self.post_event(body, "Warning", "DeviceFleetsFailed", f"reconciling device fleets failed: {type(error).__name__}: {error}")
+            return FleetsOutcome(retry_after=DEVICE_FLEET_RETRY_SECONDS)
 
     def report_failure(self, body: Manifest, error: Exception) -> None:
         """A reconcile that raised: Ready=Unknown and Reconciling=True with the error, and a Warning Event."""

@@ -20,7 +20,8 @@ from iotenant import signing_keys
 from iotenant.cluster_api import ClusterAPI, kind_of
 from iotenant.customer_instance import CustomerInstanceReconciler
 from iotenant.plans import load_catalogue
-from iotenant.render.meta import CUSTOMER, PART_OF
+from iotenant.device_fleet import report_not_in_customer_namespace
+from iotenant.render.meta import CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF, namespace_for
 from iotenant.render.monitoring import SERVICE_MONITOR_CRD
 from iotenant.settings import OperatorSettings
 
@@ -28,6 +29,7 @@ log = logging.getLogger("iotenant.operator")
 GROUP, VERSION = "iotenant.io", "v1alpha1"
 CRD = kind_of("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 CONFIG_MAP = kind_of("v1", "ConfigMap")
+NAMESPACE = kind_of("v1", "Namespace")
 
 RECONCILES = Counter("iotenant_operator_reconciles_total", "Reconciles of CustomerInstances by outcome", ["result"])
 RECONCILE_SECONDS = Histogram(
@@ -51,6 +53,8 @@ class OperatorState:
     keyring_version: str = ""
     monitor_crd: bool = False
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    namespaces: dict[str, str] = field(default_factory=dict)  # customer namespace -> CustomerInstance uid
+    fleets_seen: dict[str, tuple[int, str]] = field(default_factory=dict)
     seen: dict[str, tuple[int, str]] = field(default_factory=dict)
     phases: dict[str, str] = field(default_factory=dict)
     kids: dict[str, str | None] = field(default_factory=dict)
@@ -167,7 +171,9 @@ async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, *
     """Reconcile now, then whenever woken (spec, annotations, children, CRDs, keys) or at every resync."""
     s = state()
     uid = body["metadata"]["uid"]
+    namespace = namespace_for(body["metadata"]["name"])
     wakeup = s.wakeups.setdefault(uid, asyncio.Event())
+    s.namespaces[namespace] = uid
     backoff = 1.0
     try:
         while not stopped:
@@ -197,6 +203,8 @@ async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, *
                     )
                 backoff = 1.0
                 timeout = 2.0 if outcome.phase == "Provisioning" and not outcome.applied else s.settings.resync_seconds
+                if outcome.retry_after is not None:
+                    timeout = min(timeout, outcome.retry_after)
             finally:
                 RECONCILE_SECONDS.observe(time.monotonic() - started)
             try:
@@ -205,6 +213,10 @@ async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, *
                 pass
     finally:
         s.wakeups.pop(uid, None)
+        if s.namespaces.get(namespace) == uid:
+            s.namespaces.pop(namespace, None)
+        if s.reconciler is not None:
+            s.reconciler.fleets.forget(namespace)
         s.kids.pop(uid, None)
         s.phases.pop(uid, None)
         _count_phases(s)
@@ -242,13 +254,50 @@ def customer_instance_deleted(body: kopf.Body, **_: Any) -> None:
 
 
 def _wake_owner(body: kopf.Body) -> None:
+    """Wake the loop of the CustomerInstance whose object (or whose fleet's object) changed."""
     s = state()
-    labels = body.get("metadata", {}).get("labels", {})
+    metadata = body.get("metadata", {})
+    labels = metadata.get("labels", {})
     if labels.get(PART_OF) != "iotenant" or CUSTOMER not in labels:
         return
-    for references in body.get("metadata", {}).get("ownerReferences", []):
+    for references in metadata.get("ownerReferences", []):
         if references.get("kind") == "CustomerInstance":
             s.wake(references.get("uid"))
+        elif references.get("kind") == "DeviceFleet" and metadata.get("namespace") in s.namespaces:
+            s.wake(s.namespaces[metadata["namespace"]])
+
+
+def _is_customer_namespace(s: OperatorState, namespace: str) -> bool:
+    if namespace in s.namespaces:
+        return True
+    found = s.api.get(NAMESPACE, namespace)
+    labels = (found or {}).get("metadata", {}).get("labels", {})
+    owned = any(ref.get("kind") == "CustomerInstance" and ref.get("controller") for ref in (found or {}).get("metadata", {}).get("ownerReferences", []))
+    return owned and labels.get(MANAGED_BY) == OPERATOR_NAME and CUSTOMER in labels
+
+
+@kopf.on.event(GROUP, VERSION, "devicefleets")
+def device_fleet_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Admission is decided per namespace: a fleet's spec, annotations or existence wakes its customer's loop.
+
+    A fleet outside every customer namespace is told so in its status."""
+    s = state()
+    metadata = body.get("metadata", {})
+    uid, namespace = metadata.get("uid"), metadata.get("namespace", "")
+    if not uid:
+        return
+    fingerprint = (int(metadata.get("generation", 0)), json.dumps(metadata.get("annotations", {}), sort_keys=True))
+    changed = type == "DELETED" or s.fleets_seen.get(uid) != fingerprint or metadata.get("deletionTimestamp") is not None
+    if type == "DELETED":
+        s.fleets_seen.pop(uid, None)
+    else:
+        s.fleets_seen[uid] = fingerprint
+    if not changed:
+        return
+    if namespace in s.namespaces:
+        s.wake(s.namespaces[namespace])
+    elif type != "DELETED" and not _is_customer_namespace(s, namespace):
+        report_not_in_customer_namespace(s.api, json.loads(json.dumps(dict(body))))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={PART_OF: "iotenant"})

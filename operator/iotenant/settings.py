@@ -30,6 +30,9 @@ class OperatorSettings:
     monitoring_namespace: str = "monitoring"
     plan_catalogue: Path | None = None
     trusted_issuers_jwks: Path | None = None
+    broker_address_template: str = "broker.{namespace}.svc:1883"
+    broker_addresses_file: Path | None = None
+    device_broker_address_template: str = "broker.{namespace}.svc:1883"
     images: Images = Images()
 
 
@@ -44,6 +47,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("monitoring_namespace", "IOTENANT_MONITORING_NAMESPACE", str, "namespace whose pods may scrape customer metrics"),
     ("plan_catalogue", "IOTENANT_PLAN_CATALOGUE", Path, "YAML file replacing the built-in plan catalogue"),
     ("trusted_issuers_jwks", "IOTENANT_TRUSTED_ISSUERS_JWKS", Path, "JWKS file of billing systems whose licences are trusted"),
+    ("broker_address_template", "IOTENANT_BROKER_ADDRESS_TEMPLATE", str,
+     "host:port where the operator reaches a tenant broker to manage its identities; {namespace} is replaced"),
+    ("broker_addresses_file", "IOTENANT_BROKER_ADDRESSES_FILE", Path,
+     "JSON file {namespace: host:port} taking precedence over the template (an operator outside the cluster, port-forwards); re-read when it changes"),
+    ("device_broker_address_template", "IOTENANT_DEVICE_BROKER_ADDRESS_TEMPLATE", str,
+     "host:port written into device credentials (what devices connect to); {namespace} and {customer} are replaced"),
 ]
 # (image attribute, environment variable); the flag is --<attribute>-image.
 _IMAGE_FLAGS = [

@@ -16,7 +16,7 @@ import selectors
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter, Gauge
 
 from iotenant import logs
+from iotenant.broker_identities import DeviceCredentials
 from iotenant.environment_flags import flag
 from iotenant_workloads import service_endpoints
 
@@ -35,37 +36,22 @@ CONNECTED = Gauge("iotenant_simulator_connected_devices", "Devices connected to 
 REFUSED = Counter("iotenant_simulator_refused_total", "Connections the broker refused")
 
 
-@dataclass(frozen=True)
-class Credentials:
-    device_id: str
-    username: str
-    password: str
-    host: str
-    port: int
-
-
-def read_credentials(folder: Path, host: str | None, port: int | None) -> list[Credentials]:
-    """One file per device id (a mounted DeviceFleet credentials Secret), each a JSON document."""
+def read_credentials(folder: Path, host: str | None, port: int | None) -> list[DeviceCredentials]:
+    """One file per device id (a mounted DeviceFleet credentials Secret), each an mqtt:// URL."""
     found = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
-        document = json.loads(path.read_text())
-        found.append(
-            Credentials(
-                device_id=path.name,
-                username=document["username"],
-                password=document["password"],
-                host=host or document["host"],
-                port=port or int(document["port"]),
-            )
-        )
+        credentials = DeviceCredentials.from_url(path.read_text())
+        if credentials.device_id != path.name:
+            raise ValueError(f"{path}: the credentials are for {credentials.device_id!r}, not {path.name!r}")
+        found.append(replace(credentials, host=host or credentials.host, port=port or credentials.port))
     return found
 
 
 @dataclass
 class SimulatedDevice:
-    credentials: Credentials
+    credentials: DeviceCredentials
     interval: float
     measurements: int
     keepalive: int
@@ -83,7 +69,7 @@ class SimulatedDevice:
         return f"iot/{self.credentials.device_id}/{kind}"
 
     def _new_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.credentials.device_id, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.credentials.client_id, protocol=mqtt.MQTTv311)
         client.username_pw_set(self.credentials.username, self.credentials.password)
         # "online" and the will both carry the time of the connection they belong to: the will wins over
         # its own connection's "online" (it comes later), and a later connection's "online" wins over it.

@@ -1,0 +1,239 @@
+"""Driving a tenant broker's identities live, through Mosquitto's dynamic-security control topic.
+
+The operator connects as the broker's admin identity, reads the clients the broker knows, and sends
+the commands that make them equal to the desired identities: delete what is not desired (this also
+drops the client's live connection), modify what changed (a new password; the broker drops the old
+connection), create what is missing. Nothing restarts, and clients that did not change stay
+connected.
+
+Mosquitto 2.0 rewrites its whole dynamic-security file after every command, so a command costs
+time proportional to the number of clients and blocks the broker meanwhile. Commands therefore go in
+small messages, one at a time: other clients are served between two messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from iotenant.broker_identities import ADMIN, Identity
+
+log = logging.getLogger("iotenant.broker_control")
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
+COMMANDS_PER_MESSAGE = 50
+CONNECT_TIMEOUT = 5.0
+RESPONSE_TIMEOUT = 120.0
+
+
+def split_address(address: str, default_port: int = 1883) -> tuple[str, int]:
+    host, colon, port = address.rpartition(":")
+    return (host, int(port)) if colon and port.isdigit() else (address, default_port)
+
+
+class BrokerAddresses:
+    """Where the operator reaches each tenant's broker: a file of overrides, else the template."""
+
+    def __init__(self, template: str, overrides_file: Path | None = None) -> None:
+        self.template = template
+        self.overrides_file = overrides_file
+        self._overrides: dict[str, str] = {}
+        self._stamp: tuple[float, int] | None = None
+
+    def _read_overrides(self) -> dict[str, str]:
+        if self.overrides_file is None:
+            return {}
+        try:
+            stat = self.overrides_file.stat()
+        except FileNotFoundError:
+            return {}
+        if (stat.st_mtime, stat.st_size) != self._stamp:
+            self._overrides = {str(k): str(v) for k, v in json.loads(self.overrides_file.read_text() or "{}").items()}
+            self._stamp = (stat.st_mtime, stat.st_size)
+        return self._overrides
+
+    def __call__(self, namespace: str) -> tuple[str, int]:
+        address = self._read_overrides().get(namespace) or self.template.format(namespace=namespace)
+        return split_address(address)
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached, refused the admin identity, or did not answer in time."""
+
+
+class BrokerCommandFailed(Exception):
+    """The broker answered a command with an error that retrying the same command will not fix."""
+
+
+@dataclass
+class SyncResult:
+    created: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.modified or self.deleted)
+
+
+def plan_commands(live: dict[str, str], desired: dict[str, Identity]) -> tuple[list[dict[str, Any]], SyncResult]:
+    """The commands that turn the broker's clients (username -> text name) into ``desired``.
+
+    Deletions come first (revocation matters most), then changed passwords, then new clients. The
+    admin identity is never touched: it is the operator's own way in.
+    """
+    result = SyncResult()
+    commands: list[dict[str, Any]] = []
+    for username in sorted(live):
+        if username != ADMIN and username not in desired:
+            commands.append({"command": "deleteClient", "username": username})
+            result.deleted.append(username)
+    for username, identity in sorted(desired.items()):
+        if username in live and live[username] != identity.text_name:
+            commands.append(_client_command("modifyClient", identity))
+            result.modified.append(username)
+    for username, identity in sorted(desired.items()):
+        if username not in live:
+            commands.append(_client_command("createClient", identity))
+            result.created.append(username)
+    return commands, result
+
+
+def _client_command(command: str, identity: Identity) -> dict[str, Any]:
+    return {
+        "command": command,
+        "username": identity.username,
+        "password": identity.password,
+        "textname": identity.text_name,
+        "roles": [{"rolename": identity.role}] if identity.role else [],
+    }
+
+
+class DynamicSecurity:
+    """One admin connection to a tenant broker. Use as a context manager."""
+
+    def __init__(self, host: str, port: int, admin_password: str, commands_per_message: int = COMMANDS_PER_MESSAGE) -> None:
+        self.host, self.port = host, port
+        self.commands_per_message = commands_per_message
+        self._responses: list[dict[str, Any]] = []
+        self._connect_result: Any = None
+        self._subscribed = False
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"iotenant-operator-{secrets.token_hex(4)}", protocol=mqtt.MQTTv5
+        )
+        self._client.username_pw_set(ADMIN, admin_password)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    # ----------------------------------------------------------------------------- connection
+
+    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
+        self._connect_result = reason
+
+    def _on_subscribe(self, *_: object) -> None:
+        self._subscribed = True
+
+    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._responses.append(json.loads(message.payload))
+        except ValueError:
+            log.warning("ignoring a malformed dynamic-security response")
+
+    def _pump(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"broker {self.host}:{self.port} did not answer within {timeout:.0f} s ({what})")
+            rc = self._client.loop(timeout=0.05)
+            if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN) and not done():
+                raise BrokerUnavailable(f"connection to broker {self.host}:{self.port} lost ({mqtt.error_string(rc)}) while {what}")
+
+    def __enter__(self) -> "DynamicSecurity":
+        try:
+            self._client.connect(self.host, self.port, keepalive=60)
+        except OSError as error:
+            raise BrokerUnavailable(f"cannot reach broker {self.host}:{self.port}: {error}") from error
+        try:
+            self._pump(lambda: self._connect_result is not None, CONNECT_TIMEOUT, "connecting")
+            if getattr(self._connect_result, "is_failure", False):
+                raise BrokerUnavailable(f"broker {self.host}:{self.port} refused the admin identity: {self._connect_result}")
+            self._client.subscribe(RESPONSE_TOPIC, qos=1)
+            self._pump(lambda: self._subscribed, CONNECT_TIMEOUT, "subscribing to the control responses")
+        except BaseException:
+            self._client.disconnect()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._client.disconnect()
+        try:
+            self._client.loop(timeout=0.05)
+        except Exception:  # the socket may already be gone
+            pass
+
+    # ----------------------------------------------------------------------------- commands
+
+    def execute(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send ``commands`` in messages of a bounded size, each after the previous one was answered."""
+        responses: list[dict[str, Any]] = []
+        for start in range(0, len(commands), self.commands_per_message):
+            batch = commands[start : start + self.commands_per_message]
+            tag = secrets.token_hex(6)
+            tagged = [{**command, "correlationData": f"{tag}-{index}"} for index, command in enumerate(batch)]
+            self._responses.clear()
+            info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": tagged}), qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise BrokerUnavailable(f"could not send to broker {self.host}:{self.port}: {mqtt.error_string(info.rc)}")
+
+            def answered() -> bool:
+                return any(self._matches(response, tag) for response in self._responses)
+
+            self._pump(answered, RESPONSE_TIMEOUT, f"running {len(batch)} dynamic-security commands")
+            answer = next(response for response in self._responses if self._matches(response, tag))
+            responses.extend(answer.get("responses", []))
+        return responses
+
+    @staticmethod
+    def _matches(response: dict[str, Any], tag: str) -> bool:
+        entries = response.get("responses") or []
+        return bool(entries) and str(entries[0].get("correlationData", "")).startswith(f"{tag}-")
+
+    def list_clients(self) -> dict[str, str]:
+        """Every client the broker knows: username -> text name."""
+        (response,) = self.execute([{"command": "listClients", "verbose": True, "count": -1, "offset": 0}])
+        if "error" in response:
+            raise BrokerCommandFailed(f"listClients: {response['error']}")
+        return {client["username"]: client.get("textname", "") for client in response["data"]["clients"]}
+
+    def sync(self, desired: dict[str, Identity]) -> SyncResult:
+        """Make the broker's clients exactly ``desired`` (plus the admin); return what changed."""
+        commands, result = plan_commands(self.list_clients(), desired)
+        if not commands:
+            return result
+        started = time.monotonic()
+        failures = []
+        for command, response in zip(commands, self.execute(commands)):
+            error = response.get("error")
+            if error is None:
+                continue
+            if command["command"] == "deleteClient" and error == "Client not found":
+                continue  # someone removed it meanwhile: the outcome is the desired one
+            failures.append(f"{command['command']} {command['username']}: {error}")
+        if failures:
+            more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+            raise BrokerCommandFailed("; ".join(failures[:3]) + more)
+        log.info(
+            "broker %s:%d: %d created, %d modified, %d deleted in %.2f s",
+            self.host, self.port, len(result.created), len(result.modified), len(result.deleted), time.monotonic() - started,
+        )
+        return result

@@ -1,0 +1,111 @@
+"""What a DeviceFleet owns in its namespace: the credentials Secret and the optional simulator.
+
+Both are owned by the fleet (garbage-collected with it) and carry the customer labels plus
+``iotenant.io/fleet``, which keeps them out of the CustomerInstance's own set of objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from iotenant.broker_identities import DeviceCredentials
+from iotenant.fleet_admission import Fleet
+from iotenant.render.guardrails import METRICS_PORT
+from iotenant.render.meta import API_VERSION, Owner
+from iotenant.render.pod_security import resources
+from iotenant.render.workloads import IOTENANT_UID, SMALL, empty_dir, http_probe, container, deployment, pod_template
+from iotenant.settings import OperatorSettings
+
+Manifest = dict[str, Any]
+
+FLEET_LABEL = "iotenant.io/fleet"
+ROTATED_FOR_ANNOTATION = "iotenant.io/rotated-for"
+DEVICES_HASH_ANNOTATION = "iotenant.io/devices-hash"
+CREDENTIALS_MOUNT = "/etc/iotenant/devices"
+# The API server refuses a Secret whose values add up to more than this.
+SECRET_DATA_LIMIT = 1024 * 1024
+
+
+def credentials_secret_name(fleet_name: str) -> str:
+    return f"devicefleet-{fleet_name}-credentials"
+
+
+def simulator_name(fleet_name: str) -> str:
+    return f"simulator-{fleet_name}"
+
+
+def _metadata(owner: Owner, fleet: Fleet, name: str, component: str) -> Manifest:
+    return {
+        "name": name,
+        "namespace": fleet.namespace,
+        "labels": {**owner.labels(component), FLEET_LABEL: fleet.name},
+        "ownerReferences": [
+            {
+                "apiVersion": API_VERSION,
+                "kind": "DeviceFleet",
+                "name": fleet.name,
+                "uid": fleet.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def credentials_data_size(credentials: list[DeviceCredentials]) -> int:
+    return sum(len(item.url()) for item in credentials)
+
+
+def credentials_secret(owner: Owner, fleet: Fleet, credentials: list[DeviceCredentials], rotated_for: str) -> Manifest:
+    """One key per device id holding its ``mqtt://`` URL; the handled rotation request in an annotation."""
+    metadata = _metadata(owner, fleet, credentials_secret_name(fleet.name), "broker")
+    metadata["annotations"] = {ROTATED_FOR_ANNOTATION: rotated_for}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "Opaque",
+        "data": {item.device_id: base64.b64encode(item.url().encode()).decode() for item in credentials},
+    }
+
+
+def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_for: str) -> Manifest:
+    """A Deployment playing every device of the fleet with its own credentials (``iotenant simulate``).
+
+    The pod template carries a hash of the device ids and of the handled rotation request, so the
+    simulator restarts with the current credentials whenever either changes.
+    """
+    env = [
+        {"name": "IOTENANT_CREDENTIALS_DIR", "value": CREDENTIALS_MOUNT},
+        {"name": "IOTENANT_TELEMETRY_INTERVAL_SECONDS", "value": str(fleet.interval_seconds)},
+        {"name": "IOTENANT_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "IOTENANT_LOG_FORMAT", "value": "json"},
+    ]
+    main = container(
+        "simulator",
+        settings.images.iotenant,
+        args=["simulate"],
+        env=env,
+        ports=[{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        volumeMounts=[
+            {"name": "credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        resources=resources(None, SMALL),
+        readinessProbe=http_probe("/readyz", "metrics"),
+        livenessProbe=http_probe("/healthz", "metrics"),
+    )
+    volumes = [
+        {"name": "credentials", "secret": {"secretName": credentials_secret_name(fleet.name)}},
+        empty_dir("tmp"),
+    ]
+    template = pod_template(owner, "simulator", IOTENANT_UID, [main], volumes)
+    template["metadata"]["labels"][FLEET_LABEL] = fleet.name
+    fingerprint = hashlib.sha256("\n".join([rotated_for, *fleet.devices]).encode()).hexdigest()[:16]
+    template["metadata"]["annotations"] = {DEVICES_HASH_ANNOTATION: fingerprint}
+    manifest = deployment(owner, simulator_name(fleet.name), "simulator", 1, template)
+    manifest["metadata"] = _metadata(owner, fleet, simulator_name(fleet.name), "simulator")
+    manifest["spec"]["selector"]["matchLabels"][FLEET_LABEL] = fleet.name
+    return manifest
