@@ -142,7 +142,17 @@ def billing(tmp_path_factory: pytest.TempPathFactory) -> BillingIssuer:
 
 
 @pytest.fixture(scope="session")
-def operator(kube: Cluster, crds: list[dict], billing: BillingIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+def broker_addresses(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The operator's broker address overrides: tenant brokers run here on loopback, not in pods."""
+    path = tmp_path_factory.mktemp("brokers") / "addresses.json"
+    path.write_text("{}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kube: Cluster, crds: list[dict], billing: BillingIssuer, broker_addresses: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningOperator]:
     """`iotenant operator` against the test cluster, with a short resync interval."""
     kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
@@ -155,6 +165,7 @@ def operator(kube: Cluster, crds: list[dict], billing: BillingIssuer, tmp_path_f
              "--resync-seconds", str(RESYNC_SECONDS),
              "--expiry-grace-seconds", str(EXPIRY_GRACE_SECONDS),
              "--trusted-issuers-jwks", str(billing.jwks_file),
+             "--broker-addresses-file", str(broker_addresses),
              "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--health-port", "0",
              "--log-format", "text"],
             env=env, stdout=sink, stderr=subprocess.STDOUT,

@@ -32,6 +32,7 @@ SERVICE_ROLES: dict[str, list[dict[str, Any]]] = {
     INGEST_ROLE: [
         {"acltype": "subscribePattern", "topic": "$share/+/iot/+/#", "allow": True},
         {"acltype": "subscribePattern", "topic": "iot/+/#", "allow": True},
+        {"acltype": "publishClientReceive", "topic": "iot/#", "allow": True},
     ],
     API_ROLE: [
         {"acltype": "publishClientSend", "topic": "iot/+/command", "allow": True},
@@ -103,7 +104,10 @@ def dynamic_security_config(admin_password: str, identities: list[Identity]) -> 
         {"rolename": name, "acls": acls} for name, acls in SERVICE_ROLES.items()
     ]
     return {
-        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True, "subscribe": False, "unsubscribe": True},
+        # Nothing is allowed by default. A device's own topics are granted by the ACL file's pattern line;
+        # Mosquitto may acknowledge a device's subscription to another device's topics, but delivers
+        # it nothing from them: every delivery is checked against "receive" access.
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True},
         "clients": clients,
         "groups": [],
         "roles": roles,

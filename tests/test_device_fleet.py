@@ -1,0 +1,350 @@
+"""DeviceFleets end to end: the operator on a real apiserver drives a real Mosquitto that runs the
+broker setup the operator generated. Devices connect with the credentials from the fleet's Secret."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import Cluster, RunningOperator, wait_for
+from mqtt_probe import NOT_AUTHORIZED, Probe, refused
+from real_services import PostgresServer, free_port
+from tenants import Tenant, delete_tenant, run_generated, start_tenant
+
+from iotenant.broker_control import DynamicSecurity
+from iotenant.broker_identities import ADMIN, API, INGEST
+
+
+@pytest.fixture(scope="module")
+def enterprise(kube: Cluster, operator: RunningOperator, broker_addresses: Path, service_root: Path) -> Iterator[Tenant]:
+    tenant = start_tenant(kube, broker_addresses, service_root, "fleets-ent", "enterprise")
+    yield tenant
+    delete_tenant(tenant)
+
+
+@pytest.fixture(scope="module")
+def starter(kube: Cluster, operator: RunningOperator, broker_addresses: Path, service_root: Path) -> Iterator[Tenant]:
+    tenant = start_tenant(kube, broker_addresses, service_root, "fleets-starter", "starter")
+    yield tenant
+    delete_tenant(tenant)
+
+
+def connect(tenant: Tenant, fleet: str, device: str) -> Probe:
+    credentials = tenant.credentials(fleet)[device]
+    return Probe.connect(tenant.broker.port, credentials.username, credentials.password, client_id=credentials.client_id)
+
+
+def accepted(code: int) -> bool:
+    return code in (0, 1, 16)  # PUBACK success / no matching subscribers; SUBACK granted QoS
+
+
+def test_each_device_uses_only_its_own_topics(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("meters", {"count": 3, "idPrefix": "meter-"})
+    enterprise.apply_fleet("valves", {"ids": ["valve-a", "valve-b"]})
+    meters = enterprise.wait_fleet("meters", "True", "Admitted")
+    enterprise.wait_fleet("valves", "True", "Admitted")
+    assert meters["status"]["provisioned"] == 3
+    assert meters["status"]["credentialsSecret"] == "devicefleet-meters-credentials"
+    assert sorted(enterprise.credentials("meters")) == ["meter-001", "meter-002", "meter-003"]
+    assert sorted(enterprise.credentials("valves")) == ["valve-a", "valve-b"]
+
+    device = connect(enterprise, "meters", "meter-001")
+    try:
+        assert accepted(device.subscribe("iot/meter-001/command"))
+        assert accepted(device.publish("iot/meter-001/telemetry", b'{"v":2}'))
+        assert accepted(device.publish("iot/meter-001/command", b"own"))
+        wait_for(lambda: any(m.topic == "iot/meter-001/command" for m in device.messages), timeout=5, what="its own message")
+        assert device.publish("iot/meter-002/telemetry") == NOT_AUTHORIZED, "another device's topic of the same fleet"
+        assert device.publish("iot/valve-a/telemetry") == NOT_AUTHORIZED, "another fleet's device topic"
+        # Mosquitto may grant a subscription to any filter, but delivers only what the device may read.
+        for pattern in ("iot/meter-002/#", "iot/valve-b/#", "iot/+/telemetry", "#"):
+            device.subscribe(pattern)
+        neighbours = [connect(enterprise, "meters", "meter-002"), connect(enterprise, "valves", "valve-b")]
+        for neighbour in neighbours:
+            assert accepted(neighbour.publish(f"iot/{neighbour.username}/telemetry", b"private"))
+            assert accepted(neighbour.publish(f"iot/{neighbour.username}/command/ack", b"private"))
+            neighbour.close()
+        assert accepted(device.publish("iot/meter-001/hello", b"marker"))
+        wait_for(lambda: any(m.topic == "iot/meter-001/hello" for m in device.messages), timeout=5, what="its own marker")
+        leaked = sorted({m.topic for m in device.messages if not m.topic.startswith("iot/meter-001/")})
+        assert leaked == [], f"meter-001 received other devices' messages: {leaked}"
+    finally:
+        device.close()
+    # A device id is not a password: another device's name with a wrong password is refused.
+    assert refused(enterprise.broker.port, "meter-002", enterprise.credentials("meters")["meter-001"].password)
+
+    def counted() -> bool:
+        return enterprise.instance()["status"]["devices"] == {"provisioned": 5, "limit": 10000}
+
+    wait_for(counted, timeout=20, what="status.devices of the instance to count both fleets")
+    table = enterprise.kube.kubectl("get", "devicefleets", "-n", enterprise.namespace).stdout
+    assert any(line.split()[:4] == ["meters", "sensor", "3", "True"] for line in table.splitlines()), table
+    assert "Normal Admitted" in enterprise.events("meters")
+    enterprise.delete_fleet("meters")
+    enterprise.delete_fleet("valves")
+
+
+def test_a_removed_device_is_refused_and_its_connection_dropped(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("pumps", {"ids": ["pump-1", "pump-2", "pump-3"]})
+    enterprise.wait_fleet("pumps", "True")
+    removed_password = enterprise.credentials("pumps")["pump-2"].password
+    kept = connect(enterprise, "pumps", "pump-1")
+    removed = connect(enterprise, "pumps", "pump-2")
+    try:
+        enterprise.apply_fleet("pumps", {"ids": ["pump-1", "pump-3"]})
+        assert removed.disconnected.wait(20), "pump-2 is still connected after its removal"
+        assert refused(enterprise.broker.port, "pump-2", removed_password)
+        assert "pump-2" not in enterprise.credentials("pumps")
+        assert not kept.disconnected.is_set(), "removing pump-2 disconnected pump-1"
+        assert accepted(kept.publish("iot/pump-1/telemetry"))
+        assert enterprise.wait_fleet("pumps", "True")["status"]["provisioned"] == 2
+    finally:
+        kept.close()
+        removed.close()
+
+    survivor = connect(enterprise, "pumps", "pump-3")
+    password = enterprise.credentials("pumps")["pump-3"].password
+    enterprise.delete_fleet("pumps")
+    assert survivor.disconnected.wait(20), "deleting the fleet left pump-3 connected"
+    assert refused(enterprise.broker.port, "pump-3", password)
+    wait_for(lambda: enterprise.secret("devicefleet-pumps-credentials") is None, timeout=30,
+             what="the credentials Secret to be garbage-collected with its fleet")
+
+
+def test_admitting_a_thousand_devices_leaves_connected_devices_connected(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("early", {"ids": ["early-1"]})
+    enterprise.wait_fleet("early", "True")
+    early = connect(enterprise, "early", "early-1")
+    acks: list[int] = []
+    stop = threading.Event()
+
+    def keep_publishing() -> None:
+        while not stop.is_set():
+            acks.append(early.publish("iot/early-1/telemetry"))
+            time.sleep(0.1)
+
+    publisher = threading.Thread(target=keep_publishing)
+    publisher.start()
+    started = time.monotonic()
+    try:
+        enterprise.apply_fleet("bulk", {"count": 1000, "idPrefix": "bulk-"})
+        bulk = enterprise.wait_fleet("bulk", "True", timeout=180)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        publisher.join()
+    try:
+        assert bulk["status"]["provisioned"] == 1000
+        assert not early.disconnected.is_set(), "a connected device was dropped while 1,000 devices were admitted"
+        assert acks and all(accepted(code) for code in acks)
+        credentials = enterprise.credentials("bulk")
+        assert len(credentials) == 1000
+        for device in ("bulk-001", "bulk-500", "bulk-1000"):
+            connect(enterprise, "bulk", device).close()
+        print(f"1,000 devices admitted and connectable in {took:.1f} s; the connected device published {len(acks)} messages meanwhile")
+    finally:
+        early.close()
+        enterprise.delete_fleet("early")
+        enterprise.delete_fleet("bulk")
+
+
+def test_rotation_locks_out_the_old_credentials(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("locks", {"ids": ["lock-1", "lock-2"]})
+    enterprise.wait_fleet("locks", "True")
+    before = enterprise.credentials("locks")
+    online = connect(enterprise, "locks", "lock-1")
+    try:
+        enterprise.kube.kubectl("annotate", "devicefleet", "locks", "-n", enterprise.namespace,
+                                "iotenant.io/rotate-credentials=2026-11-25")
+
+        def rotated() -> bool:
+            return all(enterprise.credentials("locks")[d].password != before[d].password for d in before)
+
+        wait_for(rotated, timeout=30, what="new passwords in the credentials Secret")
+        assert online.disconnected.wait(20), "a device with the old password stayed connected"
+        wait_for(lambda: refused(enterprise.broker.port, "lock-1", before["lock-1"].password), timeout=20,
+                 what="the old password to be refused")
+        assert refused(enterprise.broker.port, "lock-2", before["lock-2"].password)
+        connect(enterprise, "locks", "lock-1").close()
+        connect(enterprise, "locks", "lock-2").close()
+        wait_for(lambda: "Normal CredentialsRotated" in enterprise.events("locks"), timeout=10, what="a CredentialsRotated Event")
+        # The same annotation again changes nothing; the passwords stay.
+        current = enterprise.credentials("locks")
+        enterprise.apply_fleet("locks", {"ids": ["lock-1", "lock-2"]}, annotations={"iotenant.io/rotate-credentials": "2026-11-25"})
+        time.sleep(2)
+        assert enterprise.credentials("locks") == current
+    finally:
+        online.close()
+        enterprise.delete_fleet("locks")
+
+
+def test_broker_drift_is_healed(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("drift", {"ids": ["drift-1", "drift-2"]})
+    enterprise.wait_fleet("drift", "True")
+    admin_password = enterprise.secret("broker-admin")["password"]
+    assert enterprise.secret("broker-admin")["username"] == ADMIN
+    with DynamicSecurity("127.0.0.1", enterprise.broker.port, admin_password) as broker:
+        broker.execute([{"command": "deleteClient", "username": "drift-1"},
+                        {"command": "createClient", "username": "stowaway", "password": "let-me-in"}])
+
+    def healed() -> bool:
+        with DynamicSecurity("127.0.0.1", enterprise.broker.port, admin_password) as broker:
+            clients = broker.list_clients()
+        return {"drift-1", "drift-2", INGEST, API, ADMIN} <= set(clients) and "stowaway" not in clients
+
+    wait_for(healed, timeout=30, what="the operator to restore drift-1 and remove the stowaway")
+    connect(enterprise, "drift", "drift-1").close()
+    assert refused(enterprise.broker.port, "stowaway", "let-me-in")
+    enterprise.delete_fleet("drift")
+
+
+def test_fleets_are_admitted_whole_oldest_first_within_the_licence(starter: Tenant) -> None:
+    """starter: 25 devices, 2 fleets."""
+    starter.apply_fleet("first", {"count": 20, "idPrefix": "first-"})
+    starter.wait_fleet("first", "True")
+    time.sleep(1.1)  # creation timestamps have one-second resolution: make the age order unambiguous
+    starter.apply_fleet("second", {"count": 10, "idPrefix": "second-"})
+    refused_fleet = starter.wait_fleet("second", "False", "DeviceLimitExceeded")
+    assert refused_fleet["status"]["provisioned"] == 0
+    assert "25" in next(c for c in refused_fleet["status"]["conditions"] if c["type"] == "Ready")["message"]
+    assert next(c for c in refused_fleet["status"]["conditions"] if c["type"] == "Stalled")["status"] == "True"
+    assert starter.secret("devicefleet-second-credentials") is None
+    assert refused(starter.broker.port, "second-001", "any-password")
+    wait_for(lambda: "Warning DeviceLimitExceeded" in starter.events("second"), timeout=10, what="a DeviceLimitExceeded Event")
+
+    time.sleep(1.1)
+    starter.apply_fleet("third", {"count": 3, "idPrefix": "third-"})
+    starter.wait_fleet("third", "True")  # 20 + 3 devices in 2 fleets fit
+    time.sleep(1.1)
+    starter.apply_fleet("fourth", {"ids": ["fourth-1"]})
+    fourth = starter.wait_fleet("fourth", "False", "DeviceLimitExceeded")
+    assert "2 fleets" in next(c for c in fourth["status"]["conditions"] if c["type"] == "Ready")["message"]
+    wait_for(lambda: starter.instance()["status"]["devices"] == {"provisioned": 23, "limit": 25}, timeout=20,
+             what="status.devices to show 23 of 25")
+
+    # The oldest fleet leaves: the next oldest (second) now fits and is admitted, fourth still does not.
+    starter.delete_fleet("first")
+    starter.wait_fleet("second", "True", "Admitted")
+    connect(starter, "second", "second-007").close()
+    starter.wait_fleet("fourth", "False", "DeviceLimitExceeded")
+    wait_for(lambda: starter.instance()["status"]["devices"] == {"provisioned": 13, "limit": 25}, timeout=20,
+             what="status.devices to show 13 of 25")
+    for name in ("second", "third", "fourth"):
+        starter.delete_fleet(name)
+
+
+def test_the_same_device_id_in_two_fleets_is_refused_for_the_newer(starter: Tenant) -> None:
+    starter.apply_fleet("one", {"ids": ["twin-1", "solo-1"]})
+    starter.wait_fleet("one", "True")
+    time.sleep(1.1)
+    starter.apply_fleet("two", {"ids": ["twin-1", "solo-2"]})
+    body = starter.wait_fleet("two", "False", "DuplicateDeviceIds")
+    assert "twin-1" in next(c for c in body["status"]["conditions"] if c["type"] == "Ready")["message"]
+    connect(starter, "one", "twin-1").close()
+    starter.delete_fleet("one")
+    starter.delete_fleet("two")
+
+
+def test_a_fleet_outside_a_customer_namespace_is_told_so(kube: Cluster, operator: RunningOperator) -> None:
+    kube.kubectl("create", "namespace", "not-a-customer", check=False)
+    body = {
+        "apiVersion": "iotenant.io/v1alpha1", "kind": "DeviceFleet",
+        "metadata": {"name": "stray", "namespace": "not-a-customer"},
+        "spec": {"deviceType": "sensor", "devices": {"ids": ["stray-1"]}},
+    }
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+
+    def told() -> dict | None:
+        fleet = kube.custom.get_namespaced_custom_object("iotenant.io", "v1alpha1", "not-a-customer", "devicefleets", "stray")
+        ready = next((c for c in fleet.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return fleet if ready.get("reason") == "NotInCustomerNamespace" and ready.get("status") == "False" else None
+
+    fleet = wait_for(told, timeout=30, what="NotInCustomerNamespace on the stray fleet")
+    assert fleet["status"]["provisioned"] == 0
+    events = kube.core.list_namespaced_event("not-a-customer", field_selector="involvedObject.name=stray").items
+    assert any(event.reason == "NotInCustomerNamespace" and event.type == "Warning" for event in events)
+    kube.kubectl("delete", "namespace", "not-a-customer", "--wait=false")
+
+
+def test_suspension_leaves_every_fleet_not_ready(starter: Tenant) -> None:
+    starter.apply_fleet("paused", {"ids": ["p-1"]})
+    starter.wait_fleet("paused", "True")
+    starter.kube.custom.patch_cluster_custom_object("iotenant.io", "v1alpha1", "customerinstances", starter.name,
+                                                   {"spec": {"suspended": True}})
+    assert starter.wait_fleet("paused", "False", "Suspended")["status"]["provisioned"] == 0
+    starter.kube.custom.patch_cluster_custom_object("iotenant.io", "v1alpha1", "customerinstances", starter.name,
+                                                   {"spec": {"suspended": False}})
+    starter.wait_fleet("paused", "True", "Admitted")
+    starter.delete_fleet("paused")
+
+
+def test_simulator_traffic_is_queryable_through_the_api(enterprise: Tenant, postgres: PostgresServer, tmp_path: Path) -> None:
+    """The simulator Deployment, ingest and api run here as the operator rendered them, against the tenant's broker."""
+    enterprise.apply_fleet("sims", {"count": 3, "idPrefix": "sim-"}, simulator=True, interval=1)
+    enterprise.wait_fleet("sims", "True")
+    deployment = wait_for(lambda: _deployment(enterprise, "simulator-sims"), timeout=30, what="the simulator Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["simulate"]
+    assert pod["volumes"][0]["secret"]["secretName"] == "devicefleet-sims-credentials"
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "simulator"
+    assert deployment["metadata"]["ownerReferences"][0]["kind"] == "DeviceFleet"
+
+    database = postgres.create_database("fleet_simulator")
+    broker = {"IOTENANT_MQTT_HOST": "127.0.0.1", "IOTENANT_MQTT_PORT": str(enterprise.broker.port)}
+    local = {"IOTENANT_METRICS_ADDRESS": "127.0.0.1", "IOTENANT_LOG_FORMAT": "text"}
+    api_port = free_port()
+    processes = [
+        run_generated(enterprise, "statefulset", "ingest", tmp_path / "ingest",
+                      {**broker, **local, "IOTENANT_DATABASE_URL": database, "IOTENANT_METRICS_PORT": str(free_port()),
+                       "IOTENANT_CLIENT_ID": "ingest-0"}),
+        run_generated(enterprise, "deployment", "api", tmp_path / "api",
+                      {**broker, **local, "IOTENANT_DATABASE_URL": database, "IOTENANT_METRICS_PORT": str(free_port()),
+                       "IOTENANT_API_ADDRESS": "127.0.0.1", "IOTENANT_API_PORT": str(api_port)}),
+        run_generated(enterprise, "deployment", "simulator-sims", tmp_path / "simulator",
+                      {**broker, **local, "IOTENANT_METRICS_PORT": "0"}),
+    ]
+    token = enterprise.secret("api-token")["token"]
+    try:
+        def stored() -> bool:
+            status, body = _get(api_port, "/api/v1/devices", token)
+            simulated = [d for d in (body or {}).get("devices", []) if d["id"].startswith("sim-")] if status == 200 else []
+            return len(simulated) == 3 and all(d["online"] for d in simulated)
+
+        wait_for(stored, timeout=60, what="the three simulated devices, online, through the API")
+        wait_for(lambda: len(_get(api_port, "/api/v1/devices/sim-002/telemetry?limit=5", token)[1]["measurements"]) == 5,
+                 timeout=30, what="simulated telemetry of sim-002 through the API")
+        assert _get(api_port, "/api/v1/licence", token)[1]["plan"] == "enterprise"
+    finally:
+        for process in processes:
+            process.stop()
+        for process in processes:
+            if process.process.returncode not in (0, -15):
+                print(process.log.read_text()[-2000:])
+
+    enterprise.apply_fleet("sims", {"count": 3, "idPrefix": "sim-"}, simulator=False, interval=1)
+    wait_for(lambda: _deployment(enterprise, "simulator-sims") is None, timeout=30, what="the simulator to be removed")
+    enterprise.delete_fleet("sims")
+
+
+def _get(port: int, path: str, token: str) -> tuple[int, dict | None]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+    except OSError:
+        return 0, None
+
+
+def _deployment(tenant: Tenant, name: str) -> dict | None:
+    found = tenant.kube.kubectl("get", "deployment", name, "-n", tenant.namespace, "-o", "yaml", check=False)
+    return yaml.safe_load(found.stdout) if found.returncode == 0 else None
