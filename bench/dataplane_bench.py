@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from dataplane import LicenceFiles, broker_identities, write_licence  # noqa: E402
-from real_services import MosquittoBroker, PostgresServer  # noqa: E402
+from real_services import PostgresServer  # noqa: E402
+from iotenant.devcluster.mosquitto import MosquittoBroker  # noqa: E402
 
 
 @dataclass

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from real_services import MosquittoBroker, PostgresServer
+from real_services import PostgresServer
+from iotenant.devcluster.mosquitto import MosquittoBroker
 
 from dataplane import LicenceFiles, broker_identities, write_licence
 from iotenant import licence as licences

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotenant import licence as licences
 from iotenant.broker_identities import API, INGEST, Identity, service_identities
 from iotenant.plans import load_catalogue
-from real_services import free_port
+from iotenant.devcluster.mosquitto import free_port
 
 CUSTOMER_ID = "acme-0001"
 DEVICES = [f"dev-{n:03d}" for n in range(1, 41)]

@@ -20,9 +20,9 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from conftest import Cluster, wait_for
-from real_services import MosquittoBroker
 
 from iotenant.broker_identities import DeviceCredentials
+from iotenant.devcluster.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
 
 GROUP, VERSION = "iotenant.io", "v1alpha1"
 
@@ -35,18 +35,6 @@ def _read_secret(kube: Cluster, namespace: str, name: str) -> dict[str, str] | N
             return None
         raise
     return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
-
-
-def _set_address(addresses: Path, namespace: str, address: str | None) -> None:
-    """Rewrite the operator's address file atomically, so it never reads half a file."""
-    current = json.loads(addresses.read_text() or "{}")
-    if address is None:
-        current.pop(namespace, None)
-    else:
-        current[namespace] = address
-    staging = addresses.with_suffix(".tmp")
-    staging.write_text(json.dumps(current))
-    os.replace(staging, addresses)
 
 
 @dataclass
@@ -115,7 +103,7 @@ class Tenant:
     # ----------------------------------------------------------------------------- lifecycle
 
     def stop(self) -> None:
-        _set_address(self.addresses, self.namespace, None)
+        set_broker_address(self.addresses, self.namespace, None)
         self.broker.stop()
 
 
@@ -198,22 +186,10 @@ def start_tenant(kube: Cluster, addresses: Path, service_root: Path, name: str, 
     }
     kube.custom.create_cluster_custom_object(GROUP, VERSION, "customerinstances", body)
     namespace = f"customer-{name}"
-    seed = wait_for(lambda: _read_secret(kube, namespace, "broker-dynamic-security"), timeout=60,
-                    what=f"{namespace}: Secret broker-dynamic-security")
-
-    def config() -> dict[str, str] | None:
-        try:
-            return kube.core.read_namespaced_config_map("broker-config", namespace).data
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    generated = wait_for(config, timeout=60, what=f"{namespace}: ConfigMap broker-config")
-    broker = MosquittoBroker(root=Path(tempfile.mkdtemp(prefix=f"broker-{name}-", dir=service_root)))
-    broker.write_generated(generated["mosquitto.conf"], generated["acl"], seed["dynamic-security.json"])
-    broker.start()
-    _set_address(addresses, namespace, f"127.0.0.1:{broker.port}")
+    files = wait_for(lambda: generated_broker_files(kube.core, namespace), timeout=60,
+                     what=f"{namespace}: ConfigMap broker-config and Secret broker-dynamic-security")
+    broker = start_tenant_broker(files, Path(tempfile.mkdtemp(prefix=f"broker-{name}-", dir=service_root)))
+    set_broker_address(addresses, namespace, f"127.0.0.1:{broker.port}")
     return Tenant(kube=kube, name=name, broker=broker, addresses=addresses)
 
 

@@ -18,7 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from conftest import wait_for
 from dataplane import ApiProcess, Device, IngestProcess, LicenceFiles, telemetry, write_licence
 from iotenant.broker_identities import DeviceCredentials
-from real_services import MosquittoBroker, PostgresServer
+from real_services import PostgresServer
+from iotenant.devcluster.mosquitto import MosquittoBroker
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import wait_for
 from mqtt_probe import NOT_AUTHORIZED, Probe, refused
-from real_services import MosquittoBroker
+from iotenant.devcluster.mosquitto import MosquittoBroker
 
 from iotenant.broker_control import DynamicSecurity, plan_commands
 from iotenant.broker_identities import ADMIN, INGEST, Identity, service_identities

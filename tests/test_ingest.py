@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from conftest import wait_for
 from dataplane import DEVICES, Device, IngestProcess, LicenceFiles, telemetry, write_licence
-from real_services import MosquittoBroker, PostgresServer
+from real_services import PostgresServer
+from iotenant.devcluster.mosquitto import MosquittoBroker
 
 def start_ingest(database: str, broker: MosquittoBroker, licence: LicenceFiles, log: Path, **options: object) -> IngestProcess:
     process = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=log, **options)  # type: ignore[arg-type]

@@ -144,13 +144,15 @@ class DeviceFleetReconciler:
         broker_error: str | None = None
         if not access.broker_ready:
             broker_error = "waiting for the broker to be available"
+            self.forget(namespace)  # a broker that comes back may have lost its volume: check it in full
         else:
             try:
                 outcome.broker = self._sync_broker(namespace, access.admin_password, desired)
             except (BrokerUnavailable, BrokerCommandFailed) as error:
                 broker_error = str(error)
-                log.warning("%s: broker identities not in step: %s", namespace, error)
-        if broker_error:
+                # Without fleets only the service identities are checked: retried at the next resync.
+                log.log(logging.WARNING if fleets else logging.DEBUG, "%s: broker identities not in step: %s", namespace, error)
+        if broker_error and fleets:
             outcome.retry_after = BROKER_RETRY_SECONDS
 
         self._converge_simulators(

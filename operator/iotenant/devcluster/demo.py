@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from kubernetes import client, config
 
 from iotenant import licence as licences
 from iotenant.devcluster import cluster
 from iotenant.devcluster.binaries import cache_dir, ensure_binaries, source_dir
+from iotenant.devcluster.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
+from iotenant.render.meta import namespace_for
 from iotenant.plans import load_catalogue
 
 OPERATOR_NAMESPACE = "iotenant-system"
@@ -29,6 +35,36 @@ def billing_issuer(folder: Path) -> tuple[licences.SigningKey, Path]:
     if not private.is_file() or not public.is_file():
         return licences.write_key_pair(private, public), public
     return licences.SigningKey.from_pem(private.read_bytes()), public
+
+
+class LocalBrokers:
+    """One Debian Mosquitto per customer namespace, running the broker setup the operator generated."""
+
+    def __init__(self, kubeconfig: Path, addresses: Path) -> None:
+        self.core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        self.custom = client.CustomObjectsApi(self.core.api_client)
+        self.addresses = addresses
+        self.root = Path(tempfile.mkdtemp(prefix="iotenant-demo-brokers-"))
+        self.root.chmod(0o755)  # mosquitto drops to its own user, which must reach its files
+        self.running: dict[str, MosquittoBroker] = {}
+
+    def start_new(self) -> None:
+        instances = self.custom.list_cluster_custom_object("iotenant.io", "v1alpha1", "customerinstances")["items"]
+        for item in instances:
+            namespace = namespace_for(item["metadata"]["name"])
+            files = None if namespace in self.running else generated_broker_files(self.core, namespace)
+            if files is None:
+                continue
+            broker = start_tenant_broker(files, self.root / namespace)
+            self.running[namespace] = broker
+            set_broker_address(self.addresses, namespace, f"127.0.0.1:{broker.port}")
+            print(f"iotenant: {namespace}: broker running on 127.0.0.1:{broker.port}", file=sys.stderr)
+
+    def stop(self) -> None:
+        for namespace, broker in self.running.items():
+            broker.stop()
+            set_broker_address(self.addresses, namespace, None)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def run(name: str) -> int:
@@ -57,12 +93,17 @@ def run(name: str) -> int:
     kubectl("apply", "-f", "-", stdin=secret)
 
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    # Tenant brokers run here (pods on the fake nodes run nothing); the operator finds them in this file.
+    addresses = cache_dir() / "clusters" / name / "broker-addresses.json"
+    addresses.write_text("{}")
+    brokers = LocalBrokers(kubeconfig, addresses)
     log_path = cache_dir() / "clusters" / name / "operator.log"
     print(f"iotenant: starting the operator (log: {log_path})", file=sys.stderr)
     with log_path.open("a") as log:
         operator = subprocess.Popen(
             [sys.executable, "-m", "iotenant", "operator", "--namespace", OPERATOR_NAMESPACE,
              "--trusted-issuers-jwks", str(jwks_file), "--resync-seconds", "30",
+             "--broker-addresses-file", str(addresses),
              "--metrics-address", "127.0.0.1", "--metrics-port", "9100", "--health-port", "8081"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -78,6 +119,7 @@ def run(name: str) -> int:
             if not fleets_applied:
                 fleets = sorted((repo / "examples").glob("devicefleet-*.yaml"))
                 fleets_applied = all(kubectl("apply", "-f", str(f), check=False).returncode == 0 for f in fleets)
+            brokers.start_new()
             table = kubectl("get", "customerinstances", check=False).stdout
             fleet_table = kubectl("get", "devicefleets", "-A", check=False).stdout
             print(f"\n{time.strftime('%H:%M:%S')}  (Ctrl-C stops the operator; `iotenant dev down` stops the cluster)")
@@ -89,6 +131,7 @@ def run(name: str) -> int:
         print("\niotenant: stopping the operator", file=sys.stderr)
         return 0
     finally:
+        brokers.stop()
         if operator.poll() is None:
             operator.send_signal(signal.SIGINT)
             try:

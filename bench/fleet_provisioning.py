@@ -1,0 +1,185 @@
+"""DeviceFleet figures: the operator on the local control plane driving a real Mosquitto.
+
+The tenant's broker runs on loopback from the configuration the operator generated (as in the
+tests). While 200 simulated devices publish once a second and one probe device publishes every
+50 ms, this prints:
+- seconds from applying a --devices fleet (default 10,000) to Ready, and until sampled devices
+  (first, last and 48 random ones) connect with their credentials;
+- the probe's worst and p99 PUBACK latency during that admission (the broker is busy meanwhile);
+- broker resident memory and dynamic-security file size with those identities;
+- seconds for one device added to a small fleet to become connectable, p50 and max of --samples.
+
+Usage: python bench/fleet_provisioning.py [--devices 10000] [--samples 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from kubernetes import config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from conftest import Cluster  # noqa: E402
+from mqtt_probe import Probe, Refused  # noqa: E402
+from tenants import Tenant, start_tenant  # noqa: E402
+
+from iotenant.devcluster import cluster as devcluster  # noqa: E402
+
+NAME = "iotenant-fleet-bench"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def can_connect(tenant: Tenant, fleet: str, device: str) -> bool:
+    try:
+        credentials = tenant.credentials(fleet).get(device)
+    except AssertionError:
+        return False
+    if credentials is None:
+        return False
+    try:
+        Probe.connect(tenant.broker.port, credentials.username, credentials.password).close()
+    except (Refused, TimeoutError, OSError):
+        return False
+    return True
+
+
+def wait_connectable(tenant: Tenant, fleet: str, device: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not can_connect(tenant, fleet, device):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{device} not connectable after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+class LatencyProbe:
+    """One connected device publishing QoS 1 every 50 ms; records each PUBACK's delay."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        tenant.apply_fleet("probe", {"ids": ["probe-1"]})
+        tenant.wait_fleet("probe", "True")
+        credentials = tenant.credentials("probe")["probe-1"]
+        self.device = Probe.connect(tenant.broker.port, credentials.username, credentials.password)
+        self.delays: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            self.device.publish("iot/probe-1/telemetry", b'{"v":2}')
+            self.delays.append(time.monotonic() - started)
+            time.sleep(0.05)
+
+    def window(self) -> list[float]:
+        taken, self.delays = self.delays, []
+        return taken
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=10000)
+    parser.add_argument("--samples", type=int, default=5)
+    args = parser.parse_args()
+
+    devcluster.down(NAME)
+    kubeconfig = devcluster.up(NAME)
+    binaries = devcluster.ensure_binaries()
+    devcluster.kubectl(binaries, kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"))
+    devcluster.kubectl(binaries, kubeconfig, "wait", "--for=condition=Established", "crd", "--all")
+    devcluster.kubectl(binaries, kubeconfig, "create", "namespace", "iotenant-system")
+    kube = Cluster(name=NAME, kubeconfig=kubeconfig, binaries=binaries, api=config.new_client_from_config(config_file=str(kubeconfig)))
+    root = Path(tempfile.mkdtemp(prefix="iotenant-fleet-bench-"))
+    root.chmod(0o755)
+    addresses = root / "addresses.json"
+    addresses.write_text("{}")
+    log = open(root / "operator.log", "wb")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "iotenant", "operator", "--resync-seconds", "30", "--metrics-port", "0",
+         "--health-port", "0", "--log-format", "text", "--broker-addresses-file", str(addresses)],
+        env=dict(os.environ, KUBECONFIG=str(kubeconfig)), stdout=log, stderr=subprocess.STDOUT,
+    )
+    simulator: subprocess.Popen[bytes] | None = None
+    tenant: Tenant | None = None
+    results: dict[str, float] = {}
+    try:
+        tenant = start_tenant(kube, addresses, root, "bench", "enterprise")
+        tenant.apply_fleet("busy", {"count": 200, "idPrefix": "busy-"})
+        tenant.wait_fleet("busy", "True", timeout=120)
+        folder = root / "busy-credentials"
+        folder.mkdir()
+        for device, credentials in tenant.credentials("busy").items():
+            (folder / device).write_text(credentials.url())
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "iotenant", "simulate", "--credentials-dir", str(folder), "--interval", "1",
+             "--mqtt-host-override", "127.0.0.1", "--mqtt-port-override", str(tenant.broker.port),
+             "--metrics-port", "0", "--log-format", "text", "--log-level", "warning"],
+            stdout=(root / "simulator.log").open("wb"), stderr=subprocess.STDOUT,
+        )
+        probe = LatencyProbe(tenant)
+        probe.thread.start()
+        time.sleep(5)
+        quiet = probe.window()
+        results["probe_puback_p99_ms_quiet"] = percentile(quiet, 0.99) * 1000
+
+        started = time.monotonic()
+        tenant.apply_fleet("big", {"count": args.devices, "idPrefix": "big-"})
+        tenant.wait_fleet("big", "True", timeout=1800)
+        results[f"apply_to_ready_{args.devices}_devices_s"] = time.monotonic() - started
+        sample = ["big-001", f"big-{args.devices:03d}"] + [f"big-{n:03d}" for n in random.sample(range(2, args.devices), 48)]
+        for device in sample:
+            wait_connectable(tenant, "big", device)
+        results[f"apply_to_all_sampled_connectable_{args.devices}_devices_s"] = time.monotonic() - started
+        during = probe.window()
+        results["probe_puback_p99_ms_during_admission"] = percentile(during, 0.99) * 1000
+        results["probe_puback_max_ms_during_admission"] = max(during) * 1000
+        results["probe_dropped_during_admission"] = float(probe.device.disconnected.is_set())
+
+        time.sleep(5)
+        results[f"broker_rss_mib_{args.devices}_identities_200_connected"] = tenant.broker.rss_kib() / 1024
+        results["dynamic_security_file_mib"] = (tenant.broker.data_dir / "dynamic-security.json").stat().st_size / 2**20
+
+        ids = ["extra-0"]
+        tenant.apply_fleet("extra", {"ids": ids})
+        tenant.wait_fleet("extra", "True", timeout=120)
+        delays = []
+        for n in range(1, args.samples + 1):
+            ids.append(f"extra-{n}")
+            started = time.monotonic()
+            tenant.apply_fleet("extra", {"ids": ids})
+            wait_connectable(tenant, "extra", ids[-1], timeout=300)
+            delays.append(time.monotonic() - started)
+        results["one_added_device_connectable_p50_s"] = percentile(delays, 0.5)
+        results["one_added_device_connectable_max_s"] = max(delays)
+        probe.stop.set()
+        probe.thread.join()
+        probe.device.close()
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(timeout=30)
+        if tenant is not None:
+            tenant.stop()
+        operator.send_signal(signal.SIGINT)
+        operator.wait(timeout=60)
+        devcluster.down(NAME)
+    print(json.dumps({key: round(value, 3) for key, value in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Debian's Mosquitto on this machine, running a tenant broker's configuration (demo, tests, benchmarks).
+
+Pods on the local cluster's fake nodes run nothing, so a tenant's broker runs here instead: from
+the files the operator generated (ConfigMap ``broker-config``, Secret ``broker-dynamic-security``),
+with local paths and a loopback listener. The operator reaches it through its broker address file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from iotenant.broker_identities import Identity, dynamic_security_config
+from iotenant.devcluster.binaries import MissingPart
+from iotenant.render.workloads import BROKER_ACL, mosquitto_conf
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+
+DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
+
+def localise_broker_conf(conf: str, config_dir: Path, data_dir: Path, port: int) -> str:
+    """The operator-generated mosquitto.conf with this machine's paths and a loopback listener.
+
+    Only paths, the plugin location and the listener change; every other line runs as generated.
+    A generated file without the expected lines fails here, so the test follows the real file.
+    """
+    replacements = {
+        "persistence_location /mosquitto/data/": f"persistence_location {data_dir}/",
+        "plugin /usr/lib/mosquitto_dynamic_security.so": f"plugin {DEBIAN_DYNSEC_PLUGIN}",
+        "plugin_opt_config_file /mosquitto/data/dynamic-security.json": f"plugin_opt_config_file {data_dir}/dynamic-security.json",
+        "acl_file /mosquitto/config/acl": f"acl_file {config_dir}/acl",
+        "listener 1883": f"listener {port} 127.0.0.1",
+    }
+    lines = conf.splitlines()
+    for generated, local in replacements.items():
+        if generated not in lines:
+            raise AssertionError(f"the generated mosquitto.conf has no line {generated!r}:\n{conf}")
+        lines[lines.index(generated)] = local
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class MosquittoBroker:
+    """Debian's Mosquitto running a configuration, an ACL file and a dynamic-security file.
+
+    ``write_configuration`` renders them with the operator's functions (data-plane tests);
+    ``write_generated`` takes them as the operator stored them in the cluster (fleet tests).
+    """
+
+    root: Path
+    admin_password: str = ""
+    identities: list[Identity] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def write_configuration(self) -> None:
+        conf = mosquitto_conf(tls=False)
+        seed = json.dumps(dynamic_security_config(self.admin_password, self.identities))
+        self.write_generated(conf, BROKER_ACL, seed)
+
+    def write_generated(self, conf: str, acl: str, dynamic_security: str) -> None:
+        if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
+            raise MissingPart("Mosquitto is missing: apt-get install mosquitto mosquitto-clients (or run scripts/install-prerequisites.sh)")
+        if not Path(DEBIAN_DYNSEC_PLUGIN).exists():
+            raise MissingPart(f"the dynamic-security plugin is missing at {DEBIAN_DYNSEC_PLUGIN}: apt-get install mosquitto")
+        config, data = self.config_dir, self.data_dir
+        config.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        (config / "mosquitto.conf").write_text(localise_broker_conf(conf, config, data, self.port))
+        (config / "acl").write_text(acl)
+        seeded = data / "dynamic-security.json"
+        if not seeded.exists():  # as the broker pod's init container: seed once, then the broker owns it
+            seeded.write_text(dynamic_security)
+        if os.geteuid() == 0:  # mosquitto drops to its own user: it must read the files and write its data
+            user = pwd.getpwnam("mosquitto")
+            for path in [self.root, config, data, *config.iterdir(), *data.iterdir()]:
+                os.chown(path, user.pw_uid, user.pw_gid)
+                path.chmod(0o750 if path.is_dir() else 0o640)
+
+    def start(self) -> None:
+        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen(
+            [executable, "-c", str(self.config_dir / "mosquitto.conf")],
+            stdout=(self.root / "mosquitto.log").open("ab"), stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+
+    def rss_kib(self) -> int:
+        assert self.process is not None
+        return int(Path(f"/proc/{self.process.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+
+    def log(self) -> str:
+        path = self.root / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def generated_broker_files(core: client.CoreV1Api, namespace: str) -> tuple[str, str, str] | None:
+    """(mosquitto.conf, acl, dynamic-security seed) as the operator stored them, or None while absent."""
+    try:
+        config_map = core.read_namespaced_config_map("broker-config", namespace).data or {}
+        seed = core.read_namespaced_secret("broker-dynamic-security", namespace).data or {}
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    if "mosquitto.conf" not in config_map or "dynamic-security.json" not in seed:
+        return None
+    return config_map["mosquitto.conf"], config_map["acl"], base64.b64decode(seed["dynamic-security.json"]).decode()
+
+
+def start_tenant_broker(files: tuple[str, str, str], root: Path) -> MosquittoBroker:
+    """Run a tenant's generated broker under ``root`` (a folder the mosquitto user can reach)."""
+    broker = MosquittoBroker(root=root)
+    broker.write_generated(*files)
+    broker.start()
+    return broker
+
+
+def set_broker_address(addresses: Path, namespace: str, address: str | None) -> None:
+    """Add or remove one entry of the operator's broker address file, atomically."""
+    current = json.loads(addresses.read_text() or "{}") if addresses.exists() else {}
+    if address is None:
+        current.pop(namespace, None)
+    else:
+        current[namespace] = address
+    staging = addresses.with_suffix(".tmp")
+    staging.write_text(json.dumps(current))
+    os.replace(staging, addresses)
