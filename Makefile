@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 IOTENANT := $(VENV)/bin/iotenant
 CLUSTER ?= iotenant
 
-.PHONY: setup run test bench dev-up dev-down clean
+.PHONY: setup run test bench dev-up dev-down clean image kind-up kind-down
 
 setup:
 	@bash scripts/install-prerequisites.sh >/dev/null
@@ -25,3 +25,23 @@ dev-down:
 
 clean: dev-down
 	rm -rf $(VENV)
+
+## With Docker (not run in CI): the image, and a kind cluster running the chart and the examples.
+IMAGE ?= iotenant:0.1.0
+KIND_CLUSTER ?= iotenant
+HELM = $(shell $(PY) -c 'from iotenant.devcluster.binaries import ensure_binaries; print(ensure_binaries().path("helm"))')
+
+image:
+	docker build --tag $(IMAGE) .
+
+kind-up: setup image
+	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER) --wait 120s
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+	$(HELM) upgrade --install iotenant charts/iotenant --namespace iotenant-system --create-namespace \
+		--kube-context kind-$(KIND_CLUSTER) --wait --timeout 5m
+	kubectl --context kind-$(KIND_CLUSTER) apply -f examples/monitoring/servicemonitor-crd.yaml
+	kubectl --context kind-$(KIND_CLUSTER) apply -f examples/customerinstance-starter.yaml -f examples/customerinstance-professional.yaml
+	kubectl --context kind-$(KIND_CLUSTER) wait --for=condition=Ready cust --all --timeout=10m
+
+kind-down:
+	kind delete cluster --name $(KIND_CLUSTER)

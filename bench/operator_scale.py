@@ -60,7 +60,8 @@ def operator_writes(audit: Path, since: str) -> int:
     count = 0
     for line in audit.read_text().splitlines():
         entry = json.loads(line)
-        if entry.get("userAgent", "").startswith(("iotenant-operator/", "kopf/")) and entry["requestReceivedTimestamp"] > since:
+        if (entry.get("userAgent", "").startswith(("iotenant-operator/", "kopf/")) and entry["requestReceivedTimestamp"] > since
+                and entry["verb"] in ("create", "update", "patch", "delete", "deletecollection")):
             count += 1
     return count
 

@@ -150,15 +150,60 @@ def broker_addresses(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+CHART = REPO / "charts" / "iotenant"
+OPERATOR_ACCOUNT = "iotenant-operator"
+OPERATOR_IDENTITY = "pytest-operator"
+
+
+def render_chart(binaries: Binaries, *arguments: str) -> list[dict]:
+    """``helm template`` of the chart (release iotenant in the operator namespace), parsed."""
+    result = subprocess.run(
+        [str(binaries.path("helm")), "template", "iotenant", str(CHART), "--namespace", OPERATOR_NAMESPACE,
+         "--kube-version", binaries.kubernetes_version.lstrip("v"), *arguments],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"helm template failed: {result.stderr}")
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(kube: Cluster, binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig holding only the chart's ServiceAccount identity, from a TokenRequest.
+
+    The chart's ServiceAccount, ClusterRole, Role and bindings are installed as helm renders them;
+    the operator under test then runs with exactly that identity, so every test that uses it proves
+    the chart's RBAC sufficient.
+    """
+    kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    rbac = [o for o in render_chart(binaries, "--set", "installCRDs=false")
+            if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    kube.kubectl("apply", "--server-side", "--field-manager=iotenant-tests", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+    token = kube.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=8h").stdout.strip()
+    admin = yaml.safe_load(kube.kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    config_path = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
+    config_path.write_text(yaml.safe_dump({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": OPERATOR_ACCOUNT, "context": {"cluster": cluster["name"], "user": OPERATOR_ACCOUNT}}],
+        "current-context": OPERATOR_ACCOUNT,
+    }))
+    return config_path
+
+
 @pytest.fixture(scope="session")
 def operator(
-    kube: Cluster, crds: list[dict], billing: BillingIssuer, broker_addresses: Path, tmp_path_factory: pytest.TempPathFactory
+    kube: Cluster, crds: list[dict], billing: BillingIssuer, broker_addresses: Path, operator_kubeconfig: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningOperator]:
-    """`iotenant operator` against the test cluster, with a short resync interval."""
-    kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    """`iotenant operator` as the chart runs it (its ServiceAccount, leader election), with a short resync interval."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     metrics_port = devcluster._free_port()
-    env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
+    env = dict(os.environ, KUBECONFIG=str(operator_kubeconfig))
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "iotenant", "operator",
@@ -167,6 +212,7 @@ def operator(
              "--expiry-grace-seconds", str(EXPIRY_GRACE_SECONDS),
              "--trusted-issuers-jwks", str(billing.jwks_file),
              "--broker-addresses-file", str(broker_addresses),
+             "--leader-election", "true", "--identity", OPERATOR_IDENTITY,
              "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--health-port", "0",
              "--log-format", "text"],
             env=env, stdout=sink, stderr=subprocess.STDOUT,

@@ -23,6 +23,7 @@ GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"
 CATALOGUE = load_catalogue()
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR_AGENT = "iotenant-operator/"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 def create_instance(kube: Cluster, name: str, **spec: Any) -> dict:
@@ -321,7 +322,7 @@ def operator_writes(kube: Cluster, since: str) -> list[str]:
     for line in kube.audit_log.read_text().splitlines():
         entry = json.loads(line)
         if entry.get("userAgent", "").startswith(OPERATOR_AGENT) or entry.get("userAgent", "").startswith("kopf/"):
-            if entry["requestReceivedTimestamp"] > since:
+            if entry["requestReceivedTimestamp"] > since and entry["verb"] in WRITE_VERBS:
                 ref = entry["objectRef"]
                 writes.append(f"{entry['verb']} {ref.get('resource')}/{ref.get('subresource', '')} {ref.get('namespace', '')}/{ref.get('name', '')}")
     return writes

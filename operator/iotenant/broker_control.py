@@ -7,8 +7,9 @@ connection), create what is missing. Nothing restarts, and clients that did not 
 connected.
 
 Mosquitto 2.0 rewrites its whole dynamic-security file after every command, so a command costs
-time proportional to the number of clients and blocks the broker meanwhile. Commands therefore go in
-small messages, one at a time: other clients are served between two messages.
+time proportional to the number of clients (about 2.5 ms per thousand here) and blocks the broker
+meanwhile. Commands therefore go in messages sized to keep each such pause near a quarter of a
+second, one message at a time: other clients are served between two messages.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ log = logging.getLogger("iotenant.broker_control")
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
-COMMANDS_PER_MESSAGE = 50
+MAX_COMMANDS_PER_MESSAGE = 100
+# Commands per message times clients in the broker: about a quarter of a second of broker time.
+COMMAND_CLIENT_BUDGET = 100_000
 CONNECT_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 120.0
 
@@ -85,6 +88,11 @@ class SyncResult:
         return bool(self.created or self.modified or self.deleted)
 
 
+def commands_per_message(clients: int) -> int:
+    """How many commands one message may carry when the broker holds ``clients`` clients."""
+    return max(1, min(MAX_COMMANDS_PER_MESSAGE, COMMAND_CLIENT_BUDGET // max(1, clients)))
+
+
 def plan_commands(live: dict[str, str], desired: dict[str, Identity]) -> tuple[list[dict[str, Any]], SyncResult]:
     """The commands that turn the broker's clients (username -> text name) into ``desired``.
 
@@ -121,9 +129,8 @@ def _client_command(command: str, identity: Identity) -> dict[str, Any]:
 class DynamicSecurity:
     """One admin connection to a tenant broker. Use as a context manager."""
 
-    def __init__(self, host: str, port: int, admin_password: str, commands_per_message: int = COMMANDS_PER_MESSAGE) -> None:
+    def __init__(self, host: str, port: int, admin_password: str) -> None:
         self.host, self.port = host, port
-        self.commands_per_message = commands_per_message
         self._responses: list[dict[str, Any]] = []
         self._connect_result: Any = None
         self._subscribed = False
@@ -183,11 +190,15 @@ class DynamicSecurity:
 
     # ----------------------------------------------------------------------------- commands
 
-    def execute(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Send ``commands`` in messages of a bounded size, each after the previous one was answered."""
+    def execute(self, commands: list[dict[str, Any]], clients: int = 0) -> list[dict[str, Any]]:
+        """Send ``commands`` in messages sized for a broker holding about ``clients`` clients, each
+        message after the previous one was answered."""
         responses: list[dict[str, Any]] = []
-        for start in range(0, len(commands), self.commands_per_message):
-            batch = commands[start : start + self.commands_per_message]
+        start = 0
+        while start < len(commands):
+            batch = commands[start : start + commands_per_message(clients)]
+            start += len(batch)
+            clients += sum(1 for command in batch if command["command"] == "createClient")
             tag = secrets.token_hex(6)
             tagged = [{**command, "correlationData": f"{tag}-{index}"} for index, command in enumerate(batch)]
             self._responses.clear()
@@ -217,12 +228,13 @@ class DynamicSecurity:
 
     def sync(self, desired: dict[str, Identity]) -> SyncResult:
         """Make the broker's clients exactly ``desired`` (plus the admin); return what changed."""
-        commands, result = plan_commands(self.list_clients(), desired)
+        live = self.list_clients()
+        commands, result = plan_commands(live, desired)
         if not commands:
             return result
         started = time.monotonic()
         failures = []
-        for command, response in zip(commands, self.execute(commands)):
+        for command, response in zip(commands, self.execute(commands, clients=len(live))):
             error = response.get("error")
             if error is None:
                 continue

@@ -10,6 +10,16 @@ import os
 from typing import Any, Callable
 
 
+def boolean(value: str) -> bool:
+    """A flag or variable value read as a boolean: true/false, yes/no, on/off, 1/0."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean (true or false)")
+
+
 def flag(
     parser: argparse.ArgumentParser,
     name: str,

@@ -96,7 +96,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     trusted: dict[str, Any] = {"keys": []}
     if s.settings.trusted_issuers_jwks:
         trusted = json.loads(Path(s.settings.trusted_issuers_jwks).read_text())
-    ring, s.keyring_version = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace)
+    ring, s.keyring_version = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace, s.settings.create_signing_keys)
     s.keyring = ring
     s.monitor_crd = await asyncio.to_thread(s.api.get, CRD, SERVICE_MONITOR_CRD) is not None
     s.reconciler = CustomerInstanceReconciler(

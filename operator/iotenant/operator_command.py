@@ -3,10 +3,71 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from iotenant import logs
 from iotenant import settings as operator_settings
-from iotenant.environment_flags import flag
+from iotenant.environment_flags import boolean, flag
+
+if TYPE_CHECKING:
+    from iotenant.cluster_api import ClusterAPI
+    from iotenant.leader_election import LeaderElection
+
+log = logging.getLogger("iotenant.operator")
+
+
+class _StandbyHealth(BaseHTTPRequestHandler):
+    """/healthz of a standby replica: alive and waiting (Kopf serves it once this replica leads)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        status = 200 if self.path.split("?")[0] == "/healthz" else 404
+        body = b'{"status":"standby"}' if status == 200 else b'{"error":"not_found"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def _lead(args: argparse.Namespace, api: "ClusterAPI") -> "LeaderElection | None":
+    """With --leader-election: wait (serving a standby /healthz) until this replica holds the Lease."""
+    if not args.leader_election:
+        return None
+    from iotenant.leader_election import LeaderElection
+
+    election = LeaderElection(api, args.namespace, args.identity, lease_seconds=args.lease_seconds,
+                              renew_seconds=max(1.0, args.lease_seconds / 3))
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    standby = ThreadingHTTPServer((args.metrics_address, args.health_port), _StandbyHealth) if args.health_port else None
+    if standby:
+        threading.Thread(target=standby.serve_forever, daemon=True).start()
+    try:
+        if not election.acquire(stopping):
+            return None
+    finally:
+        if standby:
+            standby.shutdown()
+            standby.server_close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    def lost() -> None:
+        log.critical("lost the leader Lease: stopping at once so that only one replica reconciles")
+        os._exit(1)
+
+    election.keep(lost, threading.Event())
+    return election
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -18,14 +79,22 @@ def _run(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, args.log_format)
     settings = operator_settings.from_arguments(args)
-    handlers.configure(settings, ClusterAPI.from_environment())
+    api = ClusterAPI.from_environment()
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    kopf.run(
-        clusterwide=True,
-        standalone=True,
-        liveness_endpoint=f"http://{args.metrics_address}:{args.health_port}/healthz" if args.health_port else None,
-    )
+    election = _lead(args, api)
+    if args.leader_election and election is None:
+        return 0  # stopped while standing by
+    handlers.configure(settings, api)
+    try:
+        kopf.run(
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=f"http://{args.metrics_address}:{args.health_port}/healthz" if args.health_port else None,
+        )
+    finally:
+        if election is not None:
+            election.release()
     return 0
 
 
@@ -41,4 +110,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     flag(parser, "--metrics-address", "IOTENANT_METRICS_ADDRESS", "address the metrics and health servers bind", default="0.0.0.0")
     flag(parser, "--log-level", "IOTENANT_LOG_LEVEL", "log level", default="info", choices=["debug", "info", "warning", "error"])
     flag(parser, "--log-format", "IOTENANT_LOG_FORMAT", "log format", default="json", choices=["json", "text"])
+    flag(parser, "--leader-election", "IOTENANT_LEADER_ELECTION",
+         "run as one of several replicas: reconcile only while holding the Lease iotenant-operator in --namespace",
+         kind=boolean, default=False)
+    flag(parser, "--identity", "IOTENANT_POD_NAME", "this replica's name in the Lease",
+         default=f"{socket.gethostname()}-{os.getpid()}")
+    flag(parser, "--lease-seconds", "IOTENANT_LEASE_SECONDS", "how long a Lease lasts without renewal", kind=int, default=15)
     parser.set_defaults(run=_run)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-from iotenant.environment_flags import flag
+from iotenant.environment_flags import boolean, flag
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,12 @@ class OperatorSettings:
     broker_address_template: str = "broker.{namespace}.svc:1883"
     broker_addresses_file: Path | None = None
     device_broker_address_template: str = "broker.{namespace}.svc:1883"
+    create_signing_keys: bool = True
     images: Images = Images()
 
 
 # (attribute, environment variable, type, help); the flag is --<attribute with dashes>.
-_FLAGS: list[tuple[str, str, type, str]] = [
+_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("namespace", "IOTENANT_NAMESPACE", str, "the operator's own namespace (signing key, JWKS)"),
     ("issuer", "IOTENANT_ISSUER", str, "the iss claim of licences this operator issues"),
     ("resync_seconds", "IOTENANT_RESYNC_SECONDS", float, "how often every instance is compared with the cluster (drift, renewal)"),
@@ -53,6 +55,8 @@ _FLAGS: list[tuple[str, str, type, str]] = [
      "JSON file {namespace: host:port} taking precedence over the template (an operator outside the cluster, port-forwards); re-read when it changes"),
     ("device_broker_address_template", "IOTENANT_DEVICE_BROKER_ADDRESS_TEMPLATE", str,
      "host:port written into device credentials (what devices connect to); {namespace} and {customer} are replaced"),
+    ("create_signing_keys", "IOTENANT_CREATE_SIGNING_KEYS", boolean,
+     "create the licence signing key ring on first start when its Secret is absent (false: it must be restored or provided)"),
 ]
 # (image attribute, environment variable); the flag is --<attribute>-image.
 _IMAGE_FLAGS = [

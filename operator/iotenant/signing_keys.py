@@ -125,8 +125,9 @@ def read(api: ClusterAPI, namespace: str, known: tuple[KeyRing, str] | None = No
     return _ring_from_secret(secret), version
 
 
-def load_or_create(api: ClusterAPI, namespace: str) -> tuple[KeyRing, str]:
-    """The ring and its Secret's resourceVersion, created on first start; two replicas starting at once end with the same ring."""
+def load_or_create(api: ClusterAPI, namespace: str, create: bool = True) -> tuple[KeyRing, str]:
+    """The ring and its Secret's resourceVersion, created on first start unless ``create`` is false;
+    two replicas starting at once end with the same ring."""
     if api.get(NAMESPACE, namespace) is None:
         raise SigningKeysUnavailable(
             f"the operator namespace {namespace!r} does not exist: create it (kubectl create namespace {namespace}) "
@@ -135,6 +136,11 @@ def load_or_create(api: ClusterAPI, namespace: str) -> tuple[KeyRing, str]:
     existing = read(api, namespace)
     if existing is not None:
         return existing
+    if not create:
+        raise SigningKeysUnavailable(
+            f"Secret {namespace}/{SECRET_NAME} (key {SECRET_KEY}) does not exist and creating it is turned off: "
+            "restore it from a backup, or start with --create-signing-keys=true"
+        )
     try:
         api.create(_secret_manifest(namespace, KeyRing.new()))
     except ApiException as error:

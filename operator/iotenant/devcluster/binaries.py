@@ -1,7 +1,7 @@
 """The local control plane's binaries: built from pinned Go modules, cached per machine.
 
 The wrapper modules in ``controlplane/`` (go.mod and go.sum in the repository) pin etcd,
-Kubernetes and kwok. A build's outputs land in a cache folder named by a fingerprint of those
+Kubernetes, kwok, promtool and helm. A build's outputs land in a cache folder named by a fingerprint of those
 files and of the Go toolchain, so a warm run reuses them and a change of pin rebuilds.
 """
 
@@ -22,7 +22,8 @@ KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-schedu
 ETCD_COMMANDS = ("etcd",)
 KWOK_COMMANDS = ("kwok", "kwokctl")
 PROMETHEUS_COMMANDS = ("promtool",)
-ALL_COMMANDS = KUBERNETES_COMMANDS + ETCD_COMMANDS + KWOK_COMMANDS + PROMETHEUS_COMMANDS
+HELM_COMMANDS = ("helm",)
+ALL_COMMANDS = KUBERNETES_COMMANDS + ETCD_COMMANDS + KWOK_COMMANDS + PROMETHEUS_COMMANDS + HELM_COMMANDS
 
 # A fixed date keeps builds reproducible; it is what `kube-apiserver --version -v` reports.
 BUILD_DATE = "2026-01-01T00:00:00Z"
@@ -152,6 +153,11 @@ def ensure_binaries(log_progress: bool = True) -> Binaries:
         go, src / "prometheus", staging / "bin" / "promtool", ["github.com/prometheus/prometheus/cmd/promtool"], ["promtool"],
         f"-s -w -X github.com/prometheus/common/version.Version={prometheus_version}",
     )
+    helm_version = required_version(src / "helm" / "go.mod", "helm.sh/helm/v3")
+    _go_build(
+        go, src / "helm", staging / "bin" / "helm", ["helm.sh/helm/v3/cmd/helm"], ["helm"],
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={helm_version}",
+    )
     reported = subprocess.run(
         [str(staging / "bin" / "kube-apiserver"), "--version"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -164,6 +170,7 @@ def ensure_binaries(log_progress: bool = True) -> Binaries:
                 "etcd": required_version(src / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3"),
                 "kwok": required_version(src / "kwok" / "go.mod", "sigs.k8s.io/kwok"),
                 "prometheus": prometheus_version,
+                "helm": helm_version,
                 "go": go_version(go),
                 "seconds": round(time.monotonic() - started, 1),
             },

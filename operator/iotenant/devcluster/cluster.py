@@ -38,6 +38,9 @@ apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+  # Everything the operator's ServiceAccount does: the tests check that each RBAC rule is used.
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:iotenant-system"]
   - level: Metadata
     verbs: [create, update, patch, delete, deletecollection]
   - level: None

@@ -43,6 +43,11 @@ def retention_size(storage_gb: int) -> str:
     return f"{max(1, int(storage_gb * 0.9))}GB"
 
 
+# What the dedicated Prometheus may do in its namespace: discover the pods it scrapes. The operator
+# must hold these permissions itself to grant them (Kubernetes' RBAC escalation check).
+PROMETHEUS_RULES = [{"apiGroups": [""], "resources": ["pods", "services", "endpoints"], "verbs": ["get", "list", "watch"]}]
+
+
 def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
     owner = stack.owner
     namespace = owner.namespace
@@ -51,7 +56,7 @@ def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": owner.metadata("prometheus", "monitoring"),
-        "rules": [{"apiGroups": [""], "resources": ["pods", "services", "endpoints"], "verbs": ["get", "list", "watch"]}],
+        "rules": PROMETHEUS_RULES,
     }
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -1,0 +1,55 @@
+"""Least privilege, proven: every rule the chart grants the operator was used by the test suite.
+
+The operator under test runs with the chart's ServiceAccount (conftest: operator_kubeconfig), and
+the test cluster's audit policy records every request of that account. This module runs after the
+CustomerInstance, DeviceFleet and HA tests (file order); run alone it finds the rules unused and
+says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Cluster, RunningOperator, render_chart
+
+from iotenant.devcluster.binaries import Binaries
+from iotenant.render.monitoring import PROMETHEUS_RULES
+
+# Held so that the operator may grant them to the dedicated Prometheus (RBAC escalation check):
+# proven by the operator creating that Role (and the enterprise tests passing), not by use.
+DELEGATED = {(g, r, v) for rule in PROMETHEUS_RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def granted(binaries: Binaries) -> set[tuple[str, str, str]]:
+    rules = set()
+    for role in render_chart(binaries):
+        if role["kind"] in ("ClusterRole", "Role"):
+            for rule in role["rules"]:
+                rules |= {(group, resource, verb) for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+    return rules
+
+
+def used(kube: Cluster) -> set[tuple[str, str, str]]:
+    user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+    seen = set()
+    for line in kube.audit_log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("user", {}).get("username") != user or "objectRef" not in entry:
+            continue
+        ref = entry["objectRef"]
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        seen.add((ref.get("apiGroup", ""), resource, entry["verb"]))
+    return seen
+
+
+def test_every_granted_permission_was_used_by_the_operator(kube: Cluster, binaries: Binaries, operator: RunningOperator) -> None:
+    unused = sorted(granted(binaries) - used(kube) - DELEGATED)
+    assert unused == [], (
+        f"granted but never used by the operator in this run: {unused}. Run the whole suite (the CustomerInstance, "
+        "DeviceFleet and HA tests use them); a rule that stays unused should go."
+    )
+
+
+def test_the_permissions_held_for_prometheus_were_granted_by_the_operator(kube: Cluster, binaries: Binaries, operator: RunningOperator) -> None:
+    assert DELEGATED <= granted(binaries), "the operator could not create the dedicated Prometheus' Role"
+    assert ("rbac.authorization.k8s.io", "roles", "patch") in used(kube), "no dedicated Prometheus Role was created in this run"
