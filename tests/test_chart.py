@@ -87,12 +87,13 @@ def test_plans_trusted_issuers_and_signing_keys_are_values(binaries: Binaries, t
                             "features": {}, "monitoring": {"tier": "shared"},
                             "quota": {"cpu": "1", "memory": "1Gi", "limitsCpu": "2", "limitsMemory": "2Gi", "storage": "5Gi",
                                       "pods": 10, "persistentVolumeClaims": 2}}},
-        "trustedIssuers": {"jwks": {"keys": [{"kty": "RSA", "kid": "billing-1", "n": "AQAB", "e": "AQAB"}]}},
         "signingKeys": {"generate": False},
     }
     file = tmp_path / "values.yaml"
     file.write_text(yaml.safe_dump(values))
-    objects = render_chart(binaries, "-f", str(file))
+    jwks = tmp_path / "billing-jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "billing-1", "n": "AQAB", "e": "AQAB"}]}))
+    objects = render_chart(binaries, "-f", str(file), "--set-file", f"trustedIssuers.jwks={jwks}")
     (config_map,) = by_kind(objects, "ConfigMap")
     from iotenant.plans import load_catalogue
 
@@ -112,6 +113,7 @@ def test_plans_trusted_issuers_and_signing_keys_are_values(binaries: Binaries, t
     (["--set", "operator.logLevel=verbose"], "/operator/logLevel"),
     (["--set", "operator.colour=blue"], "/operator"),
     (["--set", "plans.gold.limits.maxDevices=20000"], "/plans/gold"),
+    (["--set", "trustedIssuers.jwks=not-json"], "/trustedIssuers/jwks"),
 ])
 def test_values_schema_rejects_bad_values_naming_the_field(binaries: Binaries, arguments: list[str], field: str) -> None:
     result = helm(binaries, "template", "iotenant", str(CHART), "--kube-version", binaries.kubernetes_version.lstrip("v"), *arguments)
@@ -136,8 +138,8 @@ def test_monitoring_objects_are_optional_and_the_alert_rules_pass_promtool(binar
 
 def test_the_rendered_chart_is_accepted_by_the_apiserver(kube: Cluster, binaries: Binaries, crds: list[dict], tmp_path: Path) -> None:
     kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    objects = [o for o in render_chart(binaries, "--set", "metrics.serviceMonitor.enabled=true")
-               if o["kind"] not in ("CustomResourceDefinition",)]
+    # (The ServiceMonitor and PrometheusRule kinds are left out: their CRDs are not installed here yet.)
+    objects = [o for o in render_chart(binaries) if o["kind"] != "CustomResourceDefinition"]
     kube.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=iotenant-tests", "-f", "-",
                  stdin=yaml.safe_dump_all(objects))
     crd_objects = by_kind(render_chart(binaries), "CustomResourceDefinition")
