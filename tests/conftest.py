@@ -224,7 +224,13 @@ def operator(
             pytest.fail(f"the operator exited with {process.returncode}:\n{running.log_text()[-4000:]}")
         return kube.core.list_namespaced_config_map(OPERATOR_NAMESPACE, field_selector="metadata.name=licence-keys").items != []
 
-    wait_for(started, timeout=60, what="the operator to publish its JWKS")
+    try:
+        wait_for(started, timeout=60, what="the operator to publish its JWKS")
+    except BaseException:
+        process.kill()
+        process.wait()
+        print(f"\n--- operator log ---\n{running.log_text()[-4000:]}")
+        raise
     try:
         yield running
     finally:

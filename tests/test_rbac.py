@@ -39,6 +39,8 @@ def used(kube: Cluster) -> set[tuple[str, str, str]]:
         ref = entry["objectRef"]
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         seen.add((ref.get("apiGroup", ""), resource, entry["verb"]))
+        if entry["verb"] == "patch" and entry.get("responseStatus", {}).get("code") == 201:
+            seen.add((ref.get("apiGroup", ""), resource, "create"))  # a server-side apply that created the object
     return seen
 
 
