@@ -19,7 +19,6 @@ import copy
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,15 +31,14 @@ from kubernetes import config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_cluster import fresh_cluster, stop  # noqa: E402
 from conftest import Cluster  # noqa: E402
 from mqtt_probe import Probe, Refused  # noqa: E402
 from tenants import Tenant, start_tenant  # noqa: E402
 
-from iotenant.devcluster import cluster as devcluster  # noqa: E402
 from iotenant.plans import DEFAULT_CATALOGUE  # noqa: E402
 
 NAME = "iotenant-fleet-bench"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -103,12 +101,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5)
     args = parser.parse_args()
 
-    devcluster.down(NAME)
-    kubeconfig = devcluster.up(NAME)
-    binaries = devcluster.ensure_binaries()
-    devcluster.kubectl(binaries, kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"))
-    devcluster.kubectl(binaries, kubeconfig, "wait", "--for=condition=Established", "crd", "--all")
-    devcluster.kubectl(binaries, kubeconfig, "create", "namespace", "iotenant-system")
+    kubeconfig, binaries = fresh_cluster(NAME)
     kube = Cluster(name=NAME, kubeconfig=kubeconfig, binaries=binaries, api=config.new_client_from_config(config_file=str(kubeconfig)))
     root = Path(tempfile.mkdtemp(prefix="iotenant-fleet-bench-"))
     root.chmod(0o755)
@@ -186,9 +179,7 @@ def main() -> None:
             simulator.wait(timeout=30)
         if tenant is not None:
             tenant.stop()
-        operator.send_signal(signal.SIGINT)
-        operator.wait(timeout=60)
-        devcluster.down(NAME)
+        stop(operator, NAME)
     print(json.dumps({key: round(value, 3) for key, value in results.items()}, indent=2))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from bench_cluster import fresh_cluster, stop
 from iotenant.devcluster import cluster as devcluster
 
 GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"
@@ -82,13 +82,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--many", type=int, default=100)
     args = parser.parse_args()
-    devcluster.down(NAME)
-    kubeconfig = devcluster.up(NAME)
-    binaries = devcluster.ensure_binaries()
-    devcluster.kubectl(binaries, kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"),
-                       "-f", str(REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml"))
-    devcluster.kubectl(binaries, kubeconfig, "wait", "--for=condition=Established", "crd", "--all")
-    devcluster.kubectl(binaries, kubeconfig, "create", "namespace", "iotenant-system")
+    kubeconfig, _binaries = fresh_cluster(NAME, REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml")
     audit = devcluster.LocalCluster(NAME).audit_log
     custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
     log = open(kubeconfig.parent / "operator.log", "wb")
@@ -128,9 +122,7 @@ def main() -> None:
         results[f"noop_resync_writes_{args.many + 10}_instances"] = operator_writes(audit, quiet_since)
         results[f"operator_rss_mib_{args.many + 10}_instances"] = rss_mib(operator.pid)
     finally:
-        operator.send_signal(signal.SIGINT)
-        operator.wait(timeout=60)
-        devcluster.down(NAME)
+        stop(operator, NAME)
     print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))
 
 

@@ -1,0 +1,31 @@
+"""A fresh local cluster for one benchmark: the CRDs installed and the operator namespace made."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+from iotenant.devcluster import cluster as devcluster
+from iotenant.devcluster.binaries import Binaries
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fresh_cluster(name: str, *extra_manifests: Path) -> tuple[Path, Binaries]:
+    """(kubeconfig, binaries) of a new cluster ``name`` with crds/ and ``extra_manifests`` applied."""
+    devcluster.down(name)
+    kubeconfig = devcluster.up(name)
+    binaries = devcluster.ensure_binaries()
+    files = [argument for path in (REPO / "crds", *extra_manifests) for argument in ("-f", str(path))]
+    devcluster.kubectl(binaries, kubeconfig, "apply", "--server-side", *files)
+    devcluster.kubectl(binaries, kubeconfig, "wait", "--for=condition=Established", "crd", "--all")
+    devcluster.kubectl(binaries, kubeconfig, "create", "namespace", "iotenant-system")
+    return kubeconfig, binaries
+
+
+def stop(operator: "subprocess.Popen[bytes]", name: str) -> None:
+    """Stop the benchmark's operator (as Ctrl-C does), then the cluster."""
+    operator.send_signal(signal.SIGINT)
+    operator.wait(timeout=60)
+    devcluster.down(name)
