@@ -188,7 +188,7 @@ def test_rotation_locks_out_the_old_credentials(enterprise: Tenant) -> None:
         enterprise.delete_fleet("locks")
 
 
-def test_broker_drift_is_healed(enterprise: Tenant) -> None:
+def test_broker_drift_is_healed(enterprise: Tenant, operator: RunningOperator) -> None:
     enterprise.apply_fleet("drift", {"ids": ["drift-1", "drift-2"]})
     enterprise.wait_fleet("drift", "True")
     admin_password = enterprise.secret("broker-admin")["password"]
@@ -203,6 +203,11 @@ def test_broker_drift_is_healed(enterprise: Tenant) -> None:
         return {"drift-1", "drift-2", INGEST, API, ADMIN} <= set(clients) and "stowaway" not in clients
 
     wait_for(healed, timeout=30, what="the operator to restore drift-1 and remove the stowaway")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    for sample in ('iotenant_operator_broker_syncs_total{result="ok"}', 'iotenant_operator_broker_identity_changes_total{change="deleted"}',
+                   'iotenant_operator_fleet_transitions_total{reason="Admitted"}'):
+        value = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(sample))
+        assert value > 0, sample
     connect(enterprise, "drift", "drift-1").close()
     assert refused(enterprise.broker.port, "stowaway", "let-me-in")
     enterprise.delete_fleet("drift")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter, Histogram
 
 from iotenant.broker_control import BrokerAddresses, BrokerCommandFailed, BrokerUnavailable, DynamicSecurity, SyncResult, split_address
 from iotenant.broker_identities import DeviceCredentials, Identity, new_password, service_identities
@@ -40,6 +41,18 @@ BROKER_UNAVAILABLE = "BrokerUnavailable"
 CREDENTIALS_TOO_LARGE = "CredentialsTooLarge"
 NOT_IN_CUSTOMER_NAMESPACE = "NotInCustomerNamespace"
 BROKER_RETRY_SECONDS = 3.0
+
+BROKER_SYNCS = Counter(
+    "iotenant_operator_broker_syncs_total", "Tenant broker identity syncs by result (in_step: skipped, found in step recently)", ["result"]
+)
+BROKER_CHANGES = Counter("iotenant_operator_broker_identity_changes_total", "Broker clients created, modified or deleted", ["change"])
+BROKER_SYNC_SECONDS = Histogram(
+    "iotenant_operator_broker_sync_seconds", "Time of one tenant broker identity sync that reached the broker",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 180, 600),
+)
+FLEET_TRANSITIONS = Counter(
+    "iotenant_operator_fleet_transitions_total", "DeviceFleet Ready changes by new reason (Admitted, DeviceLimitExceeded, ...)", ["reason"]
+)
 
 
 @dataclass(frozen=True)
@@ -218,11 +231,20 @@ class DeviceFleetReconciler:
         memo = self._broker_memo.get(namespace)
         now = self.clock()
         if memo and memo.fingerprint == fingerprint and now - memo.checked_at < self.settings.resync_seconds * 0.9:
+            BROKER_SYNCS.labels("in_step").inc()
             return SyncResult()
         self._broker_memo.pop(namespace, None)
         host, port = self.addresses(namespace)
-        with DynamicSecurity(host, port, admin_password) as broker:
-            result = broker.sync(desired)
+        try:
+            with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, admin_password) as broker:
+                result = broker.sync(desired)
+        except Exception:
+            BROKER_SYNCS.labels("error").inc()
+            raise
+        BROKER_SYNCS.labels("ok").inc()
+        BROKER_CHANGES.labels("created").inc(len(result.created))
+        BROKER_CHANGES.labels("modified").inc(len(result.modified))
+        BROKER_CHANGES.labels("deleted").inc(len(result.deleted))
         self._broker_memo[namespace] = _BrokerMemo(fingerprint, self.clock())
         return result
 
@@ -277,6 +299,7 @@ def write_fleet_status(
     api.patch_status(DEVICE_FLEET, metadata["name"], metadata["namespace"], status)
     before = find(previous.get("conditions"), "Ready") or {}
     if before.get("reason") != reason:
+        FLEET_TRANSITIONS.labels(reason).inc()
         post_event(api, body, "Normal" if ready else "Warning", reason, message)
     return True
 
