@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ GROUP, VERSION = "iotenant.io", "v1alpha1"
 CRD = kind_of("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 CONFIG_MAP = kind_of("v1", "ConfigMap")
 NAMESPACE = kind_of("v1", "Namespace")
+RECONCILE_THREADS = 32
 
 RECONCILES = Counter("iotenant_operator_reconciles_total", "Reconciles of CustomerInstances by outcome", ["result"])
 RECONCILE_SECONDS = Histogram(
@@ -91,6 +93,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    # Reconciles run in threads; a tenant whose broker takes minutes to admit a big fleet must not
+    # hold up the others, so there are more threads than the default (cores + 4).
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=RECONCILE_THREADS, thread_name_prefix="reconcile"))
 
     catalogue = load_catalogue(s.settings.plan_catalogue)
     trusted: dict[str, Any] = {"keys": []}
