@@ -168,3 +168,14 @@ def test_the_flux_example_installs_crds_before_customers(binaries: Binaries, kub
     for path in sorted((FLUX / "customers").glob("*.yaml")):
         if path.name != "kustomization.yaml":
             kube.kubectl("apply", "--dry-run=server", "-f", str(path))
+
+
+def test_a_packaged_chart_carries_the_crds_itself(binaries: Binaries, tmp_path: Path) -> None:
+    """`helm package` resolves the files/crds link, so a published chart needs no checkout."""
+    result = helm(binaries, "package", str(CHART), "--destination", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (package,) = tmp_path.glob("iotenant-0.1.0.tgz")
+    rendered = helm(binaries, "template", "iotenant", str(package), "--kube-version", binaries.kubernetes_version.lstrip("v"))
+    assert rendered.returncode == 0, rendered.stderr
+    names = {d["metadata"]["name"] for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "CustomResourceDefinition"}
+    assert names == {"customerinstances.iotenant.io", "devicefleets.iotenant.io"}
