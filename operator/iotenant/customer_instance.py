@@ -405,7 +405,8 @@ class CustomerInstanceReconciler:
         ]
         extra: dict[str, Any] = {
             "endpoints": {
-                "mqtt": f"mqtt://broker.{namespace_name}.svc:1883",
+                # What devices connect to: the address their credentials name.
+                "mqtt": "mqtt://" + self.settings.device_broker_address(namespace_name, name),
                 "api": f"http://api.{namespace_name}.svc:8080",
             },
             "devices": {"provisioned": fleets.provisioned, "limit": claims.limits.maxDevices if claims else 0},

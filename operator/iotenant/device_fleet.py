@@ -122,8 +122,7 @@ class DeviceFleetReconciler:
 
         admissions = admit(fleets, access.limits)
         live_secrets = {s["metadata"]["name"]: s for s in self.api.list(SECRET, namespace, fleet_objects.FLEET_LABEL)}
-        device_address = self.settings.device_broker_address_template.format(namespace=namespace, customer=access.owner.name)
-        host, port = split_address(device_address)
+        host, port = split_address(self.settings.device_broker_address(namespace, access.owner.name))
 
         desired = {identity.username: identity for identity in service_identities(access.ingest_password, access.api_password)}
         provisioned: list[tuple[Admission, str]] = []  # admitted fleets with their handled rotation request

@@ -37,6 +37,10 @@ class OperatorSettings:
     create_signing_keys: bool = True
     images: Images = Images()
 
+    def device_broker_address(self, namespace: str, customer: str) -> str:
+        """host:port that devices of this customer connect to (in their credentials and the instance's status)."""
+        return self.device_broker_address_template.format(namespace=namespace, customer=customer)
+
 
 # (attribute, environment variable, type, help); the flag is --<attribute with dashes>.
 _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
