@@ -307,6 +307,14 @@ def test_simulator_traffic_is_queryable_through_the_api(enterprise: Tenant, post
     assert pod["volumes"][0]["secret"]["secretName"] == "devicefleet-sims-credentials"
     assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "simulator"
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "DeviceFleet"
+    assert pod["containers"][0]["resources"]["requests"]["memory"] == "65Mi"  # grows with the fleet
+
+    # The namespace enforces Pod Security "restricted": a pod exists only if admission accepted it.
+    def simulator_pod() -> bool:
+        pods = enterprise.kube.core.list_namespaced_pod(enterprise.namespace, label_selector="iotenant.io/fleet=sims").items
+        return bool(pods)
+
+    wait_for(simulator_pod, timeout=30, what="the simulator pod, admitted under Pod Security restricted")
 
     database = postgres.create_database("fleet_simulator")
     broker = {"IOTENANT_MQTT_HOST": "127.0.0.1", "IOTENANT_MQTT_PORT": str(enterprise.broker.port)}
