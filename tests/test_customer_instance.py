@@ -597,6 +597,15 @@ def test_a_foreign_namespace_is_never_adopted(kube: Cluster, operator: RunningOp
     namespace = kube.core.read_namespace("customer-squatter")
     assert not namespace.metadata.owner_references
     assert "app.kubernetes.io/part-of" not in namespace.metadata.labels
+    fleet = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DeviceFleet", "metadata": {"name": "squatted", "namespace": "customer-squatter"},
+             "spec": {"deviceType": "sensor", "devices": {"ids": ["sq-1"]}}}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(fleet))
+
+    def refused() -> bool:
+        found = kube.custom.get_namespaced_custom_object(GROUP, VERSION, "customer-squatter", "devicefleets", "squatted")
+        return condition(found, "Ready").get("reason") == "NotInCustomerNamespace"
+
+    wait_for(refused, timeout=30, what="the fleet in the foreign namespace to be refused")
     assert kube.core.list_namespaced_secret("customer-squatter").items == []
     delete_instance(kube, "squatter")
     assert kube.core.read_namespace("customer-squatter").status.phase == "Active"

@@ -266,6 +266,7 @@ class CustomerInstanceReconciler:
                 Condition("Stalled", TRUE, "NamespaceConflict", message),
             ]
             written = self._write_status(body, self._status(body, "Failed", conditions))
+            self.fleets.refuse_all(namespace_name)
             return Outcome(phase="Failed", status_written=written)
 
         live: dict[ObjectKey, Manifest] = {}

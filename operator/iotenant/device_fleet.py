@@ -190,6 +190,11 @@ class DeviceFleetReconciler:
             self._report(fleet, report)
         return outcome
 
+    def refuse_all(self, namespace: str) -> None:
+        """``namespace`` is not the customer's (it belongs to someone else): none of its fleets is served."""
+        for fleet in self._list_fleets(namespace):
+            report_not_in_customer_namespace(self.api, fleet.body)
+
     def forget(self, namespace: str) -> None:
         self._broker_memo.pop(namespace, None)
 
