@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_cluster import fresh_cluster, stop  # noqa: E402
 from conftest import Cluster  # noqa: E402
 from mqtt_probe import Probe, Refused  # noqa: E402
+from real_services import resident_kib  # noqa: E402
 from tenants import Tenant, start_tenant  # noqa: E402
 
 from iotenant.plans import DEFAULT_CATALOGUE  # noqa: E402
@@ -155,7 +156,7 @@ def main() -> None:
         results["probe_dropped_during_admission"] = float(probe.device.disconnected.is_set())
 
         time.sleep(5)
-        results[f"broker_rss_mib_{args.devices}_identities_200_connected"] = tenant.broker.rss_kib() / 1024
+        results[f"broker_rss_mib_{args.devices}_identities_200_connected"] = resident_kib(tenant.broker.process.pid) / 1024
         results["dynamic_security_file_mib"] = (tenant.broker.data_dir / "dynamic-security.json").stat().st_size / 2**20
 
         ids = ["extra-0"]

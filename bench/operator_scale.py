@@ -22,8 +22,12 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from bench_cluster import fresh_cluster, stop
-from iotenant.devcluster import cluster as devcluster
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from bench_cluster import fresh_cluster, stop  # noqa: E402
+from real_services import resident_kib  # noqa: E402
+
+from iotenant.devcluster import cluster as devcluster  # noqa: E402
 
 GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"
 NAME = "iotenant-bench"
@@ -64,13 +68,6 @@ def operator_writes(audit: Path, since: str) -> int:
                 and entry["verb"] in ("create", "update", "patch", "delete", "deletecollection")):
             count += 1
     return count
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def stamp() -> str:
@@ -120,7 +117,7 @@ def main() -> None:
         quiet_since = stamp()
         time.sleep(RESYNC * 3 + 1)
         results[f"noop_resync_writes_{args.many + 10}_instances"] = operator_writes(audit, quiet_since)
-        results[f"operator_rss_mib_{args.many + 10}_instances"] = rss_mib(operator.pid)
+        results[f"operator_rss_mib_{args.many + 10}_instances"] = resident_kib(operator.pid) / 1024
     finally:
         stop(operator, NAME)
     print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))

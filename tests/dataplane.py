@@ -22,6 +22,7 @@ from iotenant import licence as licences
 from iotenant.broker_identities import API, INGEST, Identity, service_identities
 from iotenant.plans import load_catalogue
 from iotenant.devcluster.mosquitto import free_port
+from real_services import resident_kib
 
 CUSTOMER_ID = "acme-0001"
 DEVICES = [f"dev-{n:03d}" for n in range(1, 41)]
@@ -122,6 +123,14 @@ def terminate(process: subprocess.Popen[bytes] | None) -> None:
             process.wait()
 
 
+def service_arguments(database_url: str, broker_port: int, username: str, licence: LicenceFiles, metrics_port: int) -> list[str]:
+    """The flags ingest and api share: database, broker identity, licence, metrics on loopback."""
+    return ["--database-url", database_url, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port),
+            "--mqtt-username", username, "--licence-file", str(licence.licence_file), "--jwks-file", str(licence.jwks_file),
+            "--customer-id", CUSTOMER_ID, "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
+            "--log-format", "text"]
+
+
 @dataclass
 class IngestProcess:
     database_url: str
@@ -136,10 +145,8 @@ class IngestProcess:
     def start(self) -> None:
         self.process = launch(
             "ingest",
-            ["--database-url", self.database_url, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port),
-             "--mqtt-username", INGEST, "--licence-file", str(self.licence.licence_file),
-             "--jwks-file", str(self.licence.jwks_file), "--customer-id", CUSTOMER_ID, "--client-id", self.client_id,
-             "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],
+            [*service_arguments(self.database_url, self.broker_port, INGEST, self.licence, self.metrics_port),
+             "--client-id", self.client_id, *self.extra],
             "ingest-password", self.log, self.metrics_port,
         )
 
@@ -165,10 +172,7 @@ class IngestProcess:
 
     def rss_kib(self) -> int:
         assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        return resident_kib(self.process.pid)
 
 
 @dataclass
@@ -186,11 +190,8 @@ class ApiProcess:
     def start(self) -> None:
         self.process = launch(
             "api",
-            ["--database-url", self.database_url, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker_port),
-             "--mqtt-username", API, "--licence-file", str(self.licence.licence_file),
-             "--jwks-file", str(self.licence.jwks_file), "--customer-id", CUSTOMER_ID, "--token-file", str(self.token_file),
-             "--address", "127.0.0.1", "--port", str(self.port), "--metrics-address", "127.0.0.1",
-             "--metrics-port", str(self.metrics_port), "--log-format", "text", *self.extra],
+            [*service_arguments(self.database_url, self.broker_port, API, self.licence, self.metrics_port),
+             "--token-file", str(self.token_file), "--address", "127.0.0.1", "--port", str(self.port), *self.extra],
             "api-password", self.log, self.metrics_port,
         )
 

@@ -15,6 +15,11 @@ import pytest
 from iotenant.devcluster.mosquitto import free_port, wait_port
 
 
+def resident_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS) in KiB."""
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+
+
 def _as_user(user: str) -> list[str]:
     return ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE_COPIES = ["pyproject.toml", "README.md", "operator", "workloads"]
 COMMANDS = [[], ["operator"], ["ingest"], ["api"], ["simulate"], ["licence"], ["licence", "issue"], ["dev"]]
 
 
 @pytest.fixture(scope="module")
 def image_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The build context holds what the Dockerfile copies, nothing more (and the work tree stays untouched).
+    context = tmp_path_factory.mktemp("context")
+    for name in DOCKERFILE_COPIES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, context / name)
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--wheel-dir", str(dist), str(REPO)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--wheel-dir", str(dist), str(context)],
                    check=True, capture_output=True, text=True)
     (wheel,) = dist.glob("iotenant-*.whl")
     venv = tmp_path_factory.mktemp("image") / "iotenant"

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,7 +83,7 @@ class Identity:
     role: str | None = None
     label: str = "service"
 
-    @property
+    @cached_property
     def text_name(self) -> str:
         return f"{self.label} {password_fingerprint(self.password)}"
 

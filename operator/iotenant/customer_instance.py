@@ -270,9 +270,11 @@ class CustomerInstanceReconciler:
             return Outcome(phase="Failed", status_written=written)
 
         live: dict[ObjectKey, Manifest] = {}
+        fleet_owned: dict[ObjectKey, Manifest] = {}
         if namespace is not None:
-            # A fleet's own objects (credentials, simulator) belong to the fleet, not to this set.
-            live = list_live(self.api, namespace_name, f"{meta.CUSTOMER}={name},!{FLEET_LABEL}")
+            # One listing serves both: a fleet's own objects (credentials, simulator) go to the fleets.
+            for key, item in list_live(self.api, namespace_name, f"{meta.CUSTOMER}={name}").items():
+                (fleet_owned if FLEET_LABEL in item["metadata"].get("labels", {}) else live)[key] = item
             live[key_of({**namespace, "kind": "Namespace"})] = {**namespace, "kind": "Namespace", "apiVersion": "v1"}
 
         def live_secret(secret_name: str) -> Manifest | None:
@@ -334,6 +336,7 @@ class CustomerInstanceReconciler:
                 ingest_password=generated.ingest_broker_password,
                 api_password=generated.api_broker_password,
             ),
+            fleet_owned,
             body,
         )
 
@@ -435,10 +438,10 @@ class CustomerInstanceReconciler:
             retry_after=fleets.retry_after,
         )
 
-    def _reconcile_fleets(self, access: TenantAccess, body: Manifest) -> FleetsOutcome:
+    def _reconcile_fleets(self, access: TenantAccess, owned: dict[ObjectKey, Manifest], body: Manifest) -> FleetsOutcome:
         """The namespace's DeviceFleets; their trouble is reported on them and never fails the instance."""
         try:
-            return self.fleets.reconcile(access)
+            return self.fleets.reconcile(access, owned)
         except Exception as error:
             log.exception("reconciling the device fleets of %s failed", access.owner.namespace)
             self.post_event(body, "Warning", "DeviceFleetsFailed", f"reconciling device fleets failed: {type(error).__name__}: {error}")

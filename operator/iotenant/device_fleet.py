@@ -22,7 +22,7 @@ from iotenant.broker_control import BrokerAddresses, BrokerCommandFailed, Broker
 from iotenant.broker_identities import DeviceCredentials, Identity, new_password, service_identities
 from iotenant.cluster_api import ClusterAPI, Manifest, kind_of
 from iotenant.conditions import FALSE, TRUE, Condition, find, merge_conditions
-from iotenant.converge import needs_apply, with_hash
+from iotenant.converge import ObjectKey, needs_apply, with_hash
 from iotenant.events import post_event
 from iotenant.fleet_admission import ADMITTED, Admission, Fleet, admit
 from iotenant.licence import Limits
@@ -33,7 +33,6 @@ from iotenant.settings import OperatorSettings
 log = logging.getLogger("iotenant.device_fleet")
 
 DEVICE_FLEET = kind_of(API_VERSION, "DeviceFleet")
-SECRET = kind_of("v1", "Secret")
 DEPLOYMENT = kind_of("apps/v1", "Deployment")
 
 # Ready=False reasons besides the admission refusals.
@@ -111,17 +110,19 @@ class DeviceFleetReconciler:
 
     # ----------------------------------------------------------------------------- reconcile
 
-    def reconcile(self, access: TenantAccess) -> FleetsOutcome:
+    def reconcile(self, access: TenantAccess, owned: dict[ObjectKey, Manifest]) -> FleetsOutcome:
+        """``owned``: the fleets' objects (label iotenant.io/fleet) as the instance's reconcile listed them."""
         namespace = access.owner.namespace
         fleets = self._list_fleets(namespace)
+        live_secrets = {name: item for (kind, _ns, name), item in owned.items() if kind == "Secret"}
+        live_simulators = {name: item for (kind, _ns, name), item in owned.items() if kind == "Deployment"}
         if not access.serving or access.limits is None:
-            self._converge_simulators(access.owner, [], {})
+            self._converge_simulators(access.owner, [], {}, live_simulators)
             for fleet in fleets:
                 self._report(fleet, _FleetReport(False, access.not_serving_reason, access.not_serving_message, 0))
             return FleetsOutcome(fleets=len(fleets))
 
         admissions = admit(fleets, access.limits)
-        live_secrets = {s["metadata"]["name"]: s for s in self.api.list(SECRET, namespace, fleet_objects.FLEET_LABEL)}
         host, port = split_address(self.settings.device_broker_address(namespace, access.owner.name))
 
         desired = {identity.username: identity for identity in service_identities(access.ingest_password, access.api_password)}
@@ -171,6 +172,7 @@ class DeviceFleetReconciler:
             access.owner,
             [admission.fleet for admission, _ in provisioned if admission.fleet.simulator_enabled],
             {admission.fleet.uid: rotated_for for admission, rotated_for in provisioned},
+            live_simulators,
         )
 
         for admission in admissions:
@@ -252,9 +254,10 @@ class DeviceFleetReconciler:
         self._broker_memo[namespace] = _BrokerMemo(fingerprint, self.clock())
         return result
 
-    def _converge_simulators(self, owner: Owner, fleets: list[Fleet], rotations: dict[str, str]) -> None:
+    def _converge_simulators(
+        self, owner: Owner, fleets: list[Fleet], rotations: dict[str, str], live: dict[str, Manifest]
+    ) -> None:
         namespace = owner.namespace
-        live = {d["metadata"]["name"]: d for d in self.api.list(DEPLOYMENT, namespace, fleet_objects.FLEET_LABEL)}
         wanted = set()
         for fleet in fleets:
             manifest = with_hash(fleet_objects.simulator(owner, fleet, self.settings, rotations.get(fleet.uid, "")))

@@ -235,6 +235,11 @@ def _count_phases(s: OperatorState) -> None:
         INSTANCES_BY_PHASE.labels(phase).set(counts.get(phase, 0))
 
 
+def _intent(metadata: dict[str, Any]) -> tuple[int, str]:
+    """What a user changes (spec via generation, annotations), not what the operator writes (status)."""
+    return int(metadata.get("generation", 0)), json.dumps(metadata.get("annotations", {}), sort_keys=True)
+
+
 @kopf.on.event(GROUP, VERSION, "customerinstances")
 def customer_instance_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Wake the loop when the spec or the annotations changed (not for our own status writes)."""
@@ -243,7 +248,7 @@ def customer_instance_changed(body: kopf.Body, type: str | None, **_: Any) -> No
     uid = metadata.get("uid")
     if not uid:
         return
-    fingerprint = (int(metadata.get("generation", 0)), json.dumps(metadata.get("annotations", {}), sort_keys=True))
+    fingerprint = _intent(metadata)
     if s.seen.get(uid) != fingerprint:
         s.seen[uid] = fingerprint
         s.wake(uid)
@@ -291,7 +296,7 @@ def device_fleet_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     uid, namespace = metadata.get("uid"), metadata.get("namespace", "")
     if not uid:
         return
-    fingerprint = (int(metadata.get("generation", 0)), json.dumps(metadata.get("annotations", {}), sort_keys=True))
+    fingerprint = _intent(metadata)
     changed = type == "DELETED" or s.fleets_seen.get(uid) != fingerprint or metadata.get("deletionTimestamp") is not None
     if type == "DELETED":
         s.fleets_seen.pop(uid, None)

@@ -126,10 +126,6 @@ class MosquittoBroker:
             self.process.terminate()
             self.process.wait(timeout=15)
 
-    def rss_kib(self) -> int:
-        assert self.process is not None
-        return int(Path(f"/proc/{self.process.pid}/status").read_text().split("VmRSS:")[1].split()[0])
-
     def log(self) -> str:
         path = self.root / "mosquitto.log"
         return path.read_text(errors="replace") if path.exists() else ""
