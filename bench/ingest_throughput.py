@@ -112,14 +112,22 @@ def copy_ceiling(url: str, messages: int) -> float:
         return messages / (time.perf_counter() - started)
 
 
+def forget_session(port: int, client_id: str) -> None:
+    """Connect as ``client_id`` with a clean start and no session expiry: the broker drops its session."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(INGEST, "ingest-password")
+    client.connect("127.0.0.1", port, clean_start=True)
+    client.loop_start()
+    client.disconnect()
+    client.loop_stop()
+
+
 def ingest_run(svc: Services, devices: list[str], messages: int, processes: int) -> dict[str, float]:
     url = svc.postgres.create_database(f"bench_ingest_{processes}")
     runners = [
         IngestProcess(database_url=url, broker_port=svc.broker.port, licence=svc.licence,
                       log=svc.root / f"ingest-{processes}-{i}.log", client_id=f"bench-ingest-{processes}-{i}",
-                      # A group of its own: Mosquitto keeps handing a shared subscription's messages to
-                      # the stopped sessions of an earlier run.
-                      extra=["--share-group", f"bench{processes}"])
+                      share_group=svc.broker.share_group)
         for i in range(processes)
     ]
     for runner in runners:
@@ -137,6 +145,8 @@ def ingest_run(svc: Services, devices: list[str], messages: int, processes: int)
                 key = float("inf") if bound == "+Inf" else float(bound)
                 buckets[key] = buckets.get(key, 0.0) + value
         runner.stop()
+        # Mosquitto keeps handing a shared subscription's messages to stopped sessions: end this one.
+        forget_session(svc.broker.port, runner.client_id)
     ordered = sorted(buckets.items())
     return {"rate": messages / elapsed, "p50": histogram_quantile(ordered, 0.5), "p99": histogram_quantile(ordered, 0.99)}
 

@@ -23,6 +23,7 @@ from iotenant.devcluster.mosquitto import MosquittoBroker
 
 from dataplane import LicenceFiles, broker_identities, write_licence
 from iotenant import licence as licences
+from iotenant.broker_identities import new_share_group
 from iotenant.devcluster import cluster as devcluster
 from iotenant.devcluster.binaries import Binaries, MissingPart, ensure_binaries
 
@@ -267,7 +268,8 @@ def postgres(service_root: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def broker(service_root: Path) -> Iterator[MosquittoBroker]:
-    server = MosquittoBroker(root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)), admin_password="admin-password", identities=broker_identities())
+    server = MosquittoBroker(root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)), admin_password="admin-password",
+                             identities=broker_identities(), share_group=new_share_group())
     server.write_configuration()
     server.start()
     yield server

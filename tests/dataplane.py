@@ -138,6 +138,7 @@ class IngestProcess:
     licence: LicenceFiles
     log: Path
     client_id: str = "ingest-test"
+    share_group: str = "ingest"
     metrics_port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
@@ -146,7 +147,7 @@ class IngestProcess:
         self.process = launch(
             "ingest",
             [*service_arguments(self.database_url, self.broker_port, INGEST, self.licence, self.metrics_port),
-             "--client-id", self.client_id, *self.extra],
+             "--client-id", self.client_id, "--share-group", self.share_group, *self.extra],
             "ingest-password", self.log, self.metrics_port,
         )
 

@@ -36,7 +36,8 @@ class Stack:
 def start_stack(database: str, broker: MosquittoBroker, licence: LicenceFiles, folder: Path, extra: list[str] | None = None) -> Stack:
     token_file = folder / "token"
     token_file.write_text(TOKEN + "\n")
-    ingest = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=folder / "ingest.log")
+    ingest = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=folder / "ingest.log",
+                           share_group=broker.share_group)
     ingest.start()
     try:
         return _fill_stack(database, broker, licence, folder, extra, ingest, token_file)

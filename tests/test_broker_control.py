@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from mqtt_probe import NOT_AUTHORIZED, Probe, refused
+from mqtt_probe import NOT_AUTHORIZED, Probe, Refused, refused
 from iotenant.devcluster.mosquitto import MosquittoBroker
 
-from iotenant.broker_control import DynamicSecurity, plan_commands
-from iotenant.broker_identities import ADMIN, INGEST, Identity, service_identities
+from iotenant.broker_control import DynamicSecurity, LiveState, plan_commands
+from iotenant.broker_identities import ADMIN, ADMIN_ROLE, INGEST, Identity, Role, desired_roles, device_role, service_identities
 
 ADMIN_PASSWORD = "admin-secret"
+SHARE_GROUP = "ingest-0123456789abcdef"
 
 
 @pytest.fixture
@@ -26,6 +27,7 @@ def bare_broker(service_root: Path) -> Iterator[MosquittoBroker]:
         root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)),
         admin_password=ADMIN_PASSWORD,
         identities=service_identities("ingest-pw", "api-pw"),
+        share_group=SHARE_GROUP,
     )
     server.write_configuration()
     server.start()
@@ -42,18 +44,29 @@ def desired(*names: str) -> dict[str, Identity]:
 
 
 def test_plan_deletes_first_never_touches_the_admin_and_skips_what_matches() -> None:
-    wanted = desired("d1", "d2")
-    live = {ADMIN: "x", "rogue": "", "d1": wanted["d1"].text_name, "d2": "fleet/test 000000000000",
-            INGEST: wanted[INGEST].text_name}
-    commands, result = plan_commands(live, wanted)
-    assert [c["command"] for c in commands] == ["deleteClient", "modifyClient", "createClient"]
-    assert (result.deleted, result.modified, result.created) == (["rogue"], ["d2"], ["iotenant:api"])
+    wanted = desired("d1", "d2", "d3")
+    roles = desired_roles(list(wanted.values()), SHARE_GROUP)
+    live = LiveState(
+        clients={ADMIN: {"username": ADMIN}, "rogue": {"username": "rogue"}, "d1": wanted["d1"].client(),
+                 "d2": {**wanted["d2"].client(), "textname": "fleet/test 000000000000"},
+                 "d3": {**wanted["d3"].client(), "clientid": None}, INGEST: wanted[INGEST].client()},
+        roles={ADMIN_ROLE: frozenset(), "stale": frozenset(),
+               **{name: Role.allows_of(role.acls()) for name, role in roles.items() if name != "device:d2"},
+               "device:d3": Role.allows_of(device_role("d1").acls())},
+    )
+    commands, result = plan_commands(live, wanted, roles)
+    assert [(c["command"], c.get("username") or c.get("rolename")) for c in commands] == [
+        ("deleteClient", "rogue"), ("deleteRole", "stale"), ("createRole", "device:d2"), ("modifyRole", "device:d3"),
+        ("modifyClient", "d2"), ("modifyClient", "d3"), ("createClient", "iotenant:api"),
+    ]
+    assert (result.deleted, result.modified, result.created) == (["rogue"], ["d2", "d3"], ["iotenant:api"])
+    assert commands[-2]["clientid"] == "d3" and commands[-2]["roles"] == [{"rolename": "device:d3"}]
 
 
 def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
     with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
-        first = broker.sync(desired("d1", "d2", "d3"))
+        first = broker.sync(desired("d1", "d2", "d3"), SHARE_GROUP)
     assert sorted(first.created) == ["d1", "d2", "d3"] and not first.modified and not first.deleted
 
     stays = Probe.connect(port, "d1", "d1-pw")
@@ -65,8 +78,8 @@ def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_br
     wanted = desired("d1", "d2")
     wanted["d2"] = Identity("d2", "d2-new", None, "fleet/test")
     with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
-        again = broker.sync(wanted)
-        assert broker.sync(wanted).changed is False  # in step: nothing to send
+        again = broker.sync(wanted, SHARE_GROUP)
+        assert broker.sync(wanted, SHARE_GROUP).changed is False  # in step: nothing to send
     assert (again.created, again.modified, again.deleted) == ([], ["d2"], ["d3"])
 
     assert goes.disconnected.wait(5), "a removed device keeps its connection"
@@ -85,7 +98,7 @@ def test_unknown_clients_are_removed_and_services_restored(bare_broker: Mosquitt
         broker.execute([{"command": "createClient", "username": "intruder", "password": "x"},
                         {"command": "deleteClient", "username": INGEST}])
         assert "intruder" in broker.list_clients()
-        result = broker.sync(desired())
+        result = broker.sync(desired(), SHARE_GROUP)
         assert result.deleted == ["intruder"] and result.created == [INGEST]
         assert set(broker.list_clients()) == {ADMIN, INGEST, "iotenant:api"}
     assert refused(port, "intruder", "x")
@@ -94,7 +107,7 @@ def test_unknown_clients_are_removed_and_services_restored(bare_broker: Mosquitt
 
 def test_the_broker_keeps_identities_across_a_restart(bare_broker: MosquittoBroker) -> None:
     with DynamicSecurity("127.0.0.1", bare_broker.port, ADMIN_PASSWORD) as broker:
-        broker.sync(desired("kept-1"))
+        broker.sync(desired("kept-1"), SHARE_GROUP)
     bare_broker.stop()
     bare_broker.start()
     wait_for(lambda: not refused(bare_broker.port, "kept-1", "kept-1-pw"), timeout=10, what="kept-1 to connect after a restart")
@@ -111,3 +124,40 @@ def test_a_wrong_admin_password_is_reported_as_unavailable(bare_broker: Mosquitt
     with pytest.raises(BrokerUnavailable, match="cannot reach broker"):
         with DynamicSecurity("127.0.0.1", 1, ADMIN_PASSWORD):
             pass
+
+
+def test_a_device_is_confined_to_its_own_topics_and_client_id(bare_broker: MosquittoBroker) -> None:
+    port = bare_broker.port
+    with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
+        broker.sync(desired("d1", "d2"), SHARE_GROUP)
+    with pytest.raises(Refused):
+        Probe.connect(port, "d1", "d1-pw", client_id="d1-second")  # the client id must be the device id
+    with pytest.raises(Refused):
+        Probe.connect(port, "d1", "d1-pw", client_id="d2")
+    device = Probe.connect(port, "d1", "d1-pw")
+    for own in ("iot/d1/#", "iot/d1/command", "iot/d1/+"):
+        assert device.subscribe(own) == 1, own
+    for foreign in ("iot/d2/#", "iot/d2/telemetry", "#", "iot/#", "iot/+/telemetry", "+/d1/#", "$SYS/#",
+                    f"$share/{SHARE_GROUP}/iot/+/telemetry", f"$share/{SHARE_GROUP}/iot/d1/telemetry", "$share/x/#",
+                    "$CONTROL/dynamic-security/#"):
+        assert device.subscribe(foreign) == NOT_AUTHORIZED, foreign
+    for kind in ("telemetry", "hello", "status", "command/ack", "ota/status"):
+        assert device.publish(f"iot/d1/{kind}") in (0, 16), kind
+    for topic in ("iot/d1/anything", "iot/d1/telemetry/extra", "iot/d1/command", "iot/d2/telemetry", "$CONTROL/dynamic-security/v1"):
+        assert device.publish(topic) == NOT_AUTHORIZED, topic
+    device.close()
+
+
+def test_a_changed_device_role_is_restored(bare_broker: MosquittoBroker) -> None:
+    port = bare_broker.port
+    with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
+        broker.sync(desired("d1"), SHARE_GROUP)
+        broker.execute([{"command": "modifyRole", "rolename": "device:d1",
+                         "acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}]},
+                        {"command": "modifyClient", "username": "d1", "clientid": ""}])
+        healed = broker.sync(desired("d1"), SHARE_GROUP)
+        assert healed.roles_changed == ["device:d1"] and healed.modified == ["d1"]
+        assert broker.sync(desired("d1"), SHARE_GROUP).changed is False
+    device = Probe.connect(port, "d1", "d1-pw")
+    assert device.subscribe("#") == NOT_AUTHORIZED
+    device.close()

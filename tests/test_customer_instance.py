@@ -297,7 +297,8 @@ def test_drift_is_corrected_within_the_resync_interval(kube: Cluster, operator: 
 
     kube.apps.delete_namespaced_deployment("api", namespace)
     kube.apps.patch_namespaced_stateful_set("ingest", namespace, {"spec": {"replicas": 5}})
-    kube.core.patch_namespaced_config_map("broker-config", namespace, {"data": {"acl": "topic readwrite #\n"}})
+    rendered = kube.core.read_namespaced_config_map("broker-config", namespace).data["mosquitto.conf"]
+    kube.core.patch_namespaced_config_map("broker-config", namespace, {"data": {"mosquitto.conf": rendered + "allow_anonymous true\n"}})
     kube.kubectl("delete", "networkpolicy", "default-deny", "-n", namespace)
     started = time.monotonic()
 
@@ -307,9 +308,9 @@ def test_drift_is_corrected_within_the_resync_interval(kube: Cluster, operator: 
         except ApiException:
             return False
         ingest = kube.apps.read_namespaced_stateful_set("ingest", namespace)
-        acl = kube.core.read_namespaced_config_map("broker-config", namespace).data["acl"]
+        conf = kube.core.read_namespaced_config_map("broker-config", namespace).data["mosquitto.conf"]
         policy = kube.kubectl("get", "networkpolicy", "default-deny", "-n", namespace, check=False).returncode == 0
-        return api.spec.replicas == 1 and ingest.spec.replicas == 1 and acl == "pattern readwrite iot/%u/#\n" and policy
+        return api.spec.replicas == 1 and ingest.spec.replicas == 1 and conf == rendered and policy
 
     wait_for(healed, timeout=RESYNC_SECONDS * 3, what="the operator to undo every drift")
     print(f"drift healed in {time.monotonic() - started:.1f} s (resync interval {RESYNC_SECONDS} s)")

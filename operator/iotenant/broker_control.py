@@ -25,7 +25,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotenant.broker_identities import ADMIN, Identity
+from iotenant.broker_identities import ADMIN, ADMIN_ROLE, Identity, Role, desired_roles
 
 log = logging.getLogger("iotenant.broker_control")
 
@@ -34,6 +34,8 @@ RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 MAX_COMMANDS_PER_MESSAGE = 100
 # Commands per message times clients in the broker: about a quarter of a second of broker time.
 COMMAND_CLIENT_BUDGET = 100_000
+# One control message stays under the smallest broker packet limit a plan may set.
+COMMAND_MESSAGE_BYTES = 12_000
 CONNECT_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 120.0
 
@@ -82,48 +84,81 @@ class SyncResult:
     created: list[str] = field(default_factory=list)
     modified: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    roles_changed: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.modified or self.deleted)
+        return bool(self.created or self.modified or self.deleted or self.roles_changed)
 
 
-def commands_per_message(clients: int) -> int:
-    """How many commands one message may carry when the broker holds ``clients`` clients."""
-    return max(1, min(MAX_COMMANDS_PER_MESSAGE, COMMAND_CLIENT_BUDGET // max(1, clients)))
+@dataclass(frozen=True)
+class LiveState:
+    """What the broker holds: each client as dynamic security lists it, and each role's allowed ACLs."""
+
+    clients: dict[str, dict[str, Any]]
+    roles: dict[str, frozenset[tuple[str, str]]]
 
 
-def plan_commands(live: dict[str, str], desired: dict[str, Identity]) -> tuple[list[dict[str, Any]], SyncResult]:
-    """The commands that turn the broker's clients (username -> text name) into ``desired``.
+def commands_per_message(entries: int) -> int:
+    """How many commands one message may carry when the broker holds ``entries`` clients and roles."""
+    return max(1, min(MAX_COMMANDS_PER_MESSAGE, COMMAND_CLIENT_BUDGET // max(1, entries)))
 
-    Deletions come first (revocation matters most), then changed passwords, then new clients. The
-    admin identity is never touched: it is the operator's own way in.
+
+def _client_shape(entry: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
+    roles = tuple(sorted(str(role.get("rolename")) for role in entry.get("roles") or []))
+    return str(entry.get("textname", "")), str(entry.get("clientid") or ""), roles
+
+
+def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str, Role]) -> tuple[list[dict[str, Any]], SyncResult]:
+    """The commands that turn the broker's clients and roles into ``desired`` and ``roles``.
+
+    Deletions come first (revocation matters most), then roles (a client's role exists before the
+    client refers to it), then changed clients, then new ones. The admin identity and its role are
+    never touched: they are the operator's own way in.
     """
     result = SyncResult()
     commands: list[dict[str, Any]] = []
-    for username in sorted(live):
+    for username in sorted(live.clients):
         if username != ADMIN and username not in desired:
             commands.append({"command": "deleteClient", "username": username})
             result.deleted.append(username)
+    for name in sorted(live.roles):
+        if name != ADMIN_ROLE and name not in roles:
+            commands.append({"command": "deleteRole", "rolename": name})
+            result.roles_changed.append(name)
+    for name, role in sorted(roles.items()):
+        if name not in live.roles:
+            commands.append({"command": "createRole", "rolename": name, "acls": role.acls()})
+            result.roles_changed.append(name)
+        elif live.roles[name] != Role.allows_of(role.acls()):
+            commands.append({"command": "modifyRole", "rolename": name, "acls": role.acls()})
+            result.roles_changed.append(name)
     for username, identity in sorted(desired.items()):
-        if username in live and live[username] != identity.text_name:
+        if username in live.clients and _client_shape(live.clients[username]) != _client_shape(identity.client()):
             commands.append(_client_command("modifyClient", identity))
             result.modified.append(username)
     for username, identity in sorted(desired.items()):
-        if username not in live:
+        if username not in live.clients:
             commands.append(_client_command("createClient", identity))
             result.created.append(username)
     return commands, result
 
 
+def _next_message(commands: list[dict[str, Any]], start: int, most: int) -> list[dict[str, Any]]:
+    """The commands from ``start`` that fit one message: at most ``most`` and ``COMMAND_MESSAGE_BYTES``
+    (the broker disconnects a client whose packet exceeds its ``max_packet_size``)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for command in commands[start : start + most]:
+        size += len(json.dumps(command)) + 64  # and its correlation data
+        if batch and size > COMMAND_MESSAGE_BYTES:
+            break
+        batch.append(command)
+    return batch
+
+
 def _client_command(command: str, identity: Identity) -> dict[str, Any]:
-    return {
-        "command": command,
-        "username": identity.username,
-        "password": identity.password,
-        "textname": identity.text_name,
-        "roles": [{"rolename": identity.role}] if identity.role else [],
-    }
+    return {"command": command, **identity.client(), "password": identity.password}
 
 
 class DynamicSecurity:
@@ -196,9 +231,9 @@ class DynamicSecurity:
         responses: list[dict[str, Any]] = []
         start = 0
         while start < len(commands):
-            batch = commands[start : start + commands_per_message(clients)]
+            batch = _next_message(commands, start, commands_per_message(clients))
             start += len(batch)
-            clients += sum(1 for command in batch if command["command"] == "createClient")
+            clients += sum(1 for command in batch if command["command"] in ("createClient", "createRole"))
             tag = secrets.token_hex(6)
             tagged = [{**command, "correlationData": f"{tag}-{index}"} for index, command in enumerate(batch)]
             self._responses.clear()
@@ -219,33 +254,43 @@ class DynamicSecurity:
         entries = response.get("responses") or []
         return bool(entries) and str(entries[0].get("correlationData", "")).startswith(f"{tag}-")
 
+    def _listing(self, command: str, key: str) -> list[dict[str, Any]]:
+        (response,) = self.execute([{"command": command, "verbose": True, "count": -1, "offset": 0}])
+        if "error" in response:
+            raise BrokerCommandFailed(f"{command}: {response['error']}")
+        return list(response["data"][key])
+
+    def live_state(self) -> LiveState:
+        """Every client and role the broker knows."""
+        clients = {entry["username"]: entry for entry in self._listing("listClients", "clients")}
+        roles = {entry["rolename"]: Role.allows_of(entry.get("acls") or []) for entry in self._listing("listRoles", "roles")}
+        return LiveState(clients, roles)
+
     def list_clients(self) -> dict[str, str]:
         """Every client the broker knows: username -> text name."""
-        (response,) = self.execute([{"command": "listClients", "verbose": True, "count": -1, "offset": 0}])
-        if "error" in response:
-            raise BrokerCommandFailed(f"listClients: {response['error']}")
-        return {client["username"]: client.get("textname", "") for client in response["data"]["clients"]}
+        return {username: str(entry.get("textname", "")) for username, entry in self.live_state().clients.items()}
 
-    def sync(self, desired: dict[str, Identity]) -> SyncResult:
-        """Make the broker's clients exactly ``desired`` (plus the admin); return what changed."""
-        live = self.list_clients()
-        commands, result = plan_commands(live, desired)
+    def sync(self, desired: dict[str, Identity], share_group: str) -> SyncResult:
+        """Make the broker's clients exactly ``desired`` and its roles theirs (plus the admin and its role);
+        return what changed."""
+        live = self.live_state()
+        commands, result = plan_commands(live, desired, desired_roles(list(desired.values()), share_group))
         if not commands:
             return result
         started = time.monotonic()
         failures = []
-        for command, response in zip(commands, self.execute(commands, clients=len(live))):
+        for command, response in zip(commands, self.execute(commands, clients=len(live.clients) + len(live.roles))):
             error = response.get("error")
             if error is None:
                 continue
-            if command["command"] == "deleteClient" and error == "Client not found":
+            if command["command"] in ("deleteClient", "deleteRole") and error in ("Client not found", "Role not found"):
                 continue  # someone removed it meanwhile: the outcome is the desired one
-            failures.append(f"{command['command']} {command['username']}: {error}")
+            failures.append(f"{command['command']} {command.get('username') or command.get('rolename')}: {error}")
         if failures:
             more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
             raise BrokerCommandFailed("; ".join(failures[:3]) + more)
         log.info(
-            "broker %s:%d: %d created, %d modified, %d deleted in %.2f s",
-            self.host, self.port, len(result.created), len(result.modified), len(result.deleted), time.monotonic() - started,
+            "broker %s:%d: %d created, %d modified, %d deleted, %d roles changed in %.2f s", self.host, self.port,
+            len(result.created), len(result.modified), len(result.deleted), len(result.roles_changed), time.monotonic() - started,
         )
         return result

@@ -1,9 +1,16 @@
-"""Broker identities: who may connect to a tenant's Mosquitto, and what a device needs to do so.
+"""Broker identities: who may connect to a tenant's Mosquitto, what each may do, and what a device needs.
 
-Devices authenticate as their device id and, by the broker's one ACL line
-``pattern readwrite iot/%u/#``, may use only their own topics. Services (admin, ingest, api) get
-explicit dynamic-security roles; their usernames contain a ``:``, which a device id cannot, so no
-device can ever take a service's name. Passwords are stored as Mosquitto does: PBKDF2-SHA512,
+Nothing is allowed by default. Every device is a dynamic-security client whose username and MQTT
+client id are its device id, holding its own role ``device:<id>``: it may publish only the topic
+kinds of the data-plane layout under ``iot/<id>/`` (so it can leave at most one retained message
+per kind), and subscribe to and receive only ``iot/<id>/#``. A SUBSCRIBE to anything else (another
+device, ``#``, any ``$share`` group, ``$SYS``) is refused with "not authorised". (Mosquitto 2.0's
+dynamic-security ACLs do not substitute ``%u``, and its ACL file grants every SUBSCRIBE, so a role
+per device is what confines subscriptions.)
+
+Services (admin, ingest, api) get explicit roles; their usernames contain a ``:``, which a device id
+cannot, so no device can ever take a service's name. Ingest subscribes through the tenant's own
+share group, a random name only ingest knows. Passwords are stored as Mosquitto does: PBKDF2-SHA512,
 12-byte salt, base64.
 """
 
@@ -13,12 +20,13 @@ import base64
 import hashlib
 import hmac
 import os
-import re
 import secrets
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
+
+from iotenant import topics
 
 ITERATIONS = 101
 
@@ -27,25 +35,51 @@ ADMIN = "iotenant:admin"
 INGEST = "iotenant:ingest"
 API = "iotenant:api"
 ADMIN_ROLE, INGEST_ROLE, API_ROLE = "admin", "ingest", "api"
+DEVICE_ROLE_PREFIX = "device:"
 
-# Topics are the fixed data-plane layout: iot/<device-id>/telemetry|hello|status|command|command/ack.
-SERVICE_ROLES: dict[str, list[dict[str, Any]]] = {
-    INGEST_ROLE: [
-        {"acltype": "subscribePattern", "topic": "$share/+/iot/+/#", "allow": True},
-        {"acltype": "subscribePattern", "topic": "iot/+/#", "allow": True},
-        {"acltype": "publishClientReceive", "topic": "iot/#", "allow": True},
-    ],
-    API_ROLE: [
-        {"acltype": "publishClientSend", "topic": "iot/+/command", "allow": True},
-    ],
-}
-ADMIN_ACLS = [
-    {"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#", "allow": True},
-    {"acltype": "publishClientReceive", "topic": "$CONTROL/dynamic-security/#", "allow": True},
-    {"acltype": "subscribePattern", "topic": "$CONTROL/dynamic-security/#", "allow": True},
-]
+ADMIN_ACLS = (
+    ("publishClientSend", "$CONTROL/dynamic-security/#"),
+    ("publishClientReceive", "$CONTROL/dynamic-security/#"),
+    ("subscribePattern", "$CONTROL/dynamic-security/#"),
+)
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+@dataclass(frozen=True)
+class Role:
+    """A dynamic-security role: a name and the (acltype, topic) pairs it allows."""
+
+    name: str
+    allows: tuple[tuple[str, str], ...]
+
+    def acls(self) -> list[dict[str, Any]]:
+        return [{"acltype": acltype, "topic": topic, "priority": 0, "allow": True} for acltype, topic in self.allows]
+
+    @staticmethod
+    def allows_of(acls: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
+        """The allowed pairs of a role as the broker lists it (a deny or a missing field counts as drift)."""
+        return frozenset((str(a.get("acltype")), str(a.get("topic")) + ("" if a.get("allow") is True else " (deny)")) for a in acls)
+
+
+def device_role(device_id: str) -> Role:
+    own = topics.device_filter(device_id)
+    return Role(
+        DEVICE_ROLE_PREFIX + device_id,
+        tuple(("publishClientSend", topics.device_topic(device_id, kind)) for kind in topics.DEVICE_PUBLISHES)
+        + (("subscribePattern", own), ("publishClientReceive", own)),
+    )
+
+
+def service_roles(share_group: str) -> list[Role]:
+    return [
+        Role(INGEST_ROLE, tuple(("subscribePattern", f"$share/{share_group}/{topics.all_devices_filter(kind)}")
+                                for kind in topics.INGESTED) + (("publishClientReceive", f"{topics.ROOT}/#"),)),
+        Role(API_ROLE, (("publishClientSend", topics.all_devices_filter(topics.COMMAND)),)),
+    ]
+
+
+def new_share_group() -> str:
+    """The tenant's ingest share group: unguessable, and a valid topic level."""
+    return f"ingest-{secrets.token_hex(12)}"
 
 
 def new_password() -> str:
@@ -72,7 +106,7 @@ def password_fingerprint(password: str) -> str:
 
 @dataclass(frozen=True)
 class Identity:
-    """A broker client: its username (a device id or a service name), password and optional role.
+    """A broker client: its username (a device id or a service name), password and, for a service, its role.
 
     ``label`` says what the identity is for (``fleet/<name>`` or ``service``); with the password's
     fingerprint it becomes the client's text name in the broker.
@@ -80,34 +114,55 @@ class Identity:
 
     username: str
     password: str
-    role: str | None = None
+    role: str | None = None  # a service's role; None: a device, confined by its own role
     label: str = "service"
+
+    @property
+    def is_device(self) -> bool:
+        return self.role is None
+
+    @property
+    def role_name(self) -> str:
+        return self.role if self.role is not None else DEVICE_ROLE_PREFIX + self.username
+
+    @property
+    def client_id(self) -> str | None:
+        """The MQTT client id the broker requires (a device's is its id; services choose theirs)."""
+        return self.username if self.is_device else None
 
     @cached_property
     def text_name(self) -> str:
         return f"{self.label} {password_fingerprint(self.password)}"
+
+    def client(self) -> dict[str, Any]:
+        """The client as dynamic security holds it (without the password)."""
+        entry: dict[str, Any] = {"username": self.username, "textname": self.text_name, "roles": [{"rolename": self.role_name}]}
+        if self.client_id is not None:
+            entry["clientid"] = self.client_id
+        return entry
 
 
 def service_identities(ingest_password: str, api_password: str) -> list[Identity]:
     return [Identity(INGEST, ingest_password, INGEST_ROLE), Identity(API, api_password, API_ROLE)]
 
 
-def dynamic_security_config(admin_password: str, identities: list[Identity]) -> dict[str, Any]:
-    """A complete dynamic-security document: the admin, service roles, and the given identities."""
+def desired_roles(identities: list[Identity], share_group: str) -> dict[str, Role]:
+    """Every role the broker must hold for ``identities`` (besides the admin's)."""
+    roles = {role.name: role for role in service_roles(share_group)}
+    roles.update({identity.role_name: device_role(identity.username) for identity in identities if identity.is_device})
+    return roles
+
+
+def dynamic_security_config(admin_password: str, identities: list[Identity], share_group: str) -> dict[str, Any]:
+    """A complete dynamic-security document: the admin, the roles, and the given identities."""
     admin_entry = password_entry(admin_password, stable_salt(ADMIN, admin_password))
     clients = [{"username": ADMIN, "textname": "iotenant operator", **admin_entry, "roles": [{"rolename": ADMIN_ROLE}]}]
     for identity in identities:
-        entry = password_entry(identity.password, stable_salt(identity.username, identity.password))
-        client: dict[str, Any] = {"username": identity.username, "textname": identity.text_name, **entry}
-        client["roles"] = [{"rolename": identity.role}] if identity.role else []
-        clients.append(client)
-    roles = [{"rolename": ADMIN_ROLE, "acls": ADMIN_ACLS}] + [
-        {"rolename": name, "acls": acls} for name, acls in SERVICE_ROLES.items()
+        clients.append({**identity.client(), **password_entry(identity.password, stable_salt(identity.username, identity.password))})
+    roles = [{"rolename": ADMIN_ROLE, "acls": Role(ADMIN_ROLE, ADMIN_ACLS).acls()}] + [
+        {"rolename": role.name, "acls": role.acls()} for role in desired_roles(identities, share_group).values()
     ]
     return {
-        # Nothing is allowed by default. A device's own topics are granted by the ACL file's pattern line;
-        # Mosquitto may acknowledge a device's subscription to another device's topics, but delivers
-        # it nothing from them: every delivery is checked against "receive" access.
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True},
         "clients": clients,
         "groups": [],
@@ -139,7 +194,7 @@ class DeviceCredentials:
 
     @property
     def topic_prefix(self) -> str:
-        return f"iot/{self.device_id}/"
+        return topics.device_topic(self.device_id, "")
 
     def url(self) -> str:
         return f"mqtt://{self.device_id}:{self.password}@{self.host}:{self.port}"
@@ -149,6 +204,6 @@ class DeviceCredentials:
         parts = urlsplit(value.strip())
         if parts.scheme != "mqtt" or not parts.username or not parts.password or not parts.hostname:
             raise ValueError("device credentials must look like mqtt://<device id>:<password>@<host>:<port>")
-        if not DEVICE_ID.match(parts.username):
+        if not topics.is_device_id(parts.username):
             raise ValueError(f"{parts.username!r} is not a device id")
         return cls(device_id=parts.username, password=parts.password, host=parts.hostname, port=parts.port or 1883)

@@ -20,7 +20,8 @@ from iotenant.device_fleet import DeviceFleetReconciler, FleetsOutcome, TenantAc
 from iotenant.events import post_event
 from iotenant.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge_conditions
 from iotenant.converge import NAMESPACED_KINDS, Convergence, ObjectKey, controlled_by, converge, key_of, list_live
-from iotenant.plans import Plan
+from iotenant.broker_identities import new_share_group
+from iotenant.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.render import meta
 from iotenant.render.fleet import FLEET_LABEL
 from iotenant.render.inputs import GeneratedSecrets, StackInput
@@ -293,6 +294,7 @@ class CustomerInstanceReconciler:
             broker_admin_password=_decode(live_secret("broker-admin"), "password") or secrets.token_urlsafe(24),
             ingest_broker_password=_decode(live_secret("broker-service-credentials"), "ingest-password") or secrets.token_urlsafe(24),
             api_broker_password=_decode(live_secret("broker-service-credentials"), "api-password") or secrets.token_urlsafe(24),
+            ingest_share_group=_decode(live_secret("broker-service-credentials"), "ingest-share-group") or new_share_group(),
         )
         suspended_by_spec = bool(spec.get("suspended"))
         serving = decision.serving and not suspended_by_spec
@@ -307,6 +309,7 @@ class CustomerInstanceReconciler:
             licence_token=decision.verified.token if decision.verified else "",
             jwks=self._trusted_jwks() if external else self._operator_jwks(),
             quota=plan.quota if plan else None,
+            broker_limits=plan.broker if plan else STRICTEST_BROKER_LIMITS,
             serving=serving,
             service_monitor_crd_present=monitor_crd,
         )
@@ -335,6 +338,7 @@ class CustomerInstanceReconciler:
                 admin_password=generated.broker_admin_password,
                 ingest_password=generated.ingest_broker_password,
                 api_password=generated.api_broker_password,
+                share_group=generated.ingest_share_group,
             ),
             fleet_owned,
             body,

@@ -67,6 +67,7 @@ class TenantAccess:
     admin_password: str
     ingest_password: str
     api_password: str
+    share_group: str
 
 
 @dataclass
@@ -160,7 +161,7 @@ class DeviceFleetReconciler:
             self.forget(namespace)  # a broker that comes back may have lost its volume: check it in full
         else:
             try:
-                outcome.broker = self._sync_broker(namespace, access.admin_password, desired)
+                outcome.broker = self._sync_broker(namespace, access.admin_password, desired, access.share_group)
             except (BrokerUnavailable, BrokerCommandFailed) as error:
                 broker_error = str(error)
                 # Without fleets only the service identities are checked: retried at the next resync.
@@ -229,10 +230,10 @@ class DeviceFleetReconciler:
         credentials = [DeviceCredentials(d, passwords.get(d) or new_password(), host, port) for d in fleet.devices]
         return credentials, request, rotated
 
-    def _sync_broker(self, namespace: str, admin_password: str, desired: dict[str, Identity]) -> SyncResult:
+    def _sync_broker(self, namespace: str, admin_password: str, desired: dict[str, Identity], share_group: str) -> SyncResult:
         """Bring the broker in step, unless it was found in step with the same desired state within a resync."""
         fingerprint = hashlib.sha256(
-            "\n".join(f"{username} {identity.text_name}" for username, identity in sorted(desired.items())).encode()
+            "\n".join([share_group, *(f"{username} {identity.text_name}" for username, identity in sorted(desired.items()))]).encode()
         ).hexdigest()
         memo = self._broker_memo.get(namespace)
         now = self.clock()
@@ -243,7 +244,7 @@ class DeviceFleetReconciler:
         host, port = self.addresses(namespace)
         try:
             with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, admin_password) as broker:
-                result = broker.sync(desired)
+                result = broker.sync(desired, share_group)
         except Exception:
             BROKER_SYNCS.labels("error").inc()
             raise

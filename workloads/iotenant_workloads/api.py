@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -28,11 +29,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from iotenant import logs
+from iotenant import logs, topics
 from iotenant.environment_flags import flag
-from iotenant_workloads import datagram
+from iotenant_workloads import datagram, untrusted_json
 from iotenant_workloads.ingest import add_common_flags
 from iotenant_workloads.mounted_licence import MountedLicence
+from iotenant_workloads.rate_limits import KeyedBuckets
+from iotenant_workloads.untrusted_json import Unacceptable
 
 log = logging.getLogger("iotenant.api")
 
@@ -44,6 +47,11 @@ BROKER_UP = Gauge("iotenant_api_broker_up", "1 while connected to the broker (co
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+MAX_BODY_BYTES = 64 * 1024
+MAX_COMMAND_ID = 64
+COMMAND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# Client addresses whose request rate is tracked at once (the least recently seen are forgotten first).
+MAX_TRACKED_CLIENTS = 10_000
 API_KEY = web.AppKey("iotenant_api", object)
 
 
@@ -62,47 +70,46 @@ def _time_parameter(request: web.Request, name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        return datagram.timestamp(float(raw) if raw.replace(".", "", 1).isdigit() else raw)
-    except datagram.Rejected:
-        raise ApiError(422, "invalid_parameter", f"{name} must be an RFC 3339 time or seconds since the epoch") from None
+        return datagram.timestamp_text(raw)
+    except Unacceptable:
+        raise ApiError(422, "invalid_parameter", f"{name} must be an RFC 3339 time or seconds since the epoch, in 1970..2100") from None
 
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,7}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(422, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
 
+def _type_parameter(request: web.Request) -> str | None:
+    raw = request.query.get("type")
+    if raw is None:
+        return None
+    try:
+        return datagram.text(raw, "type", datagram.MAX_TEXT, "invalid_parameter")
+    except Unacceptable as error:
+        raise ApiError(422, "invalid_parameter", str(error.detail or error)) from None
+
+
 def _device_id(request: web.Request) -> str:
     device_id = request.match_info["device_id"]
-    if not datagram.DEVICE_ID.match(device_id):
+    if not topics.is_device_id(device_id):
         raise ApiError(422, "invalid_parameter", "device id must be 1..63 of [A-Za-z0-9._-], starting with a letter or digit")
     return device_id
 
 
-class RequestRate:
-    """Requests per second per client address (HTTP 429 beyond)."""
-
-    def __init__(self, per_second: float) -> None:
-        self.per_second = per_second
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        tokens, updated = self.buckets.get(key, (self.per_second, now))
-        tokens = min(self.per_second, tokens + (now - updated) * self.per_second)
-        if len(self.buckets) > 10_000:
-            self.buckets.clear()
-        if tokens < 1:
-            self.buckets[key] = (tokens, now)
-            return False
-        self.buckets[key] = (tokens - 1, now)
-        return True
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object that PostgreSQL can store (size and nesting bounded)."""
+    payload = await request.read()  # aiohttp refuses bodies over its client_max_size (1 MiB) with 413
+    try:
+        return untrusted_json.storable(untrusted_json.parse_object(payload, MAX_BODY_BYTES), "the body")
+    except Unacceptable as error:
+        raise ApiError(422, "invalid_body", f"the body must be a JSON object: {error.detail or error.reason}") from None
 
 
 class CustomerApi:
-    def __init__(self, pool: AsyncConnectionPool, licence: MountedLicence, token_file: Path, publisher: "CommandPublisher | None", rate: RequestRate) -> None:
+    def __init__(self, pool: AsyncConnectionPool, licence: MountedLicence, token_file: Path, publisher: "CommandPublisher | None", rate: KeyedBuckets) -> None:
         self.pool = pool
         self.licence = licence
         self.token_file = token_file
@@ -153,6 +160,8 @@ class CustomerApi:
         except (psycopg.OperationalError, TimeoutError) as error:
             DATABASE_UP.set(0)
             raise ApiError(503, "database_unavailable", "the database is not reachable; retry later") from error
+        except (psycopg.DataError, UnicodeError) as error:  # a value the checks above let through
+            raise ApiError(422, "invalid_parameter", "a parameter holds a value the database cannot take") from error
 
     async def _device_or_404(self, device_id: str) -> dict[str, Any]:
         rows = await self.query("SELECT * FROM devices WHERE device_id = %s", (device_id,))
@@ -178,7 +187,7 @@ class CustomerApi:
 
     async def last_telemetry(self, request: web.Request) -> Any:
         device_id = _device_id(request)
-        kind = request.query.get("type")
+        kind = _type_parameter(request)
         if kind:
             rows = await self.query(
                 "SELECT ts, type, val, unit, seq FROM telemetry WHERE device_id = %s AND type = %s ORDER BY ts DESC LIMIT 1",
@@ -200,7 +209,7 @@ class CustomerApi:
 
     async def telemetry(self, request: web.Request) -> Any:
         device_id = _device_id(request)
-        since, until, kind, limit = _time_parameter(request, "from"), _time_parameter(request, "to"), request.query.get("type"), _limit(request)
+        since, until, kind, limit = _time_parameter(request, "from"), _time_parameter(request, "to"), _type_parameter(request), _limit(request)
         if since and until and since > until:
             raise ApiError(422, "invalid_parameter", "from must not be after to")
         clauses, parameters = ["device_id = %s"], [device_id]
@@ -225,16 +234,15 @@ class CustomerApi:
         self.require_feature("commands")
         device_id = _device_id(request)
         await self._device_or_404(device_id)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(422, "invalid_body", "the body must be a JSON object") from None
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not 1 <= len(body["name"]) <= 64:
+        body = await _json_object(request)
+        if not isinstance(body.get("name"), str) or not 1 <= len(body["name"]) <= 64:
             raise ApiError(422, "invalid_body", "name (1..64 characters) is required")
         args = body.get("args", {})
         if not isinstance(args, dict):
             raise ApiError(422, "invalid_body", "args must be an object")
-        cmd_id = str(body.get("cmd_id") or uuid.uuid4())
+        cmd_id = body.get("cmd_id") or str(uuid.uuid4())
+        if not isinstance(cmd_id, str) or not COMMAND_ID.fullmatch(cmd_id):
+            raise ApiError(422, "invalid_body", f"cmd_id must be 1..{MAX_COMMAND_ID} of [A-Za-z0-9._:-], starting with a letter or digit")
         if self.publisher is None or not self.publisher.connected.is_set():
             raise ApiError(503, "broker_unavailable", "the broker is not reachable; retry later")
         rows = await self.query(
@@ -271,7 +279,7 @@ class CustomerApi:
             "SELECT (SELECT count(*) FROM devices) AS devices, (SELECT count(*) FROM devices WHERE online) AS online, "
             "(SELECT count(*) FROM telemetry) AS measurements, (SELECT count(*) FROM commands) AS commands"
         )
-        rejected = await self.query("SELECT reason, count(*) AS n FROM rejected_messages GROUP BY reason ORDER BY reason")
+        rejected = await self.query("SELECT reason, sum(count)::bigint AS n FROM refusal_counts GROUP BY reason ORDER BY reason")
         limits = self.claims().limits
         return {**counts, "rejected": {r["reason"]: r["n"] for r in rejected}, "deviceLimit": limits.maxDevices}
 
@@ -338,9 +346,10 @@ def build_app(api: CustomerApi) -> web.Application:
         started = time.perf_counter()
         try:
             if request.path.startswith("/api/"):
-                api.authorise(request)
-                if not api.rate.allow(request.remote or "?"):
+                # The rate first: guessing tokens is throttled like everything else.
+                if not api.rate.take(request.remote or "?"):
                     raise ApiError(429, "rate_limited", "too many requests; slow down")
+                api.authorise(request)
             result = await handler(request)
             response = result if isinstance(result, web.StreamResponse) else web.json_response(result)
         except ApiError as error:
@@ -381,7 +390,7 @@ class CommandPublisher:
         self.client.loop_start()
 
     def publish(self, device_id: str, message: dict[str, Any]) -> None:
-        info = self.client.publish(f"iot/{device_id}/command", json.dumps(message), qos=1)
+        info = self.client.publish(topics.device_topic(device_id, topics.COMMAND), json.dumps(message), qos=1)
         info.wait_for_publish(timeout=5)
         if not info.is_published():
             raise ApiError(503, "broker_unavailable", "the broker did not accept the command")
@@ -393,19 +402,16 @@ class CommandPublisher:
 
 def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
-    licence = MountedLicence(Path(args.licence_file), Path(args.jwks_file), args.customer_id)
-    try:
-        licence.load()
-    except Exception as error:
-        log.error("refusing to start without a valid licence: %s", error)
-        return 2
+    licence = MountedLicence(Path(args.licence_file), Path(args.jwks_file), args.customer_id, args.licence_grace_seconds)
+    if licence.refresh() is None:  # served anyway: every route answers 503 licence_invalid until one is mounted
+        log.error("no valid licence: %s", licence.problem)
     password = Path(args.mqtt_password_file).read_text().strip() if args.mqtt_password_file else args.mqtt_password
     publisher = CommandPublisher(args.mqtt_host, args.mqtt_port, args.mqtt_username, password) if args.mqtt_username else None
 
     async def serve() -> None:
         pool = AsyncConnectionPool(args.database_url, min_size=2, max_size=args.pool_size, open=False, timeout=5)
         await pool.open(wait=False)
-        api = CustomerApi(pool, licence, Path(args.token_file), publisher, RequestRate(args.requests_per_second))
+        api = CustomerApi(pool, licence, Path(args.token_file), publisher, KeyedBuckets(args.requests_per_second, MAX_TRACKED_CLIENTS))
         app = build_app(api)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

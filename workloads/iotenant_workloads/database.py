@@ -61,10 +61,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX rejected_messages_reason ON rejected_messages (reason, id);
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE rejected_messages ADD COLUMN device_id text NOT NULL DEFAULT '';
+        CREATE TABLE refusal_counts (
+            device_id text NOT NULL,
+            reason text NOT NULL,
+            count bigint NOT NULL,
+            last_at timestamptz NOT NULL,
+            PRIMARY KEY (device_id, reason)
+        );
+        """,
+    ),
 ]
 
-# How many refused messages are kept for inspection; older ones are deleted.
-REJECTED_KEPT = 10_000
+# Samples of refused messages are kept for inspection up to this many bytes; older ones are deleted.
+REJECTED_BYTES_KEPT = 4 * 1024 * 1024
 PARTITIONS_AHEAD_DAYS = 2
 
 
@@ -129,11 +142,20 @@ def apply_retention(connection: psycopg.Connection, retention_days: int, today: 
             if day < oldest:
                 connection.execute(f"DROP TABLE {name}")
                 dropped.append(name)
-        connection.execute(
-            "DELETE FROM rejected_messages WHERE id < (SELECT coalesce(max(id), 0) FROM rejected_messages) - %s",
-            (REJECTED_KEPT,),
-        )
+    prune_rejected(connection)
     return dropped
+
+
+def prune_rejected(connection: psycopg.Connection) -> int:
+    """Delete the oldest samples of refused messages beyond ``REJECTED_BYTES_KEPT``; returns how many."""
+    with connection.transaction():
+        deleted = connection.execute(
+            "DELETE FROM rejected_messages WHERE id <= ("
+            " SELECT max(id) FROM (SELECT id, sum(octet_length(payload) + octet_length(detail) + octet_length(topic))"
+            "  OVER (ORDER BY id DESC) AS kept FROM rejected_messages) newest WHERE kept > %s)",
+            (REJECTED_BYTES_KEPT,),
+        )
+    return deleted.rowcount
 
 
 def retention_window(retention_days: int, now: datetime | None = None) -> tuple[datetime, datetime]:

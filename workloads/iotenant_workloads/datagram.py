@@ -1,31 +1,39 @@
-"""MQTT topics and the v2 telemetry datagram: parsing and validation, nothing else.
+"""Device messages: the topic, and the v2 telemetry datagram, judged and parsed, nothing else.
 
-Topics: ``iot/<device-id>/telemetry|hello|status|command|command/ack``. Telemetry v2:
+Topics: ``iot/<device-id>/<kind>`` (``iotenant.topics``). Telemetry v2:
 ``{v: 2, device_id, ts, seq, msg_type, measurements: [{ts, type, val, unit}]}`` with at most 200
 measurements and ``seq`` in 0..2^32-1. The device id is the topic's: a payload naming another
-device is refused. Every refusal has a reason; none raises.
+device is refused. Every value that reaches the database was checked for what PostgreSQL refuses
+(``untrusted_json``). Every refusal is an ``Unacceptable`` with a reason; nothing else escapes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+from iotenant import topics
+from iotenant_workloads import untrusted_json
+from iotenant_workloads.untrusted_json import (
+    INVALID_JSON, NESTING_TOO_DEEP, NOT_AN_OBJECT, NUMBER_OUT_OF_RANGE, PAYLOAD_TOO_LARGE, UNSTORABLE_TEXT, Unacceptable,
+)
+
 MAX_MEASUREMENTS = 200
 MAX_SEQ = 2**32 - 1
-MAX_PAYLOAD_BYTES = 64 * 1024
-KINDS = ("telemetry", "hello", "status", "command/ack")
+MAX_PAYLOAD_BYTES = topics.MAX_DATAGRAM_BYTES
+MAX_TEXT = 64  # measurement type, msg_type
+MAX_UNIT = 32
+MAX_ID = 64  # command ids
+# Timestamps a device may send: 1970 .. 2100 (seconds, or milliseconds when above 1e11).
+EARLIEST, LATEST = 0, 4102444800
+MILLISECONDS_ABOVE = 1e11
+MAX_TIMESTAMP_TEXT = 40
 
-# Rejection reasons (stable: they are metric labels and API output).
+# Refusal reasons (stable: metric labels and API output). Those of untrusted_json are among them.
 BAD_TOPIC = "bad_topic"
-PAYLOAD_TOO_LARGE = "payload_too_large"
-INVALID_JSON = "invalid_json"
-NOT_AN_OBJECT = "not_an_object"
 UNSUPPORTED_VERSION = "unsupported_version"
 DEVICE_ID_MISMATCH = "device_id_mismatch"
 BAD_TIMESTAMP = "bad_timestamp"
@@ -37,18 +45,16 @@ BAD_ACK = "bad_ack"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 DEVICE_LIMIT = "device_limit"
 RATE_LIMITED = "rate_limited"
+DEVICE_RATE_LIMITED = "device_rate_limited"
+DATABASE_REFUSED = "database_refused"
+UNEXPECTED = "unexpected"
 REASONS = (
-    BAD_TOPIC, PAYLOAD_TOO_LARGE, INVALID_JSON, NOT_AN_OBJECT, UNSUPPORTED_VERSION, DEVICE_ID_MISMATCH,
-    BAD_TIMESTAMP, BAD_SEQ, BAD_MEASUREMENTS, TOO_MANY_MEASUREMENTS, BAD_STATUS, BAD_ACK,
-    TIMESTAMP_OUT_OF_RANGE, DEVICE_LIMIT, RATE_LIMITED,
+    BAD_TOPIC, PAYLOAD_TOO_LARGE, INVALID_JSON, NESTING_TOO_DEEP, NOT_AN_OBJECT, UNSTORABLE_TEXT, NUMBER_OUT_OF_RANGE,
+    UNSUPPORTED_VERSION, DEVICE_ID_MISMATCH, BAD_TIMESTAMP, BAD_SEQ, BAD_MEASUREMENTS, TOO_MANY_MEASUREMENTS, BAD_STATUS,
+    BAD_ACK, TIMESTAMP_OUT_OF_RANGE, DEVICE_LIMIT, RATE_LIMITED, DEVICE_RATE_LIMITED, DATABASE_REFUSED, UNEXPECTED,
 )
-
-
-class Rejected(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+# Reasons that say what a message contains (the others say what the tenant allows).
+CONTENT_REASONS = frozenset(REASONS) - {DEVICE_LIMIT, RATE_LIMITED, DEVICE_RATE_LIMITED, DATABASE_REFUSED, UNEXPECTED}
 
 
 @dataclass(frozen=True)
@@ -79,87 +85,104 @@ class DeviceEvent:
 
 
 def topic_parts(topic: str) -> tuple[str, str]:
-    """(device id, kind) of an ``iot/<id>/<kind>`` topic."""
-    parts = topic.split("/")
-    if len(parts) < 3 or parts[0] != "iot" or not DEVICE_ID.match(parts[1]):
-        raise Rejected(BAD_TOPIC, topic[:200])
-    kind = "/".join(parts[2:])
-    if kind not in KINDS:
-        raise Rejected(BAD_TOPIC, topic[:200])
-    return parts[1], kind
+    """(device id, kind) of an ``iot/<id>/<kind>`` topic that ingest stores."""
+    root, _, rest = topic.partition("/")
+    device_id, _, kind = rest.partition("/")
+    if root != topics.ROOT or not topics.is_device_id(device_id) or kind not in topics.INGESTED:
+        raise Unacceptable(BAD_TOPIC, untrusted_json.printable(topic))
+    return device_id, kind
+
+
+_DECIMAL = re.compile(r"-?[0-9]{1,16}(\.[0-9]{1,9})?")
 
 
 def timestamp(value: object) -> datetime:
-    """Seconds (or milliseconds) since the epoch, or an RFC 3339 string, as an aware datetime."""
+    """Seconds (or milliseconds) since the epoch, or an RFC 3339 string, as an aware datetime in 1970..2100."""
     if isinstance(value, bool):
-        raise Rejected(BAD_TIMESTAMP, "boolean")
+        raise Unacceptable(BAD_TIMESTAMP, "boolean")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise Rejected(BAD_TIMESTAMP, "not finite")
-        seconds = value / 1000.0 if value > 1e11 else float(value)
-        if not 0 < seconds < 4102444800:  # 1970 .. 2100
-            raise Rejected(BAD_TIMESTAMP, str(value)[:40])
+        if not math.isfinite(value) or not -1e14 < value < 1e14:
+            raise Unacceptable(BAD_TIMESTAMP, untrusted_json.printable(str(value), 40))
+        seconds = value / 1000.0 if value > MILLISECONDS_ABOVE else float(value)
+        if not EARLIEST < seconds < LATEST:
+            raise Unacceptable(BAD_TIMESTAMP, untrusted_json.printable(str(value), 40))
         return datetime.fromtimestamp(seconds, tz=timezone.utc)
     if isinstance(value, str):
+        if len(value) > MAX_TIMESTAMP_TEXT:
+            raise Unacceptable(BAD_TIMESTAMP, f"a text of {len(value)} characters")
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise Rejected(BAD_TIMESTAMP, value[:40]) from None
-        if parsed.tzinfo is None:
-            raise Rejected(BAD_TIMESTAMP, "no time zone")
-        return parsed.astimezone(timezone.utc)
-    raise Rejected(BAD_TIMESTAMP, type(value).__name__)
+            if parsed.tzinfo is None:
+                raise Unacceptable(BAD_TIMESTAMP, "no time zone")
+            moment = parsed.timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise Unacceptable(BAD_TIMESTAMP, untrusted_json.printable(value, 40)) from None
+        if not EARLIEST < moment < LATEST:
+            raise Unacceptable(BAD_TIMESTAMP, untrusted_json.printable(value, 40))
+        return datetime.fromtimestamp(moment, tz=timezone.utc)
+    raise Unacceptable(BAD_TIMESTAMP, type(value).__name__)
 
 
-def _object(payload: bytes) -> dict[str, Any]:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise Rejected(PAYLOAD_TOO_LARGE, f"{len(payload)} bytes")
-    try:
-        document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise Rejected(INVALID_JSON, str(error)[:200]) from None
-    if not isinstance(document, dict):
-        raise Rejected(NOT_AN_OBJECT, type(document).__name__)
-    return document
+def timestamp_text(value: str) -> datetime:
+    """A timestamp given as text (an API parameter): ASCII seconds since the epoch, or RFC 3339."""
+    return timestamp(float(value) if _DECIMAL.fullmatch(value) else value)
 
 
 def _same_device(document: dict[str, Any], device_id: str) -> None:
     named = document.get("device_id", device_id)
     if named != device_id:
-        raise Rejected(DEVICE_ID_MISMATCH, f"topic {device_id!r}, payload {str(named)[:80]!r}")
+        raise Unacceptable(DEVICE_ID_MISMATCH, f"topic {device_id!r}, payload {untrusted_json.printable(str(named), 80)!r}")
+
+
+def text(value: object, what: str, longest: int, reason: str) -> str:
+    """A string of 1..``longest`` characters that PostgreSQL can store."""
+    if not isinstance(value, str) or not 1 <= len(value) <= longest:
+        raise Unacceptable(reason, f"{what} must be a string of 1..{longest} characters")
+    return untrusted_json.storable_text(value, what)
+
+
+def number(value: object, what: str) -> float:
+    """A finite double (integers too large for one are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Unacceptable(BAD_MEASUREMENTS, f"{what} must be a number")
+    try:
+        converted = float(value)
+    except OverflowError:
+        raise Unacceptable(NUMBER_OUT_OF_RANGE, f"{what} does not fit a double") from None
+    if not math.isfinite(converted):
+        raise Unacceptable(NUMBER_OUT_OF_RANGE, f"{what} must be finite")
+    return converted
 
 
 def _measurement(entry: object, default_ts: datetime) -> Measurement:
     if not isinstance(entry, dict):
-        raise Rejected(BAD_MEASUREMENTS, "not an object")
-    kind, value, unit = entry.get("type"), entry.get("val"), entry.get("unit")
-    if not isinstance(kind, str) or not 1 <= len(kind) <= 64:
-        raise Rejected(BAD_MEASUREMENTS, "type must be a string of 1..64 characters")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise Rejected(BAD_MEASUREMENTS, "val must be a finite number")
-    if unit is not None and (not isinstance(unit, str) or len(unit) > 32):
-        raise Rejected(BAD_MEASUREMENTS, "unit must be a string of at most 32 characters")
+        raise Unacceptable(BAD_MEASUREMENTS, "a measurement must be an object")
+    kind = text(entry.get("type"), "type", MAX_TEXT, BAD_MEASUREMENTS)
+    value = number(entry.get("val"), "val")
+    unit = entry.get("unit")
+    if unit is not None:
+        if not isinstance(unit, str) or len(unit) > MAX_UNIT:
+            raise Unacceptable(BAD_MEASUREMENTS, f"unit must be a string of at most {MAX_UNIT} characters")
+        untrusted_json.storable_text(unit, "unit")
     ts = timestamp(entry["ts"]) if "ts" in entry else default_ts
-    return Measurement(ts=ts, type=kind, val=float(value), unit=unit)
+    return Measurement(ts=ts, type=kind, val=value, unit=unit)
 
 
 def parse_telemetry(device_id: str, payload: bytes) -> Telemetry:
-    document = _object(payload)
-    if document.get("v") != 2:
-        raise Rejected(UNSUPPORTED_VERSION, str(document.get("v"))[:20])
+    document = untrusted_json.parse_object(payload, MAX_PAYLOAD_BYTES)
+    if document.get("v") != 2 or isinstance(document.get("v"), bool):
+        raise Unacceptable(UNSUPPORTED_VERSION, untrusted_json.printable(str(document.get("v")), 20))
     _same_device(document, device_id)
     ts = timestamp(document.get("ts"))
     seq = document.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
-        raise Rejected(BAD_SEQ, str(seq)[:40])
+        raise Unacceptable(BAD_SEQ, untrusted_json.printable(str(seq), 40))
     measurements = document.get("measurements")
     if not isinstance(measurements, list) or not measurements:
-        raise Rejected(BAD_MEASUREMENTS, "measurements must be a non-empty list")
+        raise Unacceptable(BAD_MEASUREMENTS, "measurements must be a non-empty list")
     if len(measurements) > MAX_MEASUREMENTS:
-        raise Rejected(TOO_MANY_MEASUREMENTS, str(len(measurements)))
-    msg_type = document.get("msg_type", "telemetry")
-    if not isinstance(msg_type, str) or len(msg_type) > 64:
-        raise Rejected(BAD_MEASUREMENTS, "msg_type must be a string")
+        raise Unacceptable(TOO_MANY_MEASUREMENTS, str(len(measurements)))
+    msg_type = text(document.get("msg_type", "telemetry"), "msg_type", MAX_TEXT, BAD_MEASUREMENTS)
     return Telemetry(
         device_id=device_id,
         ts=ts,
@@ -170,12 +193,13 @@ def parse_telemetry(device_id: str, payload: bytes) -> Telemetry:
 
 
 def parse_event(device_id: str, kind: str, payload: bytes, received: datetime) -> DeviceEvent:
-    document = _object(payload)
+    document = untrusted_json.parse_object(payload, MAX_PAYLOAD_BYTES)
     _same_device(document, device_id)
     ts = timestamp(document["ts"]) if "ts" in document else received
-    if kind == "status" and document.get("state") not in ("online", "offline"):
-        raise Rejected(BAD_STATUS, "state must be online or offline")
-    if kind == "command/ack":
-        if not isinstance(document.get("cmd_id"), str) or not isinstance(document.get("status"), str):
-            raise Rejected(BAD_ACK, "cmd_id and status must be strings")
+    if kind == topics.STATUS and document.get("state") not in ("online", "offline"):
+        raise Unacceptable(BAD_STATUS, "state must be online or offline")
+    if kind == topics.COMMAND_ACK:
+        text(document.get("cmd_id"), "cmd_id", MAX_ID, BAD_ACK)
+        text(document.get("status"), "status", MAX_ID, BAD_ACK)
+    untrusted_json.storable(document, kind)
     return DeviceEvent(device_id=device_id, kind=kind, ts=ts, body=document)

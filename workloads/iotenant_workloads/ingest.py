@@ -1,12 +1,19 @@
-"""``iotenant ingest``: MQTT to PostgreSQL that loses nothing and stores nothing twice.
+"""``iotenant ingest``: MQTT to PostgreSQL that loses nothing, stores nothing twice, and no device can stop.
 
-- A shared subscription (``$share/<group>/iot/+/<kind>``) splits the load between replicas.
+- A shared subscription (``$share/<group>/iot/+/<kind>``) splits the load between replicas; the
+  group name is the tenant's own secret, and devices may not join any share group (broker ACLs).
 - MQTT 5, QoS 1, a persistent session (clean start off, session expiry) and manual acknowledgement:
   a message is acknowledged only after the transaction holding it has committed, so a crash or a
   database outage loses nothing; the broker redelivers what was not acknowledged.
+- Every message is judged alone: whatever it holds, it is stored or refused (counted by reason and
+  device, a bounded sample kept) and acknowledged; a message the database refuses is found by
+  splitting its batch and refused alone, so no message is redelivered forever.
 - Duplicates are removed by the durable key (device, message ts, seq), never by memory.
 - Memory is bounded: the broker sends at most ``--inflight`` unacknowledged messages (MQTT 5
-  Receive Maximum); while the database is down nothing is acknowledged, so nothing more arrives.
+  Receive Maximum) and none larger than the datagram limit (MQTT 5 Maximum Packet Size).
+- Limits from the verified licence: devices, the tenant's messages per second, and a device's own
+  share of it. An expired licence serves through the operator's grace period; with no valid
+  licence ingest disconnects and acknowledges nothing, so the broker keeps the messages.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -28,19 +37,22 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge, Histogram
 
-from iotenant import logs
+from iotenant import logs, topics
 from iotenant.environment_flags import flag
 from iotenant_workloads import database, datagram, service_endpoints
 from iotenant_workloads.mounted_licence import MountedLicence
-from iotenant_workloads.telemetry_store import Batch, RefusedMessage, write_batch
+from iotenant_workloads.rate_limits import KeyedBuckets, TokenBucket
+from iotenant_workloads.refusals import RefusedMessage, Refusals
+from iotenant_workloads.telemetry_store import Accepted, BatchOutcome, record_refusals, store
+from iotenant_workloads.untrusted_json import Unacceptable
 
 log = logging.getLogger("iotenant.ingest")
+T = TypeVar("T")
 
 RECEIVED = Counter("iotenant_ingest_received_total", "MQTT messages received", ["kind"])
 STORED = Counter("iotenant_ingest_stored_total", "Telemetry messages stored (new)")
 MEASUREMENTS = Counter("iotenant_ingest_measurements_stored_total", "Measurement rows stored")
 DUPLICATES = Counter("iotenant_ingest_duplicate_total", "Telemetry messages already stored (redeliveries)")
-REJECTED = Counter("iotenant_ingest_rejected_total", "Messages refused, by reason", ["reason"])
 BATCH_SIZE = Histogram("iotenant_ingest_batch_size", "Messages per committed batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 COMMIT_SECONDS = Histogram("iotenant_ingest_commit_seconds", "Time to write and commit one batch",
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -49,8 +61,16 @@ LAG_SECONDS = Histogram("iotenant_ingest_lag_seconds", "From the message's times
 DATABASE_UP = Gauge("iotenant_ingest_database_up", "1 when the last database operation succeeded")
 BROKER_UP = Gauge("iotenant_ingest_broker_up", "1 while connected to the broker")
 INFLIGHT = Gauge("iotenant_ingest_inflight_messages", "Messages received and not yet acknowledged")
+LICENCE_STATE = Gauge("iotenant_ingest_licence_state", "1: valid, 0.5: expired within the grace period, 0: none (paused)")
 
-KINDS = ("telemetry", "hello", "status", "command/ack")
+# A device may use at most this share of the tenant's messages per second (at least one per second),
+# in bursts of a few seconds' worth (a device catching up after a lost connection).
+DEVICE_SHARE_OF_RATE = 0.1
+DEVICE_BURST_SECONDS = 2.0
+# Samples of refused messages are pruned to their byte budget after about this many bytes were added.
+PRUNE_AFTER_SAMPLE_BYTES = 1024 * 1024
+LICENCE_CHECK_SECONDS = 5.0
+PAUSED_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,7 @@ class IngestSettings:
     licence_file: Path
     jwks_file: Path
     customer_id: str | None
+    licence_grace_seconds: int
     replicas: int
     metrics_address: str
     metrics_port: int
@@ -82,24 +103,6 @@ class Incoming:
     received: datetime
 
 
-class TokenBucket:
-    """A tenant-wide messages-per-second limit, shared out between replicas."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = max(rate, 0.001)
-        self.tokens = self.rate
-        self.updated = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 class Ingest:
     def __init__(self, settings: IngestSettings, licence: MountedLicence) -> None:
         self.settings = settings
@@ -107,11 +110,15 @@ class Ingest:
         self.inbox: queue.Queue[Incoming] = queue.Queue()
         self.stopping = threading.Event()
         self.connected = threading.Event()
+        self.paused = False
         self.database_ok = False
         self.known_devices: set[str] = set()
         self.bucket: TokenBucket | None = None
+        self.device_buckets: KeyedBuckets | None = None
+        self.refusals = Refusals()
         self.client = self._mqtt_client()
         self._last_maintenance = 0.0
+        self._sample_bytes_since_prune = 0
 
     # ---------------------------------------------------------------- MQTT
 
@@ -127,52 +134,110 @@ class Ingest:
         client.on_message = self._on_message
         return client
 
+    def _connect(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 86400
+        properties.ReceiveMaximum = self.settings.inflight
+        properties.MaximumPacketSize = topics.MAX_PACKET_BYTES
+        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False,
+                                  properties=properties)
+        self.client.loop_start()
+
     def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object) -> None:
         if getattr(reason, "is_failure", False):
             log.error("broker refused the connection: %s", reason)
             return
         group = self.settings.share_group
-        client.subscribe([(f"$share/{group}/iot/+/{kind}", 1) for kind in KINDS])
+        client.subscribe([(f"$share/{group}/{topics.all_devices_filter(kind)}", 1) for kind in topics.INGESTED])
         self.connected.set()
         BROKER_UP.set(1)
-        log.info("connected to the broker as %s (shared group %s)", self.settings.client_id, group)
+        log.info("connected to the broker as %s", self.settings.client_id)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object) -> None:
         self.connected.clear()
         BROKER_UP.set(0)
-        if not self.stopping.is_set():
+        if not self.stopping.is_set() and not self.paused:
             log.warning("disconnected from the broker: %s; reconnecting", reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         self.inbox.put(Incoming(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(timezone.utc)))
         INFLIGHT.inc()
 
-    # ---------------------------------------------------------------- batches
+    # ---------------------------------------------------------------- licence
 
-    def _classify(self, batch: Batch, item: Incoming, window: tuple[datetime, datetime]) -> None:
-        claims = self.licence.current
+    def _apply_licence(self) -> None:
+        verified = self.licence.refresh()
+        LICENCE_STATE.set(0 if verified is None else 0.5 if self.licence.in_grace() else 1)
+        if verified is None:
+            self.bucket = self.device_buckets = None
+            return
+        limits = verified.claims.limits
+        rate = limits.maxMessagesPerSecond / max(1, self.settings.replicas)
+        if self.bucket is None or self.bucket.rate != rate:
+            self.bucket = TokenBucket(rate)
+            self.device_buckets = KeyedBuckets(max(1.0, rate * DEVICE_SHARE_OF_RATE), limits.maxDevices, DEVICE_BURST_SECONDS)
+
+    def _pause(self) -> None:
+        """No valid licence: leave the broker (it keeps the persistent session and its messages) and
+        forget what was received and not acknowledged (the broker sends it again)."""
+        if self.paused:
+            return
+        self.paused = True
+        log.error("no valid licence (%s): consuming stops, nothing is acknowledged", self.licence.problem)
+        self.client.disconnect()
+        self.client.loop_stop()
+        dropped = 0
+        while True:
+            try:
+                self.inbox.get_nowait()
+                dropped += 1
+            except queue.Empty:
+                break
+        INFLIGHT.dec(dropped)
+
+    def _resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        log.info("a valid licence is in force again: consuming resumes")
+        self._connect()
+
+    # ---------------------------------------------------------------- judging
+
+    def _judge(self, item: Incoming, window: tuple[datetime, datetime], accepted: list[Accepted], refused: list[RefusedMessage]) -> None:
+        """Accept or refuse one message; whatever it holds, nothing escapes."""
+        device_id = ""
         try:
             device_id, kind = datagram.topic_parts(item.topic)
             RECEIVED.labels(kind).inc()
-            if claims is None:
-                raise datagram.Rejected("licence_invalid", self.licence.problem[:200])
-            if device_id not in self.known_devices:
-                if len(self.known_devices) >= claims.claims.limits.maxDevices:
-                    raise datagram.Rejected(datagram.DEVICE_LIMIT, f"licence allows {claims.claims.limits.maxDevices} devices")
-            if kind == "telemetry":
-                telemetry = datagram.parse_telemetry(device_id, item.payload)
-                if not window[0] <= telemetry.ts < window[1]:
-                    raise datagram.Rejected(datagram.TIMESTAMP_OUT_OF_RANGE, telemetry.ts.isoformat())
+            claims = self.licence.current
+            if claims is None:  # the licence went while this batch was collected: the next batch pauses
+                raise Unacceptable(datagram.UNEXPECTED, "no valid licence")
+            limits = claims.claims.limits
+            if device_id not in self.known_devices and len(self.known_devices) >= limits.maxDevices:
+                raise Unacceptable(datagram.DEVICE_LIMIT, f"licence allows {limits.maxDevices} devices")
+            message: datagram.Telemetry | datagram.DeviceEvent
+            if kind == topics.TELEMETRY:
+                message = datagram.parse_telemetry(device_id, item.payload)
+                if not window[0] <= message.ts < window[1]:
+                    raise Unacceptable(datagram.TIMESTAMP_OUT_OF_RANGE, message.ts.isoformat())
+                if self.device_buckets is not None and not self.device_buckets.take(device_id):
+                    raise Unacceptable(datagram.DEVICE_RATE_LIMITED, f"over this device's {self.device_buckets.rate:g} msg/s")
                 if self.bucket is not None and not self.bucket.take():
-                    raise datagram.Rejected(datagram.RATE_LIMITED, f"over {claims.claims.limits.maxMessagesPerSecond} msg/s")
-                batch.telemetry.append(telemetry)
+                    raise Unacceptable(datagram.RATE_LIMITED, f"over {limits.maxMessagesPerSecond} msg/s")
             else:
-                batch.events.append(datagram.parse_event(device_id, kind, item.payload, item.received))
+                message = datagram.parse_event(device_id, kind, item.payload, item.received)
             self.known_devices.add(device_id)
-        except datagram.Rejected as refused:
-            if refused.reason == datagram.BAD_TOPIC:
+            accepted.append(Accepted(item.topic, item.payload, message))
+        except Unacceptable as refusal:
+            if refusal.reason == datagram.BAD_TOPIC:
                 RECEIVED.labels("unknown").inc()
-            batch.refused.append(RefusedMessage(item.topic, refused.reason, refused.detail, item.payload))
+            refused.append(self.refusals.refuse(item.topic, device_id, refusal.reason, refusal.detail, item.payload))
+        except Exception as error:  # a defect in judging must cost one message, never the service
+            log.exception("unexpected error judging a message on %s", item.topic[:200])
+            refused.append(self.refusals.refuse(item.topic, device_id, datagram.UNEXPECTED, type(error).__name__, item.payload))
+
+    # ---------------------------------------------------------------- batches
 
     def _collect(self) -> list[Incoming]:
         try:
@@ -206,6 +271,9 @@ class Ingest:
         raise SystemExit(0)
 
     def _maintain(self, connection: psycopg.Connection, force: bool = False) -> None:
+        if self._sample_bytes_since_prune > PRUNE_AFTER_SAMPLE_BYTES:
+            database.prune_rejected(connection)
+            self._sample_bytes_since_prune = 0
         if not force and time.monotonic() - self._last_maintenance < 3600:
             return
         claims = self.licence.current
@@ -215,15 +283,6 @@ class Ingest:
         if dropped:
             log.info("retention (%d days) dropped partitions %s", retention, ", ".join(dropped))
         self._last_maintenance = time.monotonic()
-
-    def _apply_licence(self) -> None:
-        claims = self.licence.refresh()
-        if claims is None:
-            self.bucket = None
-            return
-        rate = claims.claims.limits.maxMessagesPerSecond / max(1, self.settings.replicas)
-        if self.bucket is None or self.bucket.rate != rate:
-            self.bucket = TokenBucket(rate)
 
     def ready(self) -> tuple[bool, str]:
         if self.licence.current is None:
@@ -241,47 +300,75 @@ class Ingest:
         self._maintain(connection, force=True)
         self.known_devices = {row[0] for row in connection.execute("SELECT device_id FROM devices")}
         connection.commit()
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = 86400
-        properties.ReceiveMaximum = self.settings.inflight
-        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False, properties=properties)
-        self.client.loop_start()
+        if self.licence.current is None:
+            self.paused = True  # start paused: connect once a valid licence is mounted
+            log.error("no valid licence (%s): waiting for one, consuming nothing", self.licence.problem)
+        else:
+            self._connect()
         last_licence_check = time.monotonic()
         try:
             while not self.stopping.is_set():
-                if time.monotonic() - last_licence_check > 5:
+                if time.monotonic() - last_licence_check > (PAUSED_POLL_SECONDS if self.paused else LICENCE_CHECK_SECONDS):
                     self._apply_licence()
                     last_licence_check = time.monotonic()
+                    if self.licence.current is None:
+                        self._pause()
+                    else:
+                        self._resume()
+                if self.paused:
+                    self.stopping.wait(PAUSED_POLL_SECONDS)
+                    continue
                 items = self._collect()
                 if not items:
                     continue
-                received = items[-1].received
-                window = database.retention_window(self.licence.current.claims.limits.retentionDays if self.licence.current else 1)
-                batch = Batch(received=received)
+                claims = self.licence.current
+                window = database.retention_window(claims.claims.limits.retentionDays if claims else 1)
+                accepted: list[Accepted] = []
+                refused: list[RefusedMessage] = []
                 for item in items:
-                    self._classify(batch, item, window)
-                connection = self._commit(connection, batch, items)
+                    self._judge(item, window, accepted, refused)
+                connection = self._commit(connection, accepted, refused, items)
                 self._maintain(connection)
         finally:
             self.client.disconnect()
             self.client.loop_stop()
             connection.close()
 
-    def _commit(self, connection: psycopg.Connection, batch: Batch, items: list[Incoming]) -> psycopg.Connection:
-        """Write until it commits (or we are stopping), then acknowledge every message of the batch in order."""
+    def _until_committed(self, connection: psycopg.Connection, what: str,
+                         work: Callable[[psycopg.Connection], T]) -> tuple[psycopg.Connection, T]:
+        """Run ``work`` until it commits (or we are stopping). Only errors of the database itself come
+        here (a message the database refuses was refused inside ``work``); nothing is acknowledged meanwhile."""
+        delay = 0.5
         while True:
-            started = time.monotonic()
             try:
-                outcome = write_batch(connection, batch)
-                break
-            except psycopg.OperationalError as error:
+                return connection, work(connection)
+            except psycopg.Error as error:
                 DATABASE_UP.set(0)
                 self.database_ok = False
-                log.warning("batch of %d not committed (%s); it will be retried", len(items), str(error).strip().splitlines()[0])
-                try:
-                    connection.close()
-                finally:
-                    connection = self._connect_database()
+                log.warning("%s not committed (%s); it will be retried", what, str(error).strip().splitlines()[0][:200])
+                if isinstance(error, psycopg.OperationalError) or connection.closed:
+                    try:
+                        connection.close()
+                    finally:
+                        connection = self._connect_database()
+                else:  # the database answers but fails (a schema problem, say): retry slowly
+                    self.stopping.wait(delay)
+                    delay = min(delay * 2, 10.0)
+                    if self.stopping.is_set():
+                        raise SystemExit(0) from error
+
+    def _commit(self, connection: psycopg.Connection, accepted: list[Accepted], refused: list[RefusedMessage],
+                items: list[Incoming]) -> psycopg.Connection:
+        """Store the accepted messages and record the refused ones, then acknowledge every message of the batch in order."""
+        received = items[-1].received
+        started = time.monotonic()
+        connection, outcome = self._until_committed(
+            connection, f"batch of {len(items)}", lambda c: store(c, accepted, received))
+        for item, reason in outcome.refused_by_database:
+            refused.append(self.refusals.refuse(item.topic, item.message.device_id, datagram.DATABASE_REFUSED, reason, item.payload))
+        if refused:
+            connection, _ = self._until_committed(
+                connection, f"{len(refused)} refusals", lambda c: record_refusals(c, refused, received))
         committed = datetime.now(timezone.utc)
         DATABASE_UP.set(1)
         self.database_ok = True
@@ -290,13 +377,13 @@ class Ingest:
         STORED.inc(outcome.stored_messages)
         MEASUREMENTS.inc(outcome.stored_measurements)
         DUPLICATES.inc(outcome.duplicates)
-        for reason, count in outcome.refused.items():
-            REJECTED.labels(reason).inc(count)
-        for message in batch.telemetry:
-            LAG_SECONDS.observe(max(0.0, (committed - message.ts).total_seconds()))
-        for item in items:
-            if item.qos > 0:
-                self.client.ack(item.mid, item.qos)
+        self._sample_bytes_since_prune += sum(len(r.payload) + len(r.detail) for r in refused if r.payload is not None)
+        for item in accepted:
+            if isinstance(item.message, datagram.Telemetry):
+                LAG_SECONDS.observe(max(0.0, (committed - item.message.ts).total_seconds()))
+        for incoming in items:
+            if incoming.qos > 0:
+                self.client.ack(incoming.mid, incoming.qos)
         INFLIGHT.dec(len(items))
         return connection
 
@@ -317,6 +404,7 @@ def _settings(args: argparse.Namespace) -> IngestSettings:
         licence_file=Path(args.licence_file),
         jwks_file=Path(args.jwks_file),
         customer_id=args.customer_id,
+        licence_grace_seconds=args.licence_grace_seconds,
         replicas=args.replicas,
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
@@ -326,14 +414,11 @@ def _settings(args: argparse.Namespace) -> IngestSettings:
 def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     settings = _settings(args)
-    licence = MountedLicence(settings.licence_file, settings.jwks_file, settings.customer_id)
-    try:
-        verified = licence.load()
-    except Exception as error:  # fail closed: no valid licence, no service
-        log.error("refusing to start without a valid licence: %s", error)
-        return 2
-    log.info("licence %s: plan %s, %d devices, %d msg/s", verified.claims.jti, verified.claims.plan,
-             verified.claims.limits.maxDevices, verified.claims.limits.maxMessagesPerSecond)
+    licence = MountedLicence(settings.licence_file, settings.jwks_file, settings.customer_id, settings.licence_grace_seconds)
+    verified = licence.refresh()  # without a valid licence ingest starts paused: not ready, consuming nothing
+    if verified is not None:
+        log.info("licence %s: plan %s, %d devices, %d msg/s", verified.claims.jti, verified.claims.plan,
+                 verified.claims.limits.maxDevices, verified.claims.limits.maxMessagesPerSecond)
     service = Ingest(settings, licence)
     service_endpoints.serve(settings.metrics_address, settings.metrics_port, service.ready)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -352,6 +437,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     flag(parser, "--licence-file", "IOTENANT_LICENCE_FILE", "the mounted licence JWT", default="/etc/iotenant/licence/licence.jwt")
     flag(parser, "--jwks-file", "IOTENANT_JWKS_FILE", "the mounted JWKS that verifies it", default="/etc/iotenant/keys/jwks.json")
     flag(parser, "--customer-id", "IOTENANT_CUSTOMER_ID", "the licence subject to require")
+    flag(parser, "--licence-grace-seconds", "IOTENANT_LICENCE_GRACE_SECONDS",
+         "how long an expired licence keeps serving (the operator's expiry grace)", kind=int, default=0)
     flag(parser, "--metrics-address", "IOTENANT_METRICS_ADDRESS", "address of /healthz, /readyz, /metrics", default="0.0.0.0")
     flag(parser, "--metrics-port", "IOTENANT_METRICS_PORT", "port of /healthz, /readyz, /metrics", kind=int, default=9100)
     flag(parser, "--log-level", "IOTENANT_LOG_LEVEL", "log level", default="info", choices=["debug", "info", "warning", "error"])
@@ -367,7 +454,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_common_flags(parser)
     flag(parser, "--client-id", "IOTENANT_CLIENT_ID", "MQTT client id: stable per replica (its persistent session)",
          default=f"ingest-{socket.gethostname()}")
-    flag(parser, "--share-group", "IOTENANT_SHARE_GROUP", "shared subscription group", default="ingest")
+    flag(parser, "--share-group", "IOTENANT_SHARE_GROUP", "shared subscription group (the tenant's secret group name)", default="ingest")
     flag(parser, "--inflight", "IOTENANT_INFLIGHT", "unacknowledged messages the broker may send (memory bound)", kind=int, default=2000)
     flag(parser, "--batch-size", "IOTENANT_BATCH_SIZE", "most messages per transaction", kind=int, default=1000)
     flag(parser, "--batch-seconds", "IOTENANT_BATCH_SECONDS", "longest wait to fill a batch", kind=float, default=0.05)

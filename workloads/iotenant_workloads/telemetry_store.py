@@ -1,16 +1,29 @@
-"""Writing a batch of device messages in one transaction: COPY into staging, then de-duplicate by the durable key."""
+"""Writing device messages: one transaction per batch, COPY into staging, de-duplicated by the durable key.
+
+A batch the database refuses for what one of its messages holds (SQLSTATE class 22 or 23, or a
+value the driver cannot encode) is split in halves until each offending message is found; that
+message is refused and the rest stored, so no message can block the others or be redelivered
+forever. Any other database error is the database's, not the message's: the caller retries the
+whole batch and acknowledges nothing meanwhile.
+"""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
 
-from iotenant_workloads.database import REJECTED_KEPT
+from iotenant import topics
 from iotenant_workloads.datagram import DeviceEvent, Telemetry
+from iotenant_workloads.refusals import RefusedMessage, tally
+
+log = logging.getLogger("iotenant.ingest")
+
+# Errors that blame a value of the batch, not the database.
+CONTENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError, UnicodeError)
 
 STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staging_telemetry (
@@ -62,75 +75,113 @@ UPDATE commands SET status = %s, acked_at = %s, result = %s
 WHERE cmd_id = %s AND device_id = %s
 """
 
+REFUSAL_COUNTS = """
+INSERT INTO refusal_counts (device_id, reason, count, last_at)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[])
+ON CONFLICT (device_id, reason) DO UPDATE SET count = refusal_counts.count + EXCLUDED.count, last_at = EXCLUDED.last_at
+"""
+
+SAMPLE = "INSERT INTO rejected_messages (topic, device_id, reason, detail, payload) VALUES (%s, %s, %s, %s, %s)"
+
 
 @dataclass(frozen=True)
-class RefusedMessage:
+class Accepted:
+    """A message that passed every check, with what it arrived as (to refuse it if the database will not take it)."""
+
     topic: str
-    reason: str
-    detail: str
     payload: bytes
+    message: Telemetry | DeviceEvent
 
 
 @dataclass
-class Batch:
-    received: datetime
-    telemetry: list[Telemetry] = field(default_factory=list)
-    events: list[DeviceEvent] = field(default_factory=list)
-    refused: list[RefusedMessage] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class BatchOutcome:
-    stored_messages: int
-    stored_measurements: int
-    duplicates: int
-    refused: Counter[str]
+    stored_messages: int = 0
+    stored_measurements: int = 0
+    duplicates: int = 0
+    refused_by_database: list[tuple[Accepted, str]] = field(default_factory=list)
+
+    def __add__(self, other: "BatchOutcome") -> "BatchOutcome":
+        return BatchOutcome(
+            self.stored_messages + other.stored_messages,
+            self.stored_measurements + other.stored_measurements,
+            self.duplicates + other.duplicates,
+            self.refused_by_database + other.refused_by_database,
+        )
 
 
-def write_batch(connection: psycopg.Connection, batch: Batch) -> BatchOutcome:
-    """Store a batch atomically; commit before returning (the caller acknowledges only after this)."""
+def store(connection: psycopg.Connection, accepted: list[Accepted], received: datetime) -> BatchOutcome:
+    """Store ``accepted``, committed before returning (the caller acknowledges only after this).
+
+    A content error splits the batch until the offending messages are alone; they come back in
+    ``refused_by_database``. Any other error propagates with nothing of this call uncommitted.
+    """
+    if not accepted:
+        return BatchOutcome()
+    try:
+        return _write(connection, accepted, received)
+    except CONTENT_ERRORS as error:
+        if len(accepted) == 1:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.warning("the database refused a message on %s: %s", accepted[0].topic[:200], reason[:200])
+            return BatchOutcome(refused_by_database=[(accepted[0], reason)])
+        middle = len(accepted) // 2
+        return store(connection, accepted[:middle], received) + store(connection, accepted[middle:], received)
+
+
+def _write(connection: psycopg.Connection, accepted: list[Accepted], received: datetime) -> BatchOutcome:
+    telemetry = [item.message for item in accepted if isinstance(item.message, Telemetry)]
+    events = [item.message for item in accepted if isinstance(item.message, DeviceEvent)]
     with connection.transaction():
         connection.execute(STAGING)
         with connection.cursor() as cursor:
             with cursor.copy(
                 "COPY staging_telemetry (device_id, msg_ts, seq, idx, ts, type, val, unit, received_at) FROM STDIN"
             ) as copy:
-                for message in batch.telemetry:
+                for message in telemetry:
                     for index, measurement in enumerate(message.measurements):
                         copy.write_row(
                             (message.device_id, message.ts, message.seq, index, measurement.ts,
-                             measurement.type, measurement.val, measurement.unit, batch.received)
+                             measurement.type, measurement.val, measurement.unit, received)
                         )
             cursor.execute(INSERT_NEW)
             row = cursor.fetchone()
             new_messages, new_rows = (int(row[0]), int(row[1])) if row else (0, 0)
 
             last_seen: dict[str, datetime] = {}
-            for item in [*batch.telemetry, *batch.events]:
+            for item in [*telemetry, *events]:
                 last_seen[item.device_id] = max(last_seen.get(item.device_id, item.ts), item.ts)
             if last_seen:
                 ids = sorted(last_seen)
                 cursor.execute(SEEN, (ids, [last_seen[i] for i in ids], [last_seen[i] for i in ids]))
-            for event in sorted(batch.events, key=lambda e: e.ts):
-                if event.kind == "hello":
+            for event in sorted(events, key=lambda e: e.ts):
+                if event.kind == topics.HELLO:
                     cursor.execute(HELLO, (event.device_id, event.ts, event.ts, json.dumps(event.body)))
-                elif event.kind == "status":
+                elif event.kind == topics.STATUS:
                     online = event.body.get("state") == "online"
                     cursor.execute(STATE, (event.device_id, event.ts, event.ts, online, event.ts))
-                elif event.kind == "command/ack":
+                elif event.kind == topics.COMMAND_ACK:
                     cursor.execute(
                         ACK,
-                        (str(event.body["status"])[:32], event.ts, json.dumps(event.body.get("result")),
+                        (str(event.body["status"]), event.ts, json.dumps(event.body.get("result")),
                          event.body["cmd_id"], event.device_id),
                     )
-            if batch.refused:
-                cursor.executemany(
-                    "INSERT INTO rejected_messages (topic, reason, detail, payload) VALUES (%s, %s, %s, %s)",
-                    [(r.topic[:256], r.reason, r.detail[:500], r.payload[:4096]) for r in batch.refused[-REJECTED_KEPT:]],
-                )
-    return BatchOutcome(
-        stored_messages=new_messages,
-        stored_measurements=new_rows,
-        duplicates=len(batch.telemetry) - new_messages,
-        refused=Counter(r.reason for r in batch.refused),
-    )
+    return BatchOutcome(stored_messages=new_messages, stored_measurements=new_rows, duplicates=len(telemetry) - new_messages)
+
+
+def record_refusals(connection: psycopg.Connection, refused: list[RefusedMessage], at: datetime) -> bool:
+    """Count refusals per device and reason and keep their samples; False if the database would not take them."""
+    if not refused:
+        return True
+    counts = tally(refused)
+    keys = sorted(counts)
+    samples = [(m.topic, m.device_id, m.reason, m.detail, m.payload) for m in refused if m.payload is not None]
+    try:
+        with connection.transaction():
+            with connection.cursor() as cursor:
+                cursor.execute(REFUSAL_COUNTS, ([k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys], [at] * len(keys)))
+                if samples:
+                    cursor.executemany(SAMPLE, samples)
+    except CONTENT_ERRORS as error:  # the texts were made safe; this is a defect, and must not stop ingest
+        log.error("refusals not recorded (%d): %s", len(refused), str(error).strip()[:200])
+        return False
+    return True

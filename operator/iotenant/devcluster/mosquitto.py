@@ -23,7 +23,8 @@ from kubernetes.client.exceptions import ApiException
 
 from iotenant.broker_identities import Identity, dynamic_security_config
 from iotenant.devcluster.binaries import MissingPart
-from iotenant.render.workloads import BROKER_ACL, mosquitto_conf
+from iotenant.plans import BrokerLimits, load_catalogue
+from iotenant.render.workloads import mosquitto_conf
 
 
 def free_port() -> int:
@@ -46,7 +47,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 
-def localise_broker_conf(conf: str, config_dir: Path, data_dir: Path, port: int) -> str:
+def localise_broker_conf(conf: str, data_dir: Path, port: int) -> str:
     """The operator-generated mosquitto.conf with this machine's paths and a loopback listener.
 
     Only paths, the plugin location and the listener change; every other line runs as generated.
@@ -56,7 +57,6 @@ def localise_broker_conf(conf: str, config_dir: Path, data_dir: Path, port: int)
         "persistence_location /mosquitto/data/": f"persistence_location {data_dir}/",
         "plugin /usr/lib/mosquitto_dynamic_security.so": f"plugin {DEBIAN_DYNSEC_PLUGIN}",
         "plugin_opt_config_file /mosquitto/data/dynamic-security.json": f"plugin_opt_config_file {data_dir}/dynamic-security.json",
-        "acl_file /mosquitto/config/acl": f"acl_file {config_dir}/acl",
         "listener 1883": f"listener {port} 127.0.0.1",
     }
     lines = conf.splitlines()
@@ -69,7 +69,7 @@ def localise_broker_conf(conf: str, config_dir: Path, data_dir: Path, port: int)
 
 @dataclass
 class MosquittoBroker:
-    """Debian's Mosquitto running a configuration, an ACL file and a dynamic-security file.
+    """Debian's Mosquitto running a configuration and a dynamic-security file.
 
     ``write_configuration`` renders them with the operator's functions (data-plane tests);
     ``write_generated`` takes them as the operator stored them in the cluster (fleet tests).
@@ -78,6 +78,8 @@ class MosquittoBroker:
     root: Path
     admin_password: str = ""
     identities: list[Identity] = field(default_factory=list)
+    share_group: str = "ingest"
+    limits: BrokerLimits = field(default_factory=lambda: load_catalogue()["enterprise"].broker)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -90,11 +92,11 @@ class MosquittoBroker:
         return self.root / "data"
 
     def write_configuration(self) -> None:
-        conf = mosquitto_conf(tls=False)
-        seed = json.dumps(dynamic_security_config(self.admin_password, self.identities))
-        self.write_generated(conf, BROKER_ACL, seed)
+        conf = mosquitto_conf(tls=False, limits=self.limits)
+        seed = json.dumps(dynamic_security_config(self.admin_password, self.identities, self.share_group))
+        self.write_generated(conf, seed)
 
-    def write_generated(self, conf: str, acl: str, dynamic_security: str) -> None:
+    def write_generated(self, conf: str, dynamic_security: str) -> None:
         if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
             raise MissingPart("Mosquitto is missing: apt-get install mosquitto mosquitto-clients (or run scripts/install-prerequisites.sh)")
         if not Path(DEBIAN_DYNSEC_PLUGIN).exists():
@@ -102,8 +104,7 @@ class MosquittoBroker:
         config, data = self.config_dir, self.data_dir
         config.mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
-        (config / "mosquitto.conf").write_text(localise_broker_conf(conf, config, data, self.port))
-        (config / "acl").write_text(acl)
+        (config / "mosquitto.conf").write_text(localise_broker_conf(conf, data, self.port))
         seeded = data / "dynamic-security.json"
         if not seeded.exists():  # as the broker pod's init container: seed once, then the broker owns it
             seeded.write_text(dynamic_security)
@@ -131,8 +132,8 @@ class MosquittoBroker:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def generated_broker_files(core: client.CoreV1Api, namespace: str) -> tuple[str, str, str] | None:
-    """(mosquitto.conf, acl, dynamic-security seed) as the operator stored them, or None while absent."""
+def generated_broker_files(core: client.CoreV1Api, namespace: str) -> tuple[str, str] | None:
+    """(mosquitto.conf, dynamic-security seed) as the operator stored them, or None while absent."""
     try:
         config_map = core.read_namespaced_config_map("broker-config", namespace).data or {}
         seed = core.read_namespaced_secret("broker-dynamic-security", namespace).data or {}
@@ -142,10 +143,10 @@ def generated_broker_files(core: client.CoreV1Api, namespace: str) -> tuple[str,
         raise
     if "mosquitto.conf" not in config_map or "dynamic-security.json" not in seed:
         return None
-    return config_map["mosquitto.conf"], config_map["acl"], base64.b64decode(seed["dynamic-security.json"]).decode()
+    return config_map["mosquitto.conf"], base64.b64decode(seed["dynamic-security.json"]).decode()
 
 
-def start_tenant_broker(files: tuple[str, str, str], root: Path) -> MosquittoBroker:
+def start_tenant_broker(files: tuple[str, str], root: Path) -> MosquittoBroker:
     """Run a tenant's generated broker under ``root`` (a folder the mosquitto user can reach)."""
     broker = MosquittoBroker(root=root)
     broker.write_generated(*files)

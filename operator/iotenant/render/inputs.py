@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iotenant.licence import Claims
-from iotenant.plans import Quota
+from iotenant.plans import STRICTEST_BROKER_LIMITS, BrokerLimits, Quota
 from iotenant.render.meta import Owner
 from iotenant.settings import OperatorSettings
 
@@ -20,6 +20,7 @@ class GeneratedSecrets:
     broker_admin_password: str
     ingest_broker_password: str
     api_broker_password: str
+    ingest_share_group: str
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class StackInput:
     # Serving is False when suspended (by spec, or after an expired licence's grace period).
     serving: bool
     service_monitor_crd_present: bool
+    # From the plan of the verified licence; the strictest without one.
+    broker_limits: BrokerLimits = STRICTEST_BROKER_LIMITS
 
     @property
     def namespace(self) -> str:
