@@ -53,7 +53,7 @@ def services(plan: str = "enterprise") -> Iterator[Services]:
     postgres = PostgresServer(root=root / "postgres")
     postgres.initialise()
     postgres.start()
-    broker = MosquittoBroker(root=root / "broker", admin_password="admin-password", identities=broker_identities())
+    broker = MosquittoBroker(root=root / "broker", identities=broker_identities())
     broker.write_configuration()
     broker.start()
     try:

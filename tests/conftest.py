@@ -268,7 +268,7 @@ def postgres(service_root: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def broker(service_root: Path) -> Iterator[MosquittoBroker]:
-    server = MosquittoBroker(root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)), admin_password="admin-password",
+    server = MosquittoBroker(root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)),
                              identities=broker_identities(), share_group=new_share_group())
     server.write_configuration()
     server.start()

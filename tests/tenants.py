@@ -189,7 +189,7 @@ def start_tenant(kube: Cluster, addresses: Path, service_root: Path, name: str, 
     files = wait_for(lambda: generated_broker_files(kube.core, namespace), timeout=60,
                      what=f"{namespace}: ConfigMap broker-config and Secret broker-dynamic-security")
     broker = start_tenant_broker(files, Path(tempfile.mkdtemp(prefix=f"broker-{name}-", dir=service_root)))
-    set_broker_address(addresses, namespace, f"127.0.0.1:{broker.port}")
+    set_broker_address(addresses, namespace, f"127.0.0.1:{broker.admin_port}")
     return Tenant(kube=kube, name=name, broker=broker, addresses=addresses)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 import subprocess
 import sys
 import threading
@@ -173,9 +175,62 @@ def test_too_many_requests_get_429(database: str, broker: MosquittoBroker, tmp_p
         statuses = [stack.api.request("GET", "/api/v1/devices", token=TOKEN)[0] for _ in range(30)]
         assert statuses.count(429) >= 20 and statuses[0] == 200
         assert stack.api.request("GET", "/api/v1/devices", token=TOKEN)[1]["error"] == "rate_limited"
+        time.sleep(1.2)
+        guesses = [stack.api.request("GET", "/api/v1/devices", token=f"guess-{n}")[0] for n in range(30)]
+        assert guesses.count(429) >= 20, "token guesses are not throttled before authentication"
     finally:
         stack.api.stop()
         stack.ingest.stop()
+
+
+HOSTILE_PARAMETERS = [
+    "/api/v1/devices?limit=%D9%A1%D9%A0",  # Arabic-Indic digits: str.isdigit() and int() take them, we do not
+    "/api/v1/devices?limit=%C2%B2",  # superscript two: isdigit() yes, int() raises
+    "/api/v1/devices?limit=99999999999999999999999999",
+    "/api/v1/devices/dev-001/telemetry?from=%D9%A1%D9%A2%D9%A3",
+    "/api/v1/devices/dev-001/telemetry?from=1e400",
+    "/api/v1/devices/dev-001/telemetry?from=" + "9" * 400,
+    "/api/v1/devices/dev-001/telemetry?from=-99999999999999",
+    "/api/v1/devices/dev-001/telemetry?to=0001-01-01T00:00:00%2B23:59",
+    "/api/v1/devices/dev-001/telemetry?to=9999-12-31T23:59:59-23:59",
+    "/api/v1/devices/dev-001/telemetry?from=NaN",
+    "/api/v1/devices/dev-001/telemetry?type=a%00b",
+    "/api/v1/devices/dev-001/telemetry/last?type=",
+    "/api/v1/devices/dev-001/telemetry?type=" + "x" * 65,
+    "/api/v1/devices/dev-001%0A",
+    "/api/v1/devices/dev-001%0A/telemetry",
+]
+
+
+def test_hostile_parameters_get_422_and_the_next_request_works(professional: Stack) -> None:
+    api = professional.api
+    for path in HOSTILE_PARAMETERS:
+        status, body = api.request("GET", path, token=TOKEN)
+        assert (status, body["error"]) == (422, "invalid_parameter"), (path, body)
+        assert api.request("GET", "/api/v1/devices/dev-001/telemetry?limit=1", token=TOKEN)[0] == 200
+
+
+def test_hostile_command_bodies_get_422(professional: Stack) -> None:
+    api = professional.api
+    bodies = [
+        {"name": "a\u0000"}, {"name": "x", "args": {"k": "\ud800"}}, {"name": "x", "args": {"k": float("inf")}},
+        {"name": "x", "cmd_id": 7}, {"name": "x", "cmd_id": "a/b"}, {"name": "x", "cmd_id": "c" * 65},
+        {"name": "x", "args": []}, {"name": 5}, [1, 2],
+    ]
+    for body in bodies:
+        status, answer = api.request("POST", "/api/v1/devices/dev-001/commands", token=TOKEN, body=body)
+        assert (status, answer["error"]) == (422, "invalid_body"), (body, answer)
+    raw = [b'{"name": "x", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}", b"\xff\xfe", b'{"name": "x", "args": {"n": 1' + b"0" * 500 + b"}}",
+           b'{"name": "x", "args": {"n": NaN}}']
+    for payload in raw:
+        request = urllib.request.Request(f"http://127.0.0.1:{api.port}/api/v1/devices/dev-001/commands", data=payload, method="POST",
+                                         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            raise AssertionError(f"accepted {payload[:40]!r}")
+        except urllib.error.HTTPError as error:
+            assert (error.code, json.loads(error.read())["error"]) == (422, "invalid_body"), payload[:40]
+    assert api.request("GET", "/api/v1/devices/dev-001/commands", token=TOKEN)[0] == 200
 
 
 def test_database_down_gives_503_and_recovers(professional: Stack, postgres: PostgresServer) -> None:

@@ -16,7 +16,6 @@ from iotenant.devcluster.mosquitto import MosquittoBroker
 from iotenant.broker_control import DynamicSecurity, LiveState, plan_commands
 from iotenant.broker_identities import ADMIN, ADMIN_ROLE, INGEST, Identity, Role, desired_roles, device_role, service_identities
 
-ADMIN_PASSWORD = "admin-secret"
 SHARE_GROUP = "ingest-0123456789abcdef"
 
 
@@ -25,7 +24,6 @@ def bare_broker(service_root: Path) -> Iterator[MosquittoBroker]:
     """A broker seeded like a new tenant's: the admin and the two services, no devices."""
     server = MosquittoBroker(
         root=Path(tempfile.mkdtemp(prefix="broker-", dir=service_root)),
-        admin_password=ADMIN_PASSWORD,
         identities=service_identities("ingest-pw", "api-pw"),
         share_group=SHARE_GROUP,
     )
@@ -33,6 +31,11 @@ def bare_broker(service_root: Path) -> Iterator[MosquittoBroker]:
     server.start()
     yield server
     server.stop()
+
+
+def admin(broker: MosquittoBroker) -> DynamicSecurity:
+    """The operator's way in: the admin listener, with the client certificate of the broker's CA."""
+    return DynamicSecurity("127.0.0.1", broker.admin_port, broker.admin_tls)
 
 
 def devices(*names: str, password: str = "pw") -> dict[str, Identity]:
@@ -65,7 +68,7 @@ def test_plan_deletes_first_never_touches_the_admin_and_skips_what_matches() -> 
 
 def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
-    with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
+    with admin(bare_broker) as broker:
         first = broker.sync(desired("d1", "d2", "d3"), SHARE_GROUP)
     assert sorted(first.created) == ["d1", "d2", "d3"] and not first.modified and not first.deleted
 
@@ -77,7 +80,7 @@ def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_br
 
     wanted = desired("d1", "d2")
     wanted["d2"] = Identity("d2", "d2-new", None, "fleet/test")
-    with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
+    with admin(bare_broker) as broker:
         again = broker.sync(wanted, SHARE_GROUP)
         assert broker.sync(wanted, SHARE_GROUP).changed is False  # in step: nothing to send
     assert (again.created, again.modified, again.deleted) == ([], ["d2"], ["d3"])
@@ -94,7 +97,7 @@ def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_br
 
 def test_unknown_clients_are_removed_and_services_restored(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
-    with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
+    with admin(bare_broker) as broker:
         broker.execute([{"command": "createClient", "username": "intruder", "password": "x"},
                         {"command": "deleteClient", "username": INGEST}])
         assert "intruder" in broker.list_clients()
@@ -106,7 +109,7 @@ def test_unknown_clients_are_removed_and_services_restored(bare_broker: Mosquitt
 
 
 def test_the_broker_keeps_identities_across_a_restart(bare_broker: MosquittoBroker) -> None:
-    with DynamicSecurity("127.0.0.1", bare_broker.port, ADMIN_PASSWORD) as broker:
+    with admin(bare_broker) as broker:
         broker.sync(desired("kept-1"), SHARE_GROUP)
     bare_broker.stop()
     bare_broker.start()
@@ -115,20 +118,28 @@ def test_the_broker_keeps_identities_across_a_restart(bare_broker: MosquittoBrok
     assert "kept-1" in {client["username"] for client in saved["clients"]}
 
 
-def test_a_wrong_admin_password_is_reported_as_unavailable(bare_broker: MosquittoBroker) -> None:
+def test_the_admin_logs_in_only_with_its_certificate_on_the_admin_listener(bare_broker: MosquittoBroker) -> None:
+    from iotenant.broker_admin_tls import issue
     from iotenant.broker_control import BrokerUnavailable
 
-    with pytest.raises(BrokerUnavailable, match="refused the admin identity"):
-        with DynamicSecurity("127.0.0.1", bare_broker.port, "wrong"):
+    with admin(bare_broker) as broker:
+        assert ADMIN in broker.list_clients()
+    with pytest.raises(BrokerUnavailable):  # a certificate of another tenant's CA
+        with DynamicSecurity("127.0.0.1", bare_broker.admin_port, issue("someone-else")):
             pass
+    with pytest.raises(BrokerUnavailable):  # the device listener speaks no TLS, and the admin has no password there
+        with DynamicSecurity("127.0.0.1", bare_broker.port, bare_broker.admin_tls):
+            pass
+    for password in ("", "admin", "admin-password"):
+        assert refused(bare_broker.port, ADMIN, password)
     with pytest.raises(BrokerUnavailable, match="cannot reach broker"):
-        with DynamicSecurity("127.0.0.1", 1, ADMIN_PASSWORD):
+        with DynamicSecurity("127.0.0.1", 1, bare_broker.admin_tls):
             pass
 
 
 def test_a_device_is_confined_to_its_own_topics_and_client_id(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
-    with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
+    with admin(bare_broker) as broker:
         broker.sync(desired("d1", "d2"), SHARE_GROUP)
     with pytest.raises(Refused):
         Probe.connect(port, "d1", "d1-pw", client_id="d1-second")  # the client id must be the device id
@@ -150,7 +161,7 @@ def test_a_device_is_confined_to_its_own_topics_and_client_id(bare_broker: Mosqu
 
 def test_a_changed_device_role_is_restored(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
-    with DynamicSecurity("127.0.0.1", port, ADMIN_PASSWORD) as broker:
+    with admin(bare_broker) as broker:
         broker.sync(desired("d1"), SHARE_GROUP)
         broker.execute([{"command": "modifyRole", "rolename": "device:d1",
                          "acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}]},

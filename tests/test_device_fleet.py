@@ -21,7 +21,7 @@ from tenants import Tenant, delete_tenant, run_generated, start_tenant
 
 from iotenant.broker_control import DynamicSecurity
 from iotenant.broker_identities import ADMIN, API, INGEST
-from iotenant.devcluster.mosquitto import free_port
+from iotenant.devcluster.mosquitto import admin_tls_of, free_port, generated_broker_files
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +59,17 @@ def test_each_device_uses_only_its_own_topics(enterprise: Tenant) -> None:
 
     device = connect(enterprise, "meters", "meter-001")
     try:
-        assert accepted(device.subscribe("iot/meter-001/command"))
+        assert accepted(device.subscribe("iot/meter-001/#"))
         assert accepted(device.publish("iot/meter-001/telemetry", b'{"v":2}'))
-        assert accepted(device.publish("iot/meter-001/command", b"own"))
-        wait_for(lambda: any(m.topic == "iot/meter-001/command" for m in device.messages), timeout=5, what="its own message")
+        wait_for(lambda: any(m.topic == "iot/meter-001/telemetry" for m in device.messages), timeout=5, what="its own message")
+        # Commands come from the API: a device does not publish them, nor any topic outside the layout.
+        assert device.publish("iot/meter-001/command", b"own") == NOT_AUTHORIZED
+        assert device.publish("iot/meter-001/anything", b"own") == NOT_AUTHORIZED
         assert device.publish("iot/meter-002/telemetry") == NOT_AUTHORIZED, "another device's topic of the same fleet"
         assert device.publish("iot/valve-a/telemetry") == NOT_AUTHORIZED, "another fleet's device topic"
-        # Mosquitto may grant a subscription to any filter, but delivers only what the device may read.
-        for pattern in ("iot/meter-002/#", "iot/valve-b/#", "iot/+/telemetry", "#"):
-            device.subscribe(pattern)
+        # A subscription outside its own topics is refused, the share groups included.
+        for pattern in ("iot/meter-002/#", "iot/valve-b/#", "iot/+/telemetry", "#", "$share/ingest/iot/+/telemetry"):
+            assert device.subscribe(pattern) == NOT_AUTHORIZED, pattern
         neighbours = [connect(enterprise, "meters", "meter-002"), connect(enterprise, "valves", "valve-b")]
         for neighbour in neighbours:
             assert accepted(neighbour.publish(f"iot/{neighbour.username}/telemetry", b"private"))
@@ -191,14 +193,14 @@ def test_rotation_locks_out_the_old_credentials(enterprise: Tenant) -> None:
 def test_broker_drift_is_healed(enterprise: Tenant, operator: RunningOperator) -> None:
     enterprise.apply_fleet("drift", {"ids": ["drift-1", "drift-2"]})
     enterprise.wait_fleet("drift", "True")
-    admin_password = enterprise.secret("broker-admin")["password"]
     assert enterprise.secret("broker-admin")["username"] == ADMIN
-    with DynamicSecurity("127.0.0.1", enterprise.broker.port, admin_password) as broker:
+    admin_tls = admin_tls_of(enterprise.kube.core, enterprise.namespace)
+    with DynamicSecurity("127.0.0.1", enterprise.broker.admin_port, admin_tls) as broker:
         broker.execute([{"command": "deleteClient", "username": "drift-1"},
                         {"command": "createClient", "username": "stowaway", "password": "let-me-in"}])
 
     def healed() -> bool:
-        with DynamicSecurity("127.0.0.1", enterprise.broker.port, admin_password) as broker:
+        with DynamicSecurity("127.0.0.1", enterprise.broker.admin_port, admin_tls) as broker:
             clients = broker.list_clients()
         return {"drift-1", "drift-2", INGEST, API, ADMIN} <= set(clients) and "stowaway" not in clients
 
@@ -367,3 +369,34 @@ def _get(port: int, path: str, token: str) -> tuple[int, dict | None]:
 def _deployment(tenant: Tenant, name: str) -> dict | None:
     found = tenant.kube.kubectl("get", "deployment", name, "-n", tenant.namespace, "-o", "yaml", check=False)
     return yaml.safe_load(found.stdout) if found.returncode == 0 else None
+
+
+def test_a_lost_admin_secret_is_reissued_and_revocation_still_reaches_the_broker(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("keys", {"ids": ["key-1", "key-2"]})
+    enterprise.wait_fleet("keys", "True", "Admitted")
+    password = enterprise.credentials("keys")["key-1"].password
+    old_ca = enterprise.secret("broker-admin-listener")["ca.crt"]
+    template = lambda: enterprise.kube.apps.read_namespaced_stateful_set("broker", enterprise.namespace).spec.template  # noqa: E731
+    old_stamp = template().metadata.annotations["iotenant.io/admin-tls"]
+    enterprise.kube.core.delete_namespaced_secret("broker-admin", enterprise.namespace)
+
+    def reissued() -> bool:
+        client, server = enterprise.secret("broker-admin"), enterprise.secret("broker-admin-listener")
+        return bool(client and server and server["ca.crt"] != old_ca and client["ca.crt"] == server["ca.crt"])
+
+    wait_for(reissued, timeout=30, what="both halves of the admin certificates issued anew")
+    assert template().metadata.annotations["iotenant.io/admin-tls"] != old_stamp, "the broker is not restarted with them"
+    events = enterprise.kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={enterprise.name}").items
+    assert "BrokerAdminReissued" in {event.reason for event in events}
+    assert refused(enterprise.broker.port, ADMIN, "")  # still no password on the device listener
+
+    # The StatefulSet rolls the broker onto the new certificates; here the local broker restarts with them,
+    # keeping its data (the identities) as the pod keeps its volume.
+    enterprise.broker.stop()
+    enterprise.broker.write_generated(*wait_for(lambda: generated_broker_files(enterprise.kube.core, enterprise.namespace),
+                                                timeout=10, what="the generated broker files"))
+    enterprise.broker.start()
+    device = connect(enterprise, "keys", "key-1")
+    enterprise.delete_fleet("keys")
+    assert device.disconnected.wait(30), "a device of a deleted fleet kept its connection"
+    wait_for(lambda: refused(enterprise.broker.port, "key-1", password), timeout=10, what="key-1 to be refused")

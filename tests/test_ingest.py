@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import wait_for
 from dataplane import DEVICES, Device, IngestProcess, LicenceFiles, telemetry, write_licence
+from hostile_payloads import POISON
 from real_services import PostgresServer
 from iotenant.devcluster.mosquitto import MosquittoBroker
 
@@ -325,25 +326,6 @@ def test_hostile_messages_on_every_topic_never_stop_the_next_good_one(
     ingest.stop()
 
 
-POISON = [
-    ("telemetry", b'{"v": 2, "ts": 1790000000, "seq": 1, "measurements": [{"type": "t", "val": 1' + b"0" * 400 + b"}]}"),
-    ("telemetry", b'{"v": 2, "ts": 1e400, "seq": 1, "measurements": [{"type": "t", "val": 1}]}'),
-    ("telemetry", b'{"v": 2, "ts": 10000000000000000000000, "seq": 1, "measurements": [{"type": "t", "val": 1}]}'),
-    ("telemetry", b'{"v": 2, "ts": "0001-01-01T00:00:00+23:59", "seq": 1, "measurements": [{"type": "t", "val": 1}]}'),
-    ("telemetry", b'{"v": 2, "ts": 1790000000, "seq": 1, "measurements": [{"type": "t\\u0000", "val": 1}]}'),
-    ("telemetry", b'{"v": 2, "ts": 1790000000, "seq": 1, "measurements": [{"type": "t\\ud800", "val": 1}]}'),
-    ("telemetry", b"[" * 20_000 + b"]" * 20_000),
-    ("hello", b'{"fw": "1.0\\u0000"}'),
-    ("hello", b'{"fw": "\\udfff"}'),
-    ("hello", b'{"fw": NaN}'),
-    ("hello", b'{"a":' * 10_000 + b"1" + b"}" * 10_000),
-    ("status", b'{"state": "online", "ts": "9999-12-31T23:59:59-23:59"}'),
-    ("command/ack", b'{"cmd_id": "c\\u0000", "status": "done"}'),
-    ("command/ack", b'{"cmd_id": "c1", "status": "done", "result": {"x": "\\ud800"}}'),
-    ("telemetry", b"\xff\xfe\x00\x00"),
-]
-
-
 def test_poison_messages_are_refused_once_and_never_redelivered(
     database: str, broker: MosquittoBroker, enterprise_licence: LicenceFiles, tmp_path: Path
 ) -> None:
@@ -427,4 +409,74 @@ def test_a_changed_licence_file_is_re_read(database: str, broker: MosquittoBroke
     wait_for(lambda: ingest.metrics().get('iotenant_ingest_rejected_total{reason="device_limit"}', 0) == 5,
              timeout=20, what="the starter device limit to apply")
     assert rows(database)[0] == 25
+    ingest.stop()
+
+
+def test_a_device_cannot_join_the_share_group_or_read_what_ingest_stores(
+    database: str, broker: MosquittoBroker, enterprise_licence: LicenceFiles, tmp_path: Path
+) -> None:
+    from mqtt_probe import NOT_AUTHORIZED, Probe, Refused
+
+    ingest = start_ingest(database, broker, enterprise_licence, tmp_path / "ingest.log")
+    publisher, intruder_device = devices(broker, 3)[1:]
+    intruder_device.close()
+    intruder_id = intruder_device.device_id
+    for client_id in (f"{intruder_id}-a", f"{intruder_id}-b", "ingest-test", "dev-002"):
+        try:
+            Probe.connect(broker.port, intruder_id, f"{intruder_id}-password", client_id=client_id).close()
+            raise AssertionError(f"{intruder_id} connected with client id {client_id}")
+        except Refused:
+            pass
+    intruder = Probe.connect(broker.port, intruder_id, f"{intruder_id}-password")
+    for share in (f"$share/{broker.share_group}/iot/+/telemetry", f"$share/{broker.share_group}/iot/dev-002/telemetry",
+                  "$share/ingest/iot/+/telemetry", "$share/x/#", "#", "iot/+/telemetry", "iot/dev-002/#"):
+        assert intruder.subscribe(share) == NOT_AUTHORIZED, share
+    start = time.time() - 60
+    for seq in range(1000):
+        publisher.publish("telemetry", telemetry(publisher.device_id, start + seq * 0.01, seq))
+    publisher.flush()
+    wait_for(lambda: rows(database)[0] == 1000, timeout=30, what="all 1,000 messages stored")
+    time.sleep(0.5)
+    print(f"share-group intruder: ingest stored {rows(database)[0]} of 1000, the intruder received {len(intruder.messages)}")
+    assert rows(database)[0] == 1000 and intruder.messages == []
+    intruder.close()
+    ingest.stop()
+
+
+def test_an_expired_licence_serves_through_the_grace_period_and_no_licence_acknowledges_nothing(
+    database: str, broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    folder = tmp_path / "licence"
+    valid = write_licence(folder, "enterprise")
+    ingest = start_ingest(database, broker, valid, tmp_path / "ingest.log", extra=["--licence-grace-seconds", "3600"])
+    (device,) = devices(broker, 1)
+    start = time.time() - 60
+
+    def publish(first: int, count: int) -> None:
+        for seq in range(first, first + count):
+            device.publish("telemetry", telemetry(device.device_id, start + seq * 0.01, seq))
+        device.flush()
+
+    publish(0, 100)
+    wait_for(lambda: rows(database)[0] == 100, timeout=20, what="100 messages under a valid licence")
+
+    # Expired an hour ago, within the operator's grace period: service continues and every message is stored.
+    expired = {"iat": int(time.time()) - 7200, "nbf": int(time.time()) - 7200, "exp": int(time.time()) - 60}
+    write_licence(folder, "enterprise", key=valid.key, **expired)
+    wait_for(lambda: ingest.metrics()["iotenant_ingest_licence_state"] == 0.5, timeout=20, what="the licence to be in grace")
+    publish(100, 100)
+    wait_for(lambda: rows(database)[0] == 200, timeout=20, what="200 messages within the grace period")
+
+    # Past the grace period: ingest leaves the broker, acknowledging nothing; the broker keeps the messages.
+    write_licence(folder, "enterprise", key=valid.key, **{**expired, "exp": int(time.time()) - 7000})
+    wait_for(lambda: ingest.metrics()["iotenant_ingest_licence_state"] == 0 and ingest.metrics()["iotenant_ingest_broker_up"] == 0,
+             timeout=20, what="ingest to pause without a valid licence")
+    publish(200, 300)
+    time.sleep(2)
+    assert rows(database)[0] == 200
+    assert ingest.metrics().get('iotenant_ingest_rejected_total{reason="unexpected"}', 0) == 0
+
+    write_licence(folder, "enterprise", key=valid.key)
+    wait_for(lambda: rows(database)[0] == 500, timeout=30, what="the 300 held messages once a valid licence is back")
+    assert ingest.alive()
     ingest.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from iotenant.broker_admin_tls import AdminTLS, client_context
 from iotenant.broker_identities import ADMIN, ADMIN_ROLE, Identity, Role, desired_roles
 
 log = logging.getLogger("iotenant.broker_control")
@@ -164,7 +166,7 @@ def _client_command(command: str, identity: Identity) -> dict[str, Any]:
 class DynamicSecurity:
     """One admin connection to a tenant broker. Use as a context manager."""
 
-    def __init__(self, host: str, port: int, admin_password: str) -> None:
+    def __init__(self, host: str, port: int, admin_tls: AdminTLS) -> None:
         self.host, self.port = host, port
         self._responses: list[dict[str, Any]] = []
         self._connect_result: Any = None
@@ -172,7 +174,7 @@ class DynamicSecurity:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"iotenant-operator-{secrets.token_hex(4)}", protocol=mqtt.MQTTv5
         )
-        self._client.username_pw_set(ADMIN, admin_password)
+        self._client.tls_set_context(client_context(admin_tls))  # the certificate's name is the admin's username
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
@@ -203,6 +205,8 @@ class DynamicSecurity:
     def __enter__(self) -> "DynamicSecurity":
         try:
             self._client.connect(self.host, self.port, keepalive=60)
+        except ssl.SSLError as error:
+            raise BrokerUnavailable(f"broker {self.host}:{self.port} refused the admin certificate: {error}") from error
         except OSError as error:
             raise BrokerUnavailable(f"cannot reach broker {self.host}:{self.port}: {error}") from error
         try:

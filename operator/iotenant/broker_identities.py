@@ -153,10 +153,13 @@ def desired_roles(identities: list[Identity], share_group: str) -> dict[str, Rol
     return roles
 
 
-def dynamic_security_config(admin_password: str, identities: list[Identity], share_group: str) -> dict[str, Any]:
-    """A complete dynamic-security document: the admin, the roles, and the given identities."""
-    admin_entry = password_entry(admin_password, stable_salt(ADMIN, admin_password))
-    clients = [{"username": ADMIN, "textname": "iotenant operator", **admin_entry, "roles": [{"rolename": ADMIN_ROLE}]}]
+def dynamic_security_config(identities: list[Identity], share_group: str) -> dict[str, Any]:
+    """A complete dynamic-security document: the admin, the roles, and the given identities.
+
+    The admin has no password: it logs in only with its client certificate on the admin listener
+    (``broker_admin_tls``), never on the listener devices use.
+    """
+    clients: list[dict[str, Any]] = [{"username": ADMIN, "textname": "iotenant operator", "roles": [{"rolename": ADMIN_ROLE}]}]
     for identity in identities:
         clients.append({**identity.client(), **password_entry(identity.password, stable_salt(identity.username, identity.password))})
     roles = [{"rolename": ADMIN_ROLE, "acls": Role(ADMIN_ROLE, ADMIN_ACLS).acls()}] + [

@@ -20,6 +20,8 @@ from iotenant.device_fleet import DeviceFleetReconciler, FleetsOutcome, TenantAc
 from iotenant.events import post_event
 from iotenant.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge_conditions
 from iotenant.converge import NAMESPACED_KINDS, Convergence, ObjectKey, controlled_by, converge, key_of, list_live
+from iotenant.broker_admin_tls import AdminTLS
+from iotenant.broker_admin_tls import issue as issue_admin_tls
 from iotenant.broker_identities import new_share_group
 from iotenant.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.render import meta
@@ -80,6 +82,10 @@ def _decode(secret: Manifest | None, key: str) -> str | None:
         return None
     value = (secret.get("data") or {}).get(key)
     return base64.b64decode(value).decode() if value else None
+
+
+def _decoded(secret: Manifest | None) -> dict[str, str] | None:
+    return {key: _decode(secret, key) or "" for key in (secret.get("data") or {})} if secret else None
 
 
 def _kept_conditions(body: Manifest, replaced: tuple[str, ...]) -> list[Condition]:
@@ -196,6 +202,18 @@ class CustomerInstanceReconciler:
 
     # ----------------------------------------------------------------------------- events
 
+    def _broker_admin_tls(self, body: Manifest, namespace: str, live_secret: Callable[[str], Manifest | None]) -> AdminTLS:
+        """The admin listener's certificates as kept, or new ones (and the broker restarts with them) when
+        either half is lost: the broker is then driven again with a new CA, never with a guessed credential."""
+        server, client = live_secret("broker-admin-listener"), live_secret("broker-admin")
+        kept = AdminTLS.from_secrets(_decoded(server), _decoded(client))
+        if kept is not None:
+            return kept
+        if server is not None or client is not None:
+            self.post_event(body, "Warning", "BrokerAdminReissued",
+                            "the broker's admin certificates were incomplete or lost: new ones are issued and the broker restarts with them")
+        return issue_admin_tls(namespace)
+
     def post_event(self, body: Manifest, event_type: str, reason: str, message: str) -> None:
         post_event(self.api, {"apiVersion": meta.API_VERSION, "kind": "CustomerInstance", **body}, event_type, reason, message)
 
@@ -291,7 +309,7 @@ class CustomerInstanceReconciler:
         generated = GeneratedSecrets(
             database_password=_decode(live_secret("database-credentials"), "password") or secrets.token_urlsafe(24),
             api_token=_decode(live_secret("api-token"), "token") or secrets.token_urlsafe(32),
-            broker_admin_password=_decode(live_secret("broker-admin"), "password") or secrets.token_urlsafe(24),
+            broker_admin_tls=self._broker_admin_tls(body, namespace_name, live_secret),
             ingest_broker_password=_decode(live_secret("broker-service-credentials"), "ingest-password") or secrets.token_urlsafe(24),
             api_broker_password=_decode(live_secret("broker-service-credentials"), "api-password") or secrets.token_urlsafe(24),
             ingest_share_group=_decode(live_secret("broker-service-credentials"), "ingest-share-group") or new_share_group(),
@@ -335,7 +353,7 @@ class CustomerInstanceReconciler:
                     else f"no valid licence ({decision.message}): no device can connect"
                 ),
                 broker_ready=serving and broker_ready,
-                admin_password=generated.broker_admin_password,
+                admin_tls=generated.broker_admin_tls,
                 ingest_password=generated.ingest_broker_password,
                 api_password=generated.api_broker_password,
                 share_group=generated.ingest_share_group,

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Histogram
 
+from iotenant.broker_admin_tls import AdminTLS
 from iotenant.broker_control import BrokerAddresses, BrokerCommandFailed, BrokerUnavailable, DynamicSecurity, SyncResult, split_address
 from iotenant.broker_identities import DeviceCredentials, Identity, new_password, service_identities
 from iotenant.cluster_api import ClusterAPI, Manifest, kind_of
@@ -64,7 +65,7 @@ class TenantAccess:
     not_serving_reason: str  # Ready reason of every fleet while not serving
     not_serving_message: str
     broker_ready: bool
-    admin_password: str
+    admin_tls: AdminTLS
     ingest_password: str
     api_password: str
     share_group: str
@@ -161,7 +162,7 @@ class DeviceFleetReconciler:
             self.forget(namespace)  # a broker that comes back may have lost its volume: check it in full
         else:
             try:
-                outcome.broker = self._sync_broker(namespace, access.admin_password, desired, access.share_group)
+                outcome.broker = self._sync_broker(namespace, access.admin_tls, desired, access.share_group)
             except (BrokerUnavailable, BrokerCommandFailed) as error:
                 broker_error = str(error)
                 # Without fleets only the service identities are checked: retried at the next resync.
@@ -230,7 +231,7 @@ class DeviceFleetReconciler:
         credentials = [DeviceCredentials(d, passwords.get(d) or new_password(), host, port) for d in fleet.devices]
         return credentials, request, rotated
 
-    def _sync_broker(self, namespace: str, admin_password: str, desired: dict[str, Identity], share_group: str) -> SyncResult:
+    def _sync_broker(self, namespace: str, admin_tls: AdminTLS, desired: dict[str, Identity], share_group: str) -> SyncResult:
         """Bring the broker in step, unless it was found in step with the same desired state within a resync."""
         fingerprint = hashlib.sha256(
             "\n".join([share_group, *(f"{username} {identity.text_name}" for username, identity in sorted(desired.items()))]).encode()
@@ -243,7 +244,7 @@ class DeviceFleetReconciler:
         self._broker_memo.pop(namespace, None)
         host, port = self.addresses(namespace)
         try:
-            with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, admin_password) as broker:
+            with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, admin_tls) as broker:
                 result = broker.sync(desired, share_group)
         except Exception:
             BROKER_SYNCS.labels("error").inc()

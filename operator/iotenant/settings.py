@@ -31,7 +31,7 @@ class OperatorSettings:
     monitoring_namespace: str = "monitoring"
     plan_catalogue: Path | None = None
     trusted_issuers_jwks: Path | None = None
-    broker_address_template: str = "broker.{namespace}.svc:1883"
+    broker_address_template: str = "broker.{namespace}.svc:8884"
     broker_addresses_file: Path | None = None
     device_broker_address_template: str = "broker.{namespace}.svc:1883"
     create_signing_keys: bool = True

@@ -57,7 +57,7 @@ class LocalBrokers:
                 continue
             broker = start_tenant_broker(files, self.root / namespace)
             self.running[namespace] = broker
-            set_broker_address(self.addresses, namespace, f"127.0.0.1:{broker.port}")
+            set_broker_address(self.addresses, namespace, f"127.0.0.1:{broker.admin_port}")
             print(f"iotenant: {namespace}: broker running on 127.0.0.1:{broker.port}", file=sys.stderr)
 
     def stop(self) -> None:

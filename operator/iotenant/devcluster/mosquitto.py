@@ -21,10 +21,12 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from iotenant.broker_admin_tls import ADMIN_PORT, AdminTLS
+from iotenant.broker_admin_tls import issue as issue_admin_tls
 from iotenant.broker_identities import Identity, dynamic_security_config
 from iotenant.devcluster.binaries import MissingPart
 from iotenant.plans import BrokerLimits, load_catalogue
-from iotenant.render.workloads import mosquitto_conf
+from iotenant.render.workloads import ADMIN_TLS_MOUNT, mosquitto_conf
 
 
 def free_port() -> int:
@@ -47,10 +49,10 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 
-def localise_broker_conf(conf: str, data_dir: Path, port: int) -> str:
-    """The operator-generated mosquitto.conf with this machine's paths and a loopback listener.
+def localise_broker_conf(conf: str, data_dir: Path, admin_tls_dir: Path, port: int, admin_port: int) -> str:
+    """The operator-generated mosquitto.conf with this machine's paths and loopback listeners.
 
-    Only paths, the plugin location and the listener change; every other line runs as generated.
+    Only paths, the plugin location and the listeners change; every other line runs as generated.
     A generated file without the expected lines fails here, so the test follows the real file.
     """
     replacements = {
@@ -58,6 +60,9 @@ def localise_broker_conf(conf: str, data_dir: Path, port: int) -> str:
         "plugin /usr/lib/mosquitto_dynamic_security.so": f"plugin {DEBIAN_DYNSEC_PLUGIN}",
         "plugin_opt_config_file /mosquitto/data/dynamic-security.json": f"plugin_opt_config_file {data_dir}/dynamic-security.json",
         "listener 1883": f"listener {port} 127.0.0.1",
+        f"listener {ADMIN_PORT}": f"listener {admin_port} 127.0.0.1",
+        **{f"{option} {ADMIN_TLS_MOUNT}/{name}": f"{option} {admin_tls_dir}/{name}"
+           for option, name in (("cafile", "ca.crt"), ("certfile", "tls.crt"), ("keyfile", "tls.key"))},
     }
     lines = conf.splitlines()
     for generated, local in replacements.items():
@@ -69,18 +74,19 @@ def localise_broker_conf(conf: str, data_dir: Path, port: int) -> str:
 
 @dataclass
 class MosquittoBroker:
-    """Debian's Mosquitto running a configuration and a dynamic-security file.
+    """Debian's Mosquitto running a configuration, a dynamic-security file and the admin listener's certificates.
 
     ``write_configuration`` renders them with the operator's functions (data-plane tests);
     ``write_generated`` takes them as the operator stored them in the cluster (fleet tests).
     """
 
     root: Path
-    admin_password: str = ""
     identities: list[Identity] = field(default_factory=list)
     share_group: str = "ingest"
     limits: BrokerLimits = field(default_factory=lambda: load_catalogue()["enterprise"].broker)
+    admin_tls: AdminTLS = field(default_factory=lambda: issue_admin_tls("local"))
     port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,24 +99,26 @@ class MosquittoBroker:
 
     def write_configuration(self) -> None:
         conf = mosquitto_conf(tls=False, limits=self.limits)
-        seed = json.dumps(dynamic_security_config(self.admin_password, self.identities, self.share_group))
-        self.write_generated(conf, seed)
+        seed = json.dumps(dynamic_security_config(self.identities, self.share_group))
+        self.write_generated(conf, seed, self.admin_tls.server_secret())
 
-    def write_generated(self, conf: str, dynamic_security: str) -> None:
+    def write_generated(self, conf: str, dynamic_security: str, admin_listener: dict[str, str]) -> None:
         if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
             raise MissingPart("Mosquitto is missing: apt-get install mosquitto mosquitto-clients (or run scripts/install-prerequisites.sh)")
         if not Path(DEBIAN_DYNSEC_PLUGIN).exists():
             raise MissingPart(f"the dynamic-security plugin is missing at {DEBIAN_DYNSEC_PLUGIN}: apt-get install mosquitto")
-        config, data = self.config_dir, self.data_dir
-        config.mkdir(parents=True, exist_ok=True)
+        config, data, admin_tls = self.config_dir, self.data_dir, self.config_dir / "admin-tls"
+        admin_tls.mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
-        (config / "mosquitto.conf").write_text(localise_broker_conf(conf, data, self.port))
+        (config / "mosquitto.conf").write_text(localise_broker_conf(conf, data, admin_tls, self.port, self.admin_port))
+        for name, text in admin_listener.items():
+            (admin_tls / name).write_text(text)
         seeded = data / "dynamic-security.json"
         if not seeded.exists():  # as the broker pod's init container: seed once, then the broker owns it
             seeded.write_text(dynamic_security)
         if os.geteuid() == 0:  # mosquitto drops to its own user: it must read the files and write its data
             user = pwd.getpwnam("mosquitto")
-            for path in [self.root, config, data, *config.iterdir(), *data.iterdir()]:
+            for path in [self.root, config, data, *config.iterdir(), *data.iterdir(), *admin_tls.iterdir()]:
                 os.chown(path, user.pw_uid, user.pw_gid)
                 path.chmod(0o750 if path.is_dir() else 0o640)
 
@@ -121,6 +129,7 @@ class MosquittoBroker:
             stdout=(self.root / "mosquitto.log").open("ab"), stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
+        wait_port(self.admin_port)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -132,21 +141,36 @@ class MosquittoBroker:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def generated_broker_files(core: client.CoreV1Api, namespace: str) -> tuple[str, str] | None:
-    """(mosquitto.conf, dynamic-security seed) as the operator stored them, or None while absent."""
+def _secret_texts(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, str]:
+    data = core.read_namespaced_secret(name, namespace).data or {}
+    return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+
+def generated_broker_files(core: client.CoreV1Api, namespace: str) -> tuple[str, str, dict[str, str]] | None:
+    """(mosquitto.conf, dynamic-security seed, admin listener certificates) as the operator stored them,
+    or None while any is absent."""
     try:
         config_map = core.read_namespaced_config_map("broker-config", namespace).data or {}
-        seed = core.read_namespaced_secret("broker-dynamic-security", namespace).data or {}
+        seed = _secret_texts(core, namespace, "broker-dynamic-security")
+        admin_listener = _secret_texts(core, namespace, "broker-admin-listener")
     except ApiException as error:
         if error.status == 404:
             return None
         raise
     if "mosquitto.conf" not in config_map or "dynamic-security.json" not in seed:
         return None
-    return config_map["mosquitto.conf"], base64.b64decode(seed["dynamic-security.json"]).decode()
+    return config_map["mosquitto.conf"], seed["dynamic-security.json"], admin_listener
 
 
-def start_tenant_broker(files: tuple[str, str], root: Path) -> MosquittoBroker:
+def admin_tls_of(core: client.CoreV1Api, namespace: str) -> AdminTLS:
+    """A tenant's admin certificates as the operator stored them (for tests that drive the broker directly)."""
+    tls = AdminTLS.from_secrets(_secret_texts(core, namespace, "broker-admin-listener"), _secret_texts(core, namespace, "broker-admin"))
+    if tls is None:
+        raise AssertionError(f"{namespace}: the broker admin Secrets are incomplete")
+    return tls
+
+
+def start_tenant_broker(files: tuple[str, str, dict[str, str]], root: Path) -> MosquittoBroker:
     """Run a tenant's generated broker under ``root`` (a folder the mosquitto user can reach)."""
     broker = MosquittoBroker(root=root)
     broker.write_generated(*files)

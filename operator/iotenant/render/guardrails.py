@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from iotenant.broker_admin_tls import ADMIN_PORT
 from iotenant.plans import Quota
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import COMPONENT, Owner
@@ -106,6 +107,15 @@ def network_policies(stack: StackInput) -> list[Manifest]:
             "allow-mqtt-from-devices",
             {COMPONENT: "broker"},
             {"policyTypes": ["Ingress"], "ingress": [{"ports": _ports(*MQTT_PORTS)}]},
+        ),
+        _policy(
+            owner,
+            "allow-broker-admin-from-operator",
+            {COMPONENT: "broker"},
+            {
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [_from_namespace(settings.namespace)], "ports": _ports(ADMIN_PORT)}],
+            },
         ),
         _policy(
             owner,

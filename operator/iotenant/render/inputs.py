@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from iotenant.broker_admin_tls import AdminTLS
 from iotenant.licence import Claims
 from iotenant.plans import STRICTEST_BROKER_LIMITS, BrokerLimits, Quota
 from iotenant.render.meta import Owner
@@ -17,7 +18,7 @@ class GeneratedSecrets:
 
     database_password: str
     api_token: str
-    broker_admin_password: str
+    broker_admin_tls: AdminTLS
     ingest_broker_password: str
     api_broker_password: str
     ingest_share_group: str

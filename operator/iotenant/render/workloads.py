@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
+from iotenant.broker_admin_tls import ADMIN_PORT, CA_CERT, CERT, KEY
 from iotenant.broker_identities import ADMIN, API, INGEST, dynamic_security_config, service_identities
 from iotenant.plans import BrokerLimits
 from iotenant.render.guardrails import API_PORT, DATABASE_PORT, METRICS_PORT
@@ -172,6 +174,13 @@ def mosquitto_conf(tls: bool, limits: BrokerLimits) -> str:
         "plugin /usr/lib/mosquitto_dynamic_security.so",
         f"plugin_opt_config_file {data_dir}/dynamic-security.json",
         "listener 1883",
+        # The operator's admin identity: a client certificate from the tenant's private CA, no password.
+        f"listener {ADMIN_PORT}",
+        f"cafile {ADMIN_TLS_MOUNT}/{CA_CERT}",
+        f"certfile {ADMIN_TLS_MOUNT}/{CERT}",
+        f"keyfile {ADMIN_TLS_MOUNT}/{KEY}",
+        "require_certificate true",
+        "use_identity_as_username true",
     ]
     if tls:
         lines += ["listener 8883", "certfile /mosquitto/tls/tls.crt", "keyfile /mosquitto/tls/tls.key"]
@@ -181,6 +190,9 @@ def mosquitto_conf(tls: bool, limits: BrokerLimits) -> str:
 # The broker's identities start from the operator's seed; afterwards they change live over $CONTROL.
 DYNSEC_SEED = "[ -f /mosquitto/data/dynamic-security.json ] || cp /seed/dynamic-security.json /mosquitto/data/"
 MQTT_PASSWORD_MOUNT = "/etc/iotenant/mqtt"
+ADMIN_TLS_MOUNT = "/mosquitto/admin-tls"
+# The broker restarts when its admin listener's certificates change (they are read at start only).
+ADMIN_TLS_ANNOTATION = "iotenant.io/admin-tls"
 
 
 def broker(stack: StackInput) -> list[Manifest]:
@@ -190,9 +202,11 @@ def broker(stack: StackInput) -> list[Manifest]:
         {"name": "config", "configMap": {"name": "broker-config"}},
         empty_dir("tmp"),
     ]
-    mounts = [{"name": "config", "mountPath": "/mosquitto/config", "readOnly": True}, {"name": "data", "mountPath": "/mosquitto/data"}]
-    ports = [{"name": "mqtt", "containerPort": 1883, "protocol": "TCP"}]
-    service_ports = [("mqtt", 1883)]
+    volumes.append({"name": "admin-tls", "secret": {"secretName": "broker-admin-listener"}})
+    mounts = [{"name": "config", "mountPath": "/mosquitto/config", "readOnly": True}, {"name": "data", "mountPath": "/mosquitto/data"},
+              {"name": "admin-tls", "mountPath": ADMIN_TLS_MOUNT, "readOnly": True}]
+    ports = [{"name": "mqtt", "containerPort": 1883, "protocol": "TCP"}, {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
+    service_ports = [("mqtt", 1883), ("admin", ADMIN_PORT)]
     if tls_secret:
         volumes.append({"name": "tls", "secret": {"secretName": tls_secret}})
         mounts.append({"name": "tls", "mountPath": "/mosquitto/tls", "readOnly": True})
@@ -218,10 +232,13 @@ def broker(stack: StackInput) -> list[Manifest]:
     )
     template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init])
     generated = stack.secrets
+    template["metadata"].setdefault("annotations", {})[ADMIN_TLS_ANNOTATION] = hashlib.sha256(
+        generated.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
     services = service_identities(generated.ingest_broker_password, generated.api_broker_password)
-    seed = json.dumps(dynamic_security_config(generated.broker_admin_password, services, generated.ingest_share_group), sort_keys=True)
+    seed = json.dumps(dynamic_security_config(services, generated.ingest_share_group), sort_keys=True)
     return [
-        secret(owner, "broker-admin", "broker", {"username": ADMIN, "password": generated.broker_admin_password}),
+        secret(owner, "broker-admin", "broker", {"username": ADMIN, **generated.broker_admin_tls.client_secret()}),
+        secret(owner, "broker-admin-listener", "broker", generated.broker_admin_tls.server_secret()),
         secret(owner, "broker-service-credentials", "broker",
                {"ingest-password": generated.ingest_broker_password, "api-password": generated.api_broker_password,
                 "ingest-share-group": generated.ingest_share_group}),

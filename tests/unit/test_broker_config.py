@@ -1,0 +1,71 @@
+"""The broker's generated configuration and identities, judged without a broker."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from iotenant.broker_admin_tls import ADMIN_PORT, AdminTLS, issue
+from iotenant.broker_identities import ADMIN, Identity, device_role, dynamic_security_config, service_identities
+from iotenant.plans import CatalogueError, load_catalogue
+from iotenant.render.workloads import mosquitto_conf
+
+
+def test_the_configuration_carries_the_plan_limits_and_the_admin_listener() -> None:
+    starter = load_catalogue()["starter"].broker
+    lines = mosquitto_conf(tls=False, limits=starter).splitlines()
+    assert f"max_packet_size {starter.maxPacketBytes}" in lines
+    assert f"max_queued_messages {starter.maxQueuedMessages}" in lines
+    assert f"max_queued_bytes {starter.maxQueuedBytes}" in lines
+    assert "persistent_client_expiration 24h" in lines
+    admin = lines.index(f"listener {ADMIN_PORT}")
+    assert lines[admin + 1:admin + 6] == [
+        "cafile /mosquitto/admin-tls/ca.crt", "certfile /mosquitto/admin-tls/tls.crt", "keyfile /mosquitto/admin-tls/tls.key",
+        "require_certificate true", "use_identity_as_username true",
+    ]
+    assert not any(line.startswith("acl_file") for line in lines)
+    assert "allow_anonymous false" in lines
+
+
+def test_a_device_role_allows_only_its_own_topics() -> None:
+    role = device_role("dev-1")
+    assert role.name == "device:dev-1"
+    assert set(role.allows) == {
+        ("publishClientSend", "iot/dev-1/telemetry"), ("publishClientSend", "iot/dev-1/hello"),
+        ("publishClientSend", "iot/dev-1/status"), ("publishClientSend", "iot/dev-1/command/ack"),
+        ("publishClientSend", "iot/dev-1/ota/status"), ("subscribePattern", "iot/dev-1/#"),
+        ("publishClientReceive", "iot/dev-1/#"),
+    }
+
+
+def test_the_seed_gives_the_admin_no_password_and_every_device_its_role_and_client_id() -> None:
+    document = dynamic_security_config(service_identities("i", "a") + [Identity("dev-1", "pw", None, "fleet/f")], "group-x")
+    clients = {client["username"]: client for client in document["clients"]}
+    assert "password" not in clients[ADMIN] and "salt" not in clients[ADMIN]
+    assert clients["dev-1"]["clientid"] == "dev-1" and clients["dev-1"]["roles"] == [{"rolename": "device:dev-1"}]
+    roles = {role["rolename"]: role for role in document["roles"]}
+    assert {acl["topic"] for acl in roles["ingest"]["acls"] if acl["acltype"] == "subscribePattern"} == {
+        f"$share/group-x/iot/+/{kind}" for kind in ("telemetry", "hello", "status", "command/ack")}
+    assert document["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                                            "unsubscribe": True}
+
+
+def test_admin_certificates_belong_together_or_not_at_all() -> None:
+    first, second = issue("customer-a"), issue("customer-a")
+    assert AdminTLS.from_secrets(first.server_secret(), first.client_secret()) == first
+    assert AdminTLS.from_secrets(first.server_secret(), second.client_secret()) is None
+    assert AdminTLS.from_secrets(first.server_secret(), None) is None
+    assert AdminTLS.from_secrets({**first.server_secret(), "tls.key": ""}, first.client_secret()) is None
+
+
+def test_a_plan_may_not_allow_packets_larger_than_ingest_takes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    entry = yaml.safe_dump({"big": {**_starter_entry(), "broker": {"maxPacketBytes": 10 * 1024 * 1024}}})
+    (tmp_path / "plans.yaml").write_text(entry)
+    with pytest.raises(CatalogueError, match="broker.maxPacketBytes"):
+        load_catalogue(tmp_path / "plans.yaml")
+
+
+def _starter_entry() -> dict:
+    from iotenant.plans import DEFAULT_CATALOGUE
+
+    return dict(DEFAULT_CATALOGUE["starter"])
