@@ -117,12 +117,20 @@ RESYNC_SECONDS = 5
 EXPIRY_GRACE_SECONDS = 86400
 
 
+BILLING_ISSUER = "billing-test"
+
+
 @dataclass
 class BillingIssuer:
-    """A billing system's key pair, trusted by the operator under test."""
+    """A billing system's key pair, trusted by the operator under test as issuer ``BILLING_ISSUER``.
+
+    Its trusted JWKS also holds what must never verify anything: a 1024-bit RSA key (``weak_key``),
+    an EC key and a key without ``kid``.
+    """
 
     key: licences.SigningKey
-    jwks_file: Path
+    weak_key: licences.SigningKey
+    trusted_issuers_file: Path
 
 
 @dataclass
@@ -137,10 +145,16 @@ class RunningOperator:
 
 @pytest.fixture(scope="session")
 def billing(tmp_path_factory: pytest.TempPathFactory) -> BillingIssuer:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     key = licences.SigningKey.generate()
-    jwks_file = tmp_path_factory.mktemp("billing") / "jwks.json"
-    jwks_file.write_text(json.dumps(licences.jwks([key.jwk])))
-    return BillingIssuer(key=key, jwks_file=jwks_file)
+    weak = licences.SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    ec_key = {"kty": "EC", "kid": "billing-ec", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+              "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+    without_kid = {key_name: value for key_name, value in licences.SigningKey.generate().jwk.items() if key_name != "kid"}
+    trusted_issuers_file = tmp_path_factory.mktemp("billing") / "trusted-issuers.json"
+    trusted_issuers_file.write_text(json.dumps({BILLING_ISSUER: {"keys": [key.jwk, weak.jwk, ec_key, without_kid]}}))
+    return BillingIssuer(key=key, weak_key=weak, trusted_issuers_file=trusted_issuers_file)
 
 
 @pytest.fixture(scope="session")
@@ -211,7 +225,7 @@ def operator(
              "--namespace", OPERATOR_NAMESPACE,
              "--resync-seconds", str(RESYNC_SECONDS),
              "--expiry-grace-seconds", str(EXPIRY_GRACE_SECONDS),
-             "--trusted-issuers-jwks", str(billing.jwks_file),
+             "--trusted-issuers", str(billing.trusted_issuers_file),
              "--broker-addresses-file", str(broker_addresses),
              "--leader-election", "true", "--identity", OPERATOR_IDENTITY,
              "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--health-port", "0",

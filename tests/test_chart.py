@@ -93,14 +93,14 @@ def test_plans_trusted_issuers_and_signing_keys_are_values(binaries: Binaries, t
     file.write_text(yaml.safe_dump(values))
     jwks = tmp_path / "billing-jwks.json"
     jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "billing-1", "n": "AQAB", "e": "AQAB"}]}))
-    objects = render_chart(binaries, "-f", str(file), "--set-file", f"trustedIssuers.jwks={jwks}")
+    objects = render_chart(binaries, "-f", str(file), "--set-file", f"trustedIssuers.billing-1={jwks}")
     (config_map,) = by_kind(objects, "ConfigMap")
     from iotenant.plans import load_catalogue
 
     plans_file = tmp_path / "plans.yaml"
     plans_file.write_text(config_map["data"]["plans.yaml"])
     assert load_catalogue(plans_file)["basic"].limits.maxDevices == 5  # the operator reads what the chart writes
-    assert json.loads(config_map["data"]["trusted-issuers.json"])["keys"][0]["kid"] == "billing-1"
+    assert json.loads(config_map["data"]["trusted-issuers.json"])["billing-1"]["keys"][0]["kid"] == "billing-1"
     env = {i["name"]: i.get("value") for i in by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["IOTENANT_PLAN_CATALOGUE"] == "/etc/iotenant/config/plans.yaml"
     assert env["IOTENANT_CREATE_SIGNING_KEYS"] == "false"

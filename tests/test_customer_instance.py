@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from conftest import OPERATOR_NAMESPACE, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
+from conftest import BILLING_ISSUER, OPERATOR_NAMESPACE, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
 from iotenant import licence as licences
 from iotenant.plans import load_catalogue
 
@@ -106,8 +107,24 @@ def billing_licence(kube: Cluster, name: str, token: str, namespace: str = "bill
     return {"secretRef": {"name": name, "namespace": namespace}}
 
 
+def billing_licence_bytes(kube: Cluster, name: str, value: bytes, namespace: str = "billing") -> dict:
+    """A billing licence Secret whose licence.jwt holds these bytes (UTF-8 or not)."""
+    manifest = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+                "data": {"licence.jwt": base64.b64encode(value).decode()}}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    return {"secretRef": {"name": name, "namespace": namespace}}
+
+
+def operator_signing_key(kube: Cluster) -> licences.SigningKey:
+    from iotenant.signing_keys import SECRET_KEY, SECRET_NAME, KeyRing
+
+    secret = kube.core.read_namespaced_secret(SECRET_NAME, OPERATOR_NAMESPACE)
+    ring = KeyRing.from_json(base64.b64decode(secret.data[SECRET_KEY]).decode())
+    return ring.keys[ring.active_kid]
+
+
 def billing_token(billing: BillingIssuer, subject: str, plan: str = "professional", **overrides: Any) -> str:
-    claims = CATALOGUE[plan].claims(subject, "billing-test", 30 * 86400)
+    claims = CATALOGUE[plan].claims(subject, BILLING_ISSUER, 30 * 86400)
     payload = {**claims.to_payload(), **overrides}
     return licences.sign(licences._claims_from_payload(payload), billing.key)
 
@@ -407,6 +424,14 @@ def test_suspension_scales_serving_workloads_to_zero_and_keeps_data(kube: Cluste
         ("not-yet-valid", licences.NOT_YET_VALID),
         ("unknown-key", licences.UNKNOWN_KEY),
         ("missing", licences.MISSING),
+        ("wrong-issuer", licences.WRONG_ISSUER),
+        ("issued-in-future", licences.ISSUED_IN_FUTURE),
+        ("operator-key", licences.UNKNOWN_KEY),
+        ("weak-key", licences.WEAK_KEY),
+        ("ec-key", licences.MALFORMED),
+        ("kid-of-ec-key", licences.UNKNOWN_KEY),
+        ("not-utf8", licences.MALFORMED),
+        ("garbage", licences.MALFORMED),
     ],
 )
 def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, billing: BillingIssuer, case: str, reason: str) -> None:
@@ -427,9 +452,30 @@ def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operat
         token = billing_token(billing, subject, nbf=now + 7 * 86400, iat=now)
     elif case == "unknown-key":
         token = licences.sign(CATALOGUE["professional"].claims(subject, "rogue", 86400), licences.SigningKey.generate())
+    elif case == "wrong-issuer":  # signed by the billing key, claiming to come from elsewhere
+        token = billing_token(billing, subject, iss="another-billing-system")
+    elif case == "issued-in-future":
+        token = billing_token(billing, subject, iat=now + 7 * 86400)
+    elif case == "operator-key":  # the operator's own keys verify only the licences it issues
+        token = licences.sign(CATALOGUE["enterprise"].claims(subject, BILLING_ISSUER, 86400), operator_signing_key(kube))
+    elif case == "weak-key":
+        token = licences.sign(CATALOGUE["enterprise"].claims(subject, BILLING_ISSUER, 86400), billing.weak_key)
+    elif case == "ec-key":
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        payload = CATALOGUE["enterprise"].claims(subject, BILLING_ISSUER, 86400).to_payload()
+        token = jwt.encode(payload, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "billing-ec"})
+    elif case == "kid-of-ec-key":
+        payload = CATALOGUE["enterprise"].claims(subject, BILLING_ISSUER, 86400).to_payload()
+        token = jwt.encode(payload, billing.key.private_key, algorithm="RS256", headers={"kid": "billing-ec"})
+    elif case == "garbage":
+        token = "%%%." + "A" * 5000 + ".\u0000"
     else:
         token = ""
-    secret_ref = billing_licence(kube, f"{name}-licence", token)
+    if case == "not-utf8":
+        secret_ref = billing_licence_bytes(kube, f"{name}-licence", b"\xff\xfe" + billing_token(billing, subject).encode())
+    else:
+        secret_ref = billing_licence(kube, f"{name}-licence", token)
     create_instance(kube, name, customerId=subject, licence=secret_ref)
     body = wait_condition(kube, name, "LicenceValid", "False", reason=reason)
     assert condition(body, "Ready")["status"] == "False"
@@ -439,9 +485,66 @@ def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operat
     assert kube.apps.read_namespaced_stateful_set("ingest", namespace).spec.replicas == 0
     assert kube.apps.read_namespaced_deployment("api", namespace).spec.replicas == 0
     assert not exists(lambda: kube.apps.read_namespaced_stateful_set("prometheus", namespace))
-    if reason in (licences.BAD_SIGNATURE, licences.WRONG_SUBJECT, licences.WRONG_AUDIENCE, licences.UNKNOWN_KEY):
+    if reason not in (licences.NOT_YET_VALID, licences.MISSING):
         assert condition(body, "Stalled")["status"] == "True"
         assert body["status"]["phase"] == "Failed"
+
+
+def test_a_billing_licence_is_read_only_from_a_trusted_namespace_and_the_answer_reveals_nothing(
+    kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, billing: BillingIssuer
+) -> None:
+    """Anyone who may create a CustomerInstance must not learn, through its status, what Secrets exist elsewhere."""
+    real = billing_licence(kube, "probe-real", billing_token(billing, "probe-a-id"), namespace="default")
+    create_instance(kube, "probe-a", customerId="probe-a-id", licence=real)
+    create_instance(kube, "probe-b", customerId="probe-b-id", licence={"secretRef": {"name": "no-such-secret", "namespace": "kube-system"}})
+    answers = []
+    for name in ("probe-a", "probe-b"):
+        body = wait_condition(kube, name, "LicenceValid", "False", reason="UntrustedLicenceSource")
+        assert condition(body, "Stalled")["status"] == "True" and "licence" not in body["status"]
+        answers.append({kind: (condition(body, kind)["reason"], condition(body, kind)["message"]) for kind in ("Ready", "LicenceValid")})
+    assert answers[0] == answers[1], answers
+    assert "billing" in answers[0]["LicenceValid"][1]
+    assert kube.apps.read_namespaced_stateful_set("ingest", "customer-probe-a").spec.replicas == 0
+    delete_instance(kube, "probe-a")
+    delete_instance(kube, "probe-b")
+
+
+def test_one_customer_id_one_instance_the_younger_is_refused(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
+    create_instance(kube, "first-of-two", customerId="shared-id", plan="starter")
+    wait_phase(kube, "first-of-two", "Ready")
+    create_instance(kube, "second-of-two", customerId="shared-id", plan="enterprise")
+    body = wait_condition(kube, "second-of-two", "Ready", "False", reason="DuplicateCustomerId")
+    assert body["status"]["phase"] == "Failed" and condition(body, "Stalled")["status"] == "True"
+    assert "first-of-two" in condition(body, "Ready")["message"]
+    assert not exists(lambda: kube.core.read_namespace("customer-second-of-two")), "a duplicate got a namespace"
+    assert instance(kube, "first-of-two")["status"]["phase"] == "Ready"
+    delete_instance(kube, "first-of-two")
+    wait_phase(kube, "second-of-two", "Ready", timeout=120)  # the customerId is free: the remaining one serves
+    delete_instance(kube, "second-of-two")
+
+
+def test_undecodable_managed_secrets_never_stop_enforcement(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
+    name, namespace = "garbled", "customer-garbled"
+    create_instance(kube, name, plan="starter")
+    wait_phase(kube, name, "Ready")
+    garbage = base64.b64encode(b"\xff\xfe\x00").decode()
+    kube.core.patch_namespaced_secret("api-token", namespace, {"data": {"token": garbage}})
+    kube.core.patch_namespaced_secret("broker-service-credentials", namespace, {"data": {"ingest-password": garbage}})
+    kube.core.patch_namespaced_secret("licence", namespace, {"data": {"licence.jwt": garbage}})
+    kube.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"suspended": True}})
+    wait_phase(kube, name, "Suspended", timeout=RESYNC_SECONDS * 4)
+    wait_for(lambda: kube.apps.read_namespaced_stateful_set("ingest", namespace).spec.replicas == 0, what="ingest scaled to zero")
+    for secret, key in (("api-token", "token"), ("broker-service-credentials", "ingest-password"), ("licence", "licence.jwt")):
+        wait_for(lambda: secret_value_or_none(kube, namespace, secret, key), timeout=RESYNC_SECONDS * 3,
+                 what=f"Secret {secret} to hold text again")
+    delete_instance(kube, name)
+
+
+def secret_value_or_none(kube: Cluster, namespace: str, name: str, key: str) -> str | None:
+    try:
+        return secret_value(kube, namespace, name, key)
+    except UnicodeDecodeError:
+        return None
 
 
 def test_a_valid_billing_licence_decides_plan_and_tier(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, billing: BillingIssuer) -> None:
@@ -450,7 +553,7 @@ def test_a_valid_billing_licence_decides_plan_and_tier(kube: Cluster, operator: 
     create_instance(kube, name, licence=secret_ref)
     body = wait_phase(kube, name, "Ready", timeout=90)
     assert body["status"]["licence"]["plan"] == "enterprise"
-    assert body["status"]["licence"]["issuer"] == "billing-test"
+    assert body["status"]["licence"]["issuer"] == BILLING_ISSUER
     assert exists(lambda: kube.apps.read_namespaced_stateful_set("prometheus", "customer-billed"))
     jwks = published_jwks(kube, "customer-billed")
     assert billing.key.kid in {key["kid"] for key in jwks["keys"]}

@@ -30,6 +30,7 @@ from iotenant.render.inputs import GeneratedSecrets, StackInput
 from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
 from iotenant.signing_keys import KeyRing
+from iotenant.trusted_issuers import TrustedIssuers
 
 log = logging.getLogger("iotenant.customer_instance")
 
@@ -40,13 +41,23 @@ NAMESPACE = kind_of("v1", "Namespace")
 SECRET = kind_of("v1", "Secret")
 PVC = kind_of("v1", "PersistentVolumeClaim")
 
-# Licence reasons that retrying cannot fix until someone changes the licence.
+# spec.licence.secretRef names a namespace the operator does not take billing licences from. One
+# answer for every such Secret, existing or not: the status reveals nothing about it.
+UNTRUSTED_LICENCE_SOURCE = "UntrustedLicenceSource"
+# Another, older CustomerInstance has the same customerId.
+DUPLICATE_CUSTOMER_ID = "DuplicateCustomerId"
+# Licence reasons that retrying cannot fix until someone changes the licence (or the instances).
 UNFIXABLE_LICENCE_REASONS = {
     licences.MALFORMED,
     licences.UNKNOWN_KEY,
     licences.BAD_SIGNATURE,
     licences.WRONG_AUDIENCE,
     licences.WRONG_SUBJECT,
+    licences.WRONG_ISSUER,
+    licences.WEAK_KEY,
+    licences.ISSUED_IN_FUTURE,
+    UNTRUSTED_LICENCE_SOURCE,
+    DUPLICATE_CUSTOMER_ID,
 }
 
 
@@ -77,15 +88,34 @@ class Outcome:
     retry_after: float | None = None  # seconds: something (the broker) asked to be tried again soon
 
 
+class Undecodable(ValueError):
+    """A Secret value that is not base64 of UTF-8 text."""
+
+
 def _decode(secret: Manifest | None, key: str) -> str | None:
+    """A Secret's value as text; raises ``Undecodable`` when it is not text."""
     if not secret:
         return None
     value = (secret.get("data") or {}).get(key)
-    return base64.b64decode(value).decode() if value else None
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (ValueError, TypeError) as error:
+        raise Undecodable(f"key {key!r} is not UTF-8 text") from error
+
+
+def _kept(secret: Manifest | None, key: str) -> str | None:
+    """A generated value kept in a managed Secret; one that is not text is replaced like a missing one."""
+    try:
+        return _decode(secret, key)
+    except Undecodable:
+        log.warning("Secret %s: %s; a new value is generated", (secret or {}).get("metadata", {}).get("name"), key)
+        return None
 
 
 def _decoded(secret: Manifest | None) -> dict[str, str] | None:
-    return {key: _decode(secret, key) or "" for key in (secret.get("data") or {})} if secret else None
+    return {key: _kept(secret, key) or "" for key in (secret.get("data") or {})} if secret else None
 
 
 def _kept_conditions(body: Manifest, replaced: tuple[str, ...]) -> list[Condition]:
@@ -121,7 +151,7 @@ class CustomerInstanceReconciler:
         settings: OperatorSettings,
         catalogue: dict[str, Plan],
         keyring: Callable[[], KeyRing],
-        trusted_issuers_jwks: dict[str, Any],
+        trusted_issuers: TrustedIssuers,
         service_monitor_crd_present: Callable[[], bool],
         fleets: DeviceFleetReconciler | None = None,
         clock: Callable[[], float] = time.time,
@@ -130,7 +160,7 @@ class CustomerInstanceReconciler:
         self.settings = settings
         self.catalogue = catalogue
         self.keyring = keyring
-        self.trusted_issuers_jwks = trusted_issuers_jwks
+        self.trusted_issuers = trusted_issuers
         self.service_monitor_crd_present = service_monitor_crd_present
         self.fleets = fleets or DeviceFleetReconciler(api, settings)
         self.clock = clock
@@ -140,18 +170,27 @@ class CustomerInstanceReconciler:
     def _operator_jwks(self) -> dict[str, Any]:
         return self.keyring().public_jwks
 
-    def _trusted_jwks(self) -> dict[str, Any]:
-        return licences.jwks([*self.trusted_issuers_jwks.get("keys", []), *self._operator_jwks()["keys"]])
-
     def _external_licence(self, spec: dict[str, Any]) -> LicenceDecision:
+        """A billing licence, read only from a trusted namespace and verified only by the keys of the
+        issuer it names. Whatever the Secret holds, the answer is a decision, never an exception."""
         ref = spec["licence"]["secretRef"]
+        if ref.get("namespace") not in self.settings.billing_namespaces:
+            trusted = ", ".join(self.settings.billing_namespaces) or "none"
+            return LicenceDecision(None, UNTRUSTED_LICENCE_SOURCE,
+                                   f"spec.licence.secretRef must name a Secret in a namespace trusted for billing licences ({trusted})",
+                                   serving=False)
         secret = self.api.get(SECRET, ref["name"], ref["namespace"])
-        token = _decode(secret, "licence.jwt")
+        try:
+            token = _decode(secret, "licence.jwt")
+        except Undecodable as error:
+            return LicenceDecision(None, licences.MALFORMED, f"Secret {ref['namespace']}/{ref['name']}: {error}", serving=False)
         if token is None:
             what = "has no key licence.jwt" if secret else "does not exist"
             return LicenceDecision(None, licences.MISSING, f"Secret {ref['namespace']}/{ref['name']} {what}", serving=False)
+        issuer = self.trusted_issuers.issuer_of(licences.key_id_of(token))
         try:
-            verified = licences.verify(token, self._trusted_jwks(), spec["customerId"], now=self.clock())
+            verified = licences.verify(token, self.trusted_issuers.jwks_of(issuer), spec["customerId"], now=self.clock(),
+                                       expected_issuer=issuer)
         except licences.LicenceInvalid as invalid:
             return LicenceDecision(None, invalid.reason, invalid.message, serving=False)
         if not verified.expired:
@@ -176,7 +215,7 @@ class CustomerInstanceReconciler:
         reason = "Issued"
         if live_token:
             try:
-                current = licences.verify(live_token, ring.public_jwks, spec["customerId"], now=now)
+                current = licences.verify(live_token, ring.public_jwks, spec["customerId"], now=now, expected_issuer=self.settings.issuer)
                 unchanged = (
                     current.claims.plan == plan.name
                     and current.claims.features == plan.features
@@ -254,7 +293,8 @@ class CustomerInstanceReconciler:
 
     # ----------------------------------------------------------------------------- reconcile
 
-    def reconcile(self, body: Manifest) -> Outcome:
+    def reconcile(self, body: Manifest, customer_id_holder: str | None = None) -> Outcome:
+        """``customer_id_holder``: the oldest CustomerInstance with this one's customerId; any other is refused."""
         metadata, spec = body["metadata"], body.get("spec") or {}
         name, uid = metadata["name"], metadata["uid"]
         owner = meta.Owner(name=name, uid=uid)
@@ -274,6 +314,20 @@ class CustomerInstanceReconciler:
 
         namespace_name = owner.namespace
         namespace = self.api.get(NAMESPACE, namespace_name)
+        duplicate = customer_id_holder is not None and customer_id_holder != name
+        if duplicate and namespace is None:  # nothing was made for it: make nothing
+            message = (f"customerId {spec.get('customerId')!r} belongs to CustomerInstance {customer_id_holder}, which is older; "
+                       "one customer, one instance")
+            conditions = [
+                Condition("Ready", FALSE, DUPLICATE_CUSTOMER_ID, message),
+                Condition("LicenceValid", FALSE, DUPLICATE_CUSTOMER_ID, message),
+                Condition("WorkloadsReady", FALSE, DUPLICATE_CUSTOMER_ID, message),
+                Condition("MonitoringReady", UNKNOWN, DUPLICATE_CUSTOMER_ID, "not evaluated"),
+                Condition("Reconciling", FALSE, DUPLICATE_CUSTOMER_ID, message),
+                Condition("Stalled", TRUE, DUPLICATE_CUSTOMER_ID, message),
+            ]
+            written = self._write_status(body, self._status(body, "Failed", conditions))
+            return Outcome(phase="Failed", status_written=written)
         if namespace is not None and not controlled_by(namespace, uid):
             message = f"namespace {namespace_name} exists and is not owned by this CustomerInstance; iotenant never adopts it"
             conditions = [
@@ -300,19 +354,23 @@ class CustomerInstanceReconciler:
             return live.get(("Secret", namespace_name, secret_name))
 
         external = bool(spec.get("licence", {}).get("secretRef"))
-        if external:
+        if duplicate:  # made before the older one claimed the customerId: kept, but serving nobody
+            decision = LicenceDecision(None, DUPLICATE_CUSTOMER_ID,
+                                       f"customerId {spec.get('customerId')!r} belongs to CustomerInstance {customer_id_holder}, which is older",
+                                       serving=False)
+        elif external:
             decision = self._external_licence(spec)
         else:
-            decision = self._issued_licence(spec, _decode(live_secret("licence"), "licence.jwt"))
+            decision = self._issued_licence(spec, _kept(live_secret("licence"), "licence.jwt"))
         claims = decision.verified.claims if decision.verified else None
 
         generated = GeneratedSecrets(
-            database_password=_decode(live_secret("database-credentials"), "password") or secrets.token_urlsafe(24),
-            api_token=_decode(live_secret("api-token"), "token") or secrets.token_urlsafe(32),
+            database_password=_kept(live_secret("database-credentials"), "password") or secrets.token_urlsafe(24),
+            api_token=_kept(live_secret("api-token"), "token") or secrets.token_urlsafe(32),
             broker_admin_tls=self._broker_admin_tls(body, namespace_name, live_secret),
-            ingest_broker_password=_decode(live_secret("broker-service-credentials"), "ingest-password") or secrets.token_urlsafe(24),
-            api_broker_password=_decode(live_secret("broker-service-credentials"), "api-password") or secrets.token_urlsafe(24),
-            ingest_share_group=_decode(live_secret("broker-service-credentials"), "ingest-share-group") or new_share_group(),
+            ingest_broker_password=_kept(live_secret("broker-service-credentials"), "ingest-password") or secrets.token_urlsafe(24),
+            api_broker_password=_kept(live_secret("broker-service-credentials"), "api-password") or secrets.token_urlsafe(24),
+            ingest_share_group=_kept(live_secret("broker-service-credentials"), "ingest-share-group") or new_share_group(),
         )
         suspended_by_spec = bool(spec.get("suspended"))
         serving = decision.serving and not suspended_by_spec
@@ -325,7 +383,9 @@ class CustomerInstanceReconciler:
             secrets=generated,
             claims=claims,
             licence_token=decision.verified.token if decision.verified else "",
-            jwks=self._trusted_jwks() if external else self._operator_jwks(),
+            # The workloads verify with the keys of the issuer that signed their licence, and no other.
+            jwks=self.trusted_issuers.jwks_of(decision.verified.claims.iss if decision.verified else None) if external
+            else self._operator_jwks(),
             quota=plan.quota if plan else None,
             broker_limits=plan.broker if plan else STRICTEST_BROKER_LIMITS,
             serving=serving,

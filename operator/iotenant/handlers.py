@@ -11,7 +11,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -25,6 +24,7 @@ from iotenant.device_fleet import report_not_in_customer_namespace
 from iotenant.render.meta import CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF, namespace_for
 from iotenant.render.monitoring import SERVICE_MONITOR_CRD
 from iotenant.settings import OperatorSettings
+from iotenant.trusted_issuers import TrustedIssuers
 
 log = logging.getLogger("iotenant.operator")
 GROUP, VERSION = "iotenant.io", "v1alpha1"
@@ -98,9 +98,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=RECONCILE_THREADS, thread_name_prefix="reconcile"))
 
     catalogue = load_catalogue(s.settings.plan_catalogue)
-    trusted: dict[str, Any] = {"keys": []}
-    if s.settings.trusted_issuers_jwks:
-        trusted = json.loads(Path(s.settings.trusted_issuers_jwks).read_text())
+    trusted = TrustedIssuers.load(s.settings.trusted_issuers, s.settings.issuer)
     ring, s.keyring_version = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace, s.settings.create_signing_keys)
     s.keyring = ring
     s.monitor_crd = await asyncio.to_thread(s.api.get, CRD, SERVICE_MONITOR_CRD) is not None
@@ -109,7 +107,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings=s.settings,
         catalogue=catalogue,
         keyring=lambda: s.keyring,  # type: ignore[arg-type, return-value]
-        trusted_issuers_jwks=trusted,
+        trusted_issuers=trusted,
         service_monitor_crd_present=lambda: s.monitor_crd,
     )
     await asyncio.to_thread(_publish_jwks, s)
@@ -171,8 +169,22 @@ async def _maintain_keyring(s: OperatorState) -> None:
             log.exception("key ring maintenance failed; retrying")
 
 
+@kopf.index(GROUP, VERSION, "customerinstances")
+def customer_ids(body: kopf.Body, **_: Any) -> dict[str, tuple[str, str]]:
+    """Every CustomerInstance by its customerId (Kopf fills the index before any reconcile starts)."""
+    metadata = body.get("metadata", {})
+    return {str((body.get("spec") or {}).get("customerId", "")): (str(metadata.get("creationTimestamp", "")), str(metadata.get("name", "")))}
+
+
+def holder_of(index: kopf.Index[str, tuple[str, str]], customer_id: str) -> str | None:
+    """The oldest CustomerInstance with this customerId (creation time, then name): the one it belongs to."""
+    claimants = list(index.get(customer_id, []))
+    return min(claimants)[1] if claimants else None
+
+
 @kopf.daemon(GROUP, VERSION, "customerinstances", cancellation_timeout=10.0)
-async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, customer_ids: kopf.Index[str, tuple[str, str]],
+                                 **_: Any) -> None:
     """Reconcile now, then whenever woken (spec, annotations, children, CRDs, keys) or at every resync."""
     s = state()
     uid = body["metadata"]["uid"]
@@ -187,7 +199,8 @@ async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, *
             started = time.monotonic()
             assert s.reconciler is not None
             try:
-                outcome = await asyncio.to_thread(s.reconciler.reconcile, snapshot)
+                holder = holder_of(customer_ids, str((snapshot.get("spec") or {}).get("customerId", "")))
+                outcome = await asyncio.to_thread(s.reconciler.reconcile, snapshot, holder)
             except Exception as error:
                 RECONCILES.labels("error").inc()
                 log.exception("reconcile of %s failed, retrying in %.0f s", body["metadata"]["name"], backoff)
@@ -254,6 +267,7 @@ def customer_instance_changed(body: kopf.Body, type: str | None, **_: Any) -> No
         s.wake(uid)
     if type == "DELETED":
         s.seen.pop(uid, None)
+        s.wake()  # an instance that shared its customerId may now be the one it belongs to
 
 
 @kopf.on.delete(GROUP, VERSION, "customerinstances")

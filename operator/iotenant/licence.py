@@ -35,7 +35,13 @@ BAD_SIGNATURE = "BadSignature"
 WRONG_AUDIENCE = "WrongAudience"
 WRONG_SUBJECT = "WrongSubject"
 NOT_YET_VALID = "NotYetValid"
+ISSUED_IN_FUTURE = "IssuedInFuture"
+WRONG_ISSUER = "WrongIssuer"
+WEAK_KEY = "WeakSigningKey"
 EXPIRED = "Expired"
+
+# Trusted RSA keys shorter than this are refused (NIST SP 800-131A).
+MIN_RSA_BITS = 2048
 
 
 class LicenceInvalid(Exception):
@@ -204,7 +210,7 @@ def _claims_from_payload(payload: dict[str, Any]) -> Claims:
                 storageGb=int(monitoring.get("storageGb", 0)),
             ),
         )
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise LicenceInvalid(MALFORMED, str(error)) from error
 
 
@@ -214,12 +220,51 @@ def verify(
     expected_subject: str | None,
     now: float | None = None,
     leeway_seconds: int = 60,
+    expected_issuer: str | None = None,
 ) -> VerifiedLicence:
-    """Verify signature, ``aud``, ``sub`` and ``nbf``; report ``exp`` as ``expired`` (callers decide grace).
+    """Verify signature, ``aud``, ``sub``, ``iss`` (when given), ``iat`` and ``nbf``; report ``exp`` as
+    ``expired`` (callers decide grace).
 
-    Raises ``LicenceInvalid`` with a specific reason for anything else.
+    Raises ``LicenceInvalid`` with a specific reason for anything else: whatever the token or the key
+    set holds, nothing else escapes (fail closed).
     """
-    if not token or not token.strip():
+    try:
+        return _verify(token, trusted_jwks, expected_subject, time.time() if now is None else now, leeway_seconds, expected_issuer)
+    except LicenceInvalid:
+        raise
+    except Exception as error:  # a hostile token or key set must never abort the caller
+        raise LicenceInvalid(MALFORMED, f"the licence cannot be verified ({type(error).__name__})") from error
+
+
+def key_id_of(token: str) -> str | None:
+    """The ``kid`` a token's header names, unverified (which issuer to ask), or None."""
+    try:
+        kid = jwt.get_unverified_header(token.strip()).get("kid")
+    except Exception:  # any bytes may arrive here
+        return None
+    return kid if isinstance(kid, str) else None
+
+
+def trusted_public_key(jwk: Any) -> rsa.RSAPublicKey:
+    """The RSA public key of a trusted JWK with RS256, at least ``MIN_RSA_BITS`` long."""
+    if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
+        raise LicenceInvalid(UNKNOWN_KEY, "the trusted key is not an RSA key")
+    try:
+        key = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
+    except (jwt.PyJWTError, ValueError, TypeError) as error:
+        raise LicenceInvalid(UNKNOWN_KEY, f"the trusted key is not usable: {error}") from error
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise LicenceInvalid(UNKNOWN_KEY, "the trusted key is not an RSA public key")
+    if key.key_size < MIN_RSA_BITS:
+        raise LicenceInvalid(WEAK_KEY, f"the signing key has {key.key_size} bits, fewer than {MIN_RSA_BITS}")
+    return key
+
+
+def _verify(
+    token: str, trusted_jwks: dict[str, Any], expected_subject: str | None, current: float, leeway_seconds: int,
+    expected_issuer: str | None,
+) -> VerifiedLicence:
+    if not isinstance(token, str) or not token.strip():
         raise LicenceInvalid(MISSING, "no licence token")
     token = token.strip()
     try:
@@ -227,12 +272,12 @@ def verify(
     except jwt.PyJWTError as error:
         raise LicenceInvalid(MALFORMED, f"not a JWT: {error}") from error
     if header.get("alg") != ALGORITHM:
-        raise LicenceInvalid(MALFORMED, f"algorithm {header.get('alg')!r} is not {ALGORITHM}")
+        raise LicenceInvalid(MALFORMED, f"algorithm {str(header.get('alg'))[:20]!r} is not {ALGORITHM}")
     kid = header.get("kid")
-    keys = {key.get("kid"): key for key in trusted_jwks.get("keys", [])}
+    keys = {key.get("kid"): key for key in trusted_jwks.get("keys", []) if isinstance(key, dict)}
     if not isinstance(kid, str) or kid not in keys:
-        raise LicenceInvalid(UNKNOWN_KEY, f"signing key {kid!r} is not among the trusted keys")
-    public_key = jwt.PyJWK(keys[kid], algorithm=ALGORITHM).key
+        raise LicenceInvalid(UNKNOWN_KEY, f"signing key {str(kid)[:80]!r} is not among the trusted keys")
+    public_key = trusted_public_key(keys[kid])
     try:
         payload = jwt.decode(
             token,
@@ -245,11 +290,14 @@ def verify(
     except jwt.PyJWTError as error:
         raise LicenceInvalid(MALFORMED, str(error)) from error
     claims = _claims_from_payload(payload)
-    current = time.time() if now is None else now
     if claims.aud != AUDIENCE:
         raise LicenceInvalid(WRONG_AUDIENCE, f"audience is {claims.aud!r}, expected {AUDIENCE!r}")
+    if expected_issuer is not None and claims.iss != expected_issuer:
+        raise LicenceInvalid(WRONG_ISSUER, f"issued by {claims.iss[:80]!r}, but signed with a key of {expected_issuer!r}")
     if expected_subject is not None and claims.sub != expected_subject:
         raise LicenceInvalid(WRONG_SUBJECT, f"licence is for {claims.sub!r}, not for customer {expected_subject!r}")
+    if claims.iat > current + leeway_seconds:
+        raise LicenceInvalid(ISSUED_IN_FUTURE, f"licence claims to be issued at {iso8601(claims.iat)}, in the future")
     if claims.nbf > current + leeway_seconds:
         raise LicenceInvalid(NOT_YET_VALID, f"licence is valid only from {iso8601(claims.nbf)}")
     return VerifiedLicence(token=token, claims=claims, key_id=kid, expired=claims.exp <= current - leeway_seconds)

@@ -30,7 +30,8 @@ class OperatorSettings:
     ingress_namespace: str = "ingress-nginx"
     monitoring_namespace: str = "monitoring"
     plan_catalogue: Path | None = None
-    trusted_issuers_jwks: Path | None = None
+    trusted_issuers: Path | None = None
+    billing_namespaces: tuple[str, ...] = ("billing",)
     broker_address_template: str = "broker.{namespace}.svc:8884"
     broker_addresses_file: Path | None = None
     device_broker_address_template: str = "broker.{namespace}.svc:1883"
@@ -40,6 +41,12 @@ class OperatorSettings:
     def device_broker_address(self, namespace: str, customer: str) -> str:
         """host:port that devices of this customer connect to (in their credentials and the instance's status)."""
         return self.device_broker_address_template.format(namespace=namespace, customer=customer)
+
+
+def comma_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(value, tuple):
+        return value
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 # (attribute, environment variable, type, help); the flag is --<attribute with dashes>.
@@ -52,7 +59,10 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("ingress_namespace", "IOTENANT_INGRESS_NAMESPACE", str, "namespace whose pods may reach customer APIs"),
     ("monitoring_namespace", "IOTENANT_MONITORING_NAMESPACE", str, "namespace whose pods may scrape customer metrics"),
     ("plan_catalogue", "IOTENANT_PLAN_CATALOGUE", Path, "YAML file replacing the built-in plan catalogue"),
-    ("trusted_issuers_jwks", "IOTENANT_TRUSTED_ISSUERS_JWKS", Path, "JWKS file of billing systems whose licences are trusted"),
+    ("trusted_issuers", "IOTENANT_TRUSTED_ISSUERS", Path,
+     'JSON file naming the billing systems whose licences are trusted: {"<issuer>": {"keys": [...]}}; a licence\'s iss must name the issuer whose key verified it'),
+    ("billing_namespaces", "IOTENANT_BILLING_NAMESPACES", comma_list,
+     "namespaces (comma-separated) from which spec.licence.secretRef may take a billing licence; any other is refused"),
     ("broker_address_template", "IOTENANT_BROKER_ADDRESS_TEMPLATE", str,
      "host:port where the operator reaches a tenant broker to manage its identities; {namespace} is replaced"),
     ("broker_addresses_file", "IOTENANT_BROKER_ADDRESSES_FILE", Path,

@@ -50,8 +50,9 @@ def _real(text: str) -> float:
     return value
 
 
-def nesting_depth(payload: bytes) -> int:
-    """The deepest nesting of arrays and objects, counted without parsing (brackets in strings skipped)."""
+def nesting_depth(payload: bytes, stop_above: int | None = None) -> int:
+    """The deepest nesting of arrays and objects, counted without parsing (brackets in strings skipped);
+    the count stops as soon as it passes ``stop_above``."""
     if payload.count(b"[") + payload.count(b"{") <= 1:
         return payload.count(b"[") + payload.count(b"{")
     depth = deepest = 0
@@ -68,7 +69,10 @@ def nesting_depth(payload: bytes) -> int:
             in_string = True
         elif byte in (0x5B, 0x7B):
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > deepest:
+                deepest = depth
+                if stop_above is not None and deepest > stop_above:
+                    break
         elif byte in (0x5D, 0x7D):
             depth -= 1
     return deepest
@@ -78,7 +82,7 @@ def parse(payload: bytes, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """Any JSON value, within ``max_bytes`` and ``max_depth``."""
     if len(payload) > max_bytes:
         raise Unacceptable(PAYLOAD_TOO_LARGE, f"{len(payload)} bytes, at most {max_bytes}")
-    if payload.count(b"[") + payload.count(b"{") > max_depth and nesting_depth(payload) > max_depth:
+    if payload.count(b"[") + payload.count(b"{") > max_depth and nesting_depth(payload, stop_above=max_depth) > max_depth:
         raise Unacceptable(NESTING_TOO_DEEP, f"nested deeper than {max_depth}")
     try:
         return json.loads(payload, parse_constant=_refuse_constant, parse_int=_integer, parse_float=_real)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,13 +29,18 @@ def repository_root() -> Path:
     return source_dir().parent
 
 
+DEMO_BILLING_ISSUER = "demo-billing"
+
+
 def billing_issuer(folder: Path) -> tuple[licences.SigningKey, Path]:
-    """A demo billing system's key (made once) and the public JWKS the operator trusts."""
+    """A demo billing system's key (made once) and the trusted issuers file naming it."""
     folder.mkdir(parents=True, exist_ok=True)
     private, public = folder / "billing-key.pem", folder / "billing-jwks.json"
-    if not private.is_file() or not public.is_file():
-        return licences.write_key_pair(private, public), public
-    return licences.SigningKey.from_pem(private.read_bytes()), public
+    key = licences.write_key_pair(private, public) if not private.is_file() or not public.is_file() else \
+        licences.SigningKey.from_pem(private.read_bytes())
+    trusted = folder / "trusted-issuers.json"
+    trusted.write_text(json.dumps({DEMO_BILLING_ISSUER: json.loads(public.read_text())}))
+    return key, trusted
 
 
 class LocalBrokers:
@@ -83,8 +89,8 @@ def run(name: str) -> int:
     for namespace in (OPERATOR_NAMESPACE, BILLING_NAMESPACE):
         kubectl("create", "namespace", namespace, check=False)
 
-    billing_key, jwks_file = billing_issuer(cache_dir() / "demo")
-    claims = load_catalogue()["professional"].claims("umbrella-corp", "demo-billing", 30 * 86400)
+    billing_key, trusted_issuers = billing_issuer(cache_dir() / "demo")
+    claims = load_catalogue()["professional"].claims("umbrella-corp", DEMO_BILLING_ISSUER, 30 * 86400)
     token = licences.sign(claims, billing_key)
     secret = kubectl(
         "create", "secret", "generic", "umbrella-licence", "-n", BILLING_NAMESPACE,
@@ -102,7 +108,7 @@ def run(name: str) -> int:
     with log_path.open("a") as log:
         operator = subprocess.Popen(
             [sys.executable, "-m", "iotenant", "operator", "--namespace", OPERATOR_NAMESPACE,
-             "--trusted-issuers-jwks", str(jwks_file), "--resync-seconds", "30",
+             "--trusted-issuers", str(trusted_issuers), "--resync-seconds", "30",
              "--broker-addresses-file", str(addresses),
              "--metrics-address", "127.0.0.1", "--metrics-port", "9100", "--health-port", "8081"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
