@@ -186,13 +186,14 @@ def render_chart(binaries: Binaries, *arguments: str) -> list[dict]:
 def operator_kubeconfig(kube: Cluster, binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kubeconfig holding only the chart's ServiceAccount identity, from a TokenRequest.
 
-    The chart's ServiceAccount, ClusterRole, Role and bindings are installed as helm renders them;
-    the operator under test then runs with exactly that identity, so every test that uses it proves
-    the chart's RBAC sufficient.
+    The chart's ServiceAccount, ClusterRole, Role and bindings, and its admission fence, are installed
+    as helm renders them; the operator under test then runs with exactly that identity, so every test
+    that uses it proves the chart's RBAC sufficient and the fence no hindrance.
     """
     kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     rbac = [o for o in render_chart(binaries, "--set", "installCRDs=false")
-            if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+            if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")]
     kube.kubectl("apply", "--server-side", "--field-manager=iotenant-tests", "-f", "-", stdin=yaml.safe_dump_all(rbac))
     token = kube.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=8h").stdout.strip()
     admin = yaml.safe_load(kube.kubeconfig.read_text())
@@ -273,7 +274,7 @@ def service_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres(service_root: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(root=service_root / "postgres")
+    server = PostgresServer(root=service_root / "postgres", superuser_password="postgres-superuser-password")
     server.initialise()
     server.start()
     yield server

@@ -26,9 +26,11 @@ def _as_user(user: str) -> list[str]:
 
 @dataclass
 class PostgresServer:
-    """A throwaway PostgreSQL cluster (trust authentication on loopback)."""
+    """A throwaway PostgreSQL cluster: trust authentication on loopback, or with ``superuser_password``
+    every TCP login (the superuser's too) checked with SCRAM, as in a real deployment."""
 
     root: Path
+    superuser_password: str | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -44,9 +46,16 @@ class PostgresServer:
         if os.geteuid() == 0:
             postgres = pwd.getpwnam("postgres")
             os.chown(self.root, postgres.pw_uid, postgres.pw_gid)
+        authentication = ["--auth=trust"]
+        if self.superuser_password is not None:
+            password_file = self.root / "superuser-password"
+            password_file.write_text(self.superuser_password + "\n")
+            if os.geteuid() == 0:
+                os.chown(password_file, postgres.pw_uid, postgres.pw_gid)
+            authentication = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={password_file}"]
         result = subprocess.run(
             [*_as_user("postgres"), str(self.binaries() / "initdb"), "-D", str(self.root / "data"), "-U", "postgres",
-             "--auth=trust", "-E", "UTF8", "--no-sync"],
+             *authentication, "-E", "UTF8", "--no-sync"],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
@@ -75,8 +84,10 @@ class PostgresServer:
             )
             self.process.wait(timeout=30)
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
+        password = self.superuser_password if password is None and user == "postgres" else password
+        credentials = f"{user}:{password}" if password else user
+        return f"postgresql://{credentials}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         import psycopg

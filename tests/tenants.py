@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from kubernetes.client.exceptions import ApiException
 
@@ -141,8 +142,17 @@ def _volume_folder(tenant: Tenant, volume: dict[str, Any], folder: Path) -> Path
     return folder
 
 
-def run_generated(tenant: Tenant, kind: str, name: str, folder: Path, overrides: dict[str, str]) -> GeneratedProcess:
-    """Run the first container of the operator's ``kind``/``name`` as ``iotenant <args>`` on this machine.
+def localise_database_url(rendered: str, local: str) -> str:
+    """A rendered database URL (role and password as generated) aimed at this machine's database."""
+    role = urlsplit(rendered)
+    here = urlsplit(local)
+    return urlunsplit((role.scheme, f"{role.username}:{role.password}@{here.hostname}:{here.port}", here.path, "", ""))
+
+
+def run_generated(tenant: Tenant, kind: str, name: str, folder: Path, overrides: dict[str, str],
+                  init_container: str | None = None) -> GeneratedProcess:
+    """Run the first container (or the init container named) of the operator's ``kind``/``name`` as
+    ``iotenant <args>`` on this machine.
 
     Environment values come from the manifest (``valueFrom`` Secrets are read from the cluster);
     mount paths in them point to local copies of the volumes; ``overrides`` replace what only exists
@@ -150,7 +160,7 @@ def run_generated(tenant: Tenant, kind: str, name: str, folder: Path, overrides:
     """
     manifest = json.loads(tenant.kube.kubectl("get", kind, name, "-n", tenant.namespace, "-o", "json").stdout)
     pod = manifest["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    container = next(c for c in pod["initContainers"] if c["name"] == init_container) if init_container else pod["containers"][0]
     volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
     mounts = {
         mount["mountPath"]: _volume_folder(tenant, volumes[mount["name"]], folder / mount["name"])

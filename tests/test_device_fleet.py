@@ -17,7 +17,7 @@ import yaml
 from conftest import Cluster, RunningOperator, wait_for
 from mqtt_probe import NOT_AUTHORIZED, Probe, refused
 from real_services import PostgresServer
-from tenants import Tenant, delete_tenant, run_generated, start_tenant
+from tenants import Tenant, delete_tenant, localise_database_url, run_generated, start_tenant
 
 from iotenant.broker_control import DynamicSecurity
 from iotenant.broker_identities import ADMIN, API, INGEST
@@ -318,17 +318,23 @@ def test_simulator_traffic_is_queryable_through_the_api(enterprise: Tenant, post
 
     wait_for(simulator_pod, timeout=30, what="the simulator pod, admitted under Pod Security restricted")
 
+    # The database as the operator set it up: ingest's init container makes the roles with the superuser,
+    # then ingest and api log in (SCRAM) with their own roles and generated passwords.
     database = postgres.create_database("fleet_simulator")
+    credentials = enterprise.secret("database-credentials")
+    setup = run_generated(enterprise, "statefulset", "ingest", tmp_path / "setup",
+                          {"IOTENANT_DATABASE_ADMIN_URL": database, "IOTENANT_LOG_FORMAT": "text"}, init_container="database-setup")
+    assert setup.process.wait(timeout=60) == 0, setup.log.read_text()
     broker = {"IOTENANT_MQTT_HOST": "127.0.0.1", "IOTENANT_MQTT_PORT": str(enterprise.broker.port)}
     local = {"IOTENANT_METRICS_ADDRESS": "127.0.0.1", "IOTENANT_LOG_FORMAT": "text"}
     api_port = free_port()
     processes = [
         run_generated(enterprise, "statefulset", "ingest", tmp_path / "ingest",
-                      {**broker, **local, "IOTENANT_DATABASE_URL": database, "IOTENANT_METRICS_PORT": str(free_port()),
-                       "IOTENANT_CLIENT_ID": "ingest-0"}),
+                      {**broker, **local, "IOTENANT_DATABASE_URL": localise_database_url(credentials["ingest-url"], database),
+                       "IOTENANT_METRICS_PORT": str(free_port()), "IOTENANT_CLIENT_ID": "ingest-0"}),
         run_generated(enterprise, "deployment", "api", tmp_path / "api",
-                      {**broker, **local, "IOTENANT_DATABASE_URL": database, "IOTENANT_METRICS_PORT": str(free_port()),
-                       "IOTENANT_API_ADDRESS": "127.0.0.1", "IOTENANT_API_PORT": str(api_port)}),
+                      {**broker, **local, "IOTENANT_DATABASE_URL": localise_database_url(credentials["api-url"], database),
+                       "IOTENANT_METRICS_PORT": str(free_port()), "IOTENANT_API_ADDRESS": "127.0.0.1", "IOTENANT_API_PORT": str(api_port)}),
         run_generated(enterprise, "deployment", "simulator-sims", tmp_path / "simulator",
                       {**broker, **local, "IOTENANT_METRICS_PORT": "0"}),
     ]

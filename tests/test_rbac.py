@@ -9,6 +9,8 @@ says so.
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Cluster, RunningOperator, render_chart
 
@@ -55,3 +57,25 @@ def test_every_granted_permission_was_used_by_the_operator(kube: Cluster, binari
 def test_the_permissions_held_for_prometheus_were_granted_by_the_operator(kube: Cluster, binaries: Binaries, operator: RunningOperator) -> None:
     assert DELEGATED <= granted(binaries), "the operator could not create the dedicated Prometheus' Role"
     assert ("rbac.authorization.k8s.io", "roles", "patch") in used(kube), "no dedicated Prometheus Role was created in this run"
+
+
+def test_the_admission_fence_refuses_the_operator_outside_customer_namespaces(kube: Cluster, operator_kubeconfig: Path) -> None:
+    """The ClusterRole alone would let the operator's token write Secrets and RoleBindings anywhere; the fence does not."""
+    def as_operator(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(kube.binaries.path("kubectl")), "--kubeconfig", str(operator_kubeconfig), *args],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "planted", "namespace": "default"}, "stringData": {"k": "v"}}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "planted", "namespace": "kube-system"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "iotenant-operator"},
+               "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "kube-system"}]}
+    for manifest in (secret, binding):
+        result = as_operator("apply", "--server-side", "--field-manager=iotenant-operator", "-f", "-", stdin=json.dumps(manifest))
+        assert result.returncode != 0, f"the operator's token wrote {manifest['kind']} {manifest['metadata']['namespace']}/planted"
+        assert "only in namespaces managed by iotenant" in result.stderr, result.stderr
+    assert kube.kubectl("get", "secret", "planted", "-n", "default", check=False).returncode != 0
+    # Its own namespace stays writable (the signing key ring, the JWKS).
+    own = {**secret, "metadata": {"name": "fence-probe", "namespace": OPERATOR_NAMESPACE}}
+    assert as_operator("apply", "--server-side", "--field-manager=iotenant-operator", "-f", "-", stdin=json.dumps(own)).returncode == 0
+    kube.kubectl("delete", "secret", "fence-probe", "-n", OPERATOR_NAMESPACE)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from iotenant import __version__
 from iotenant import licence_command, operator_command
 from iotenant.devcluster import command as devcluster_command
-from iotenant_workloads import api, ingest, simulate
+from iotenant_workloads import api, database_setup, ingest, simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     licence_command.register(commands)
     devcluster_command.register(commands)
     ingest.register(commands)
+    database_setup.register(commands)
     api.register(commands)
     simulate.register(commands)
     return parser

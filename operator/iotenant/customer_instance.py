@@ -366,6 +366,8 @@ class CustomerInstanceReconciler:
 
         generated = GeneratedSecrets(
             database_password=_kept(live_secret("database-credentials"), "password") or secrets.token_urlsafe(24),
+            database_ingest_password=_kept(live_secret("database-credentials"), "ingest-password") or secrets.token_urlsafe(24),
+            database_api_password=_kept(live_secret("database-credentials"), "api-password") or secrets.token_urlsafe(24),
             api_token=_kept(live_secret("api-token"), "token") or secrets.token_urlsafe(32),
             broker_admin_tls=self._broker_admin_tls(body, namespace_name, live_secret),
             ingest_broker_password=_kept(live_secret("broker-service-credentials"), "ingest-password") or secrets.token_urlsafe(24),

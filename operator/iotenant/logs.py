@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
+
+from iotenant.environment_flags import flag
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,3 +32,9 @@ def configure(level: str = "info", log_format: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """--log-level and --log-format, the same for every command."""
+    flag(parser, "--log-level", "IOTENANT_LOG_LEVEL", "log level", default="info", choices=["debug", "info", "warning", "error"])
+    flag(parser, "--log-format", "IOTENANT_LOG_FORMAT", "log format", default="json", choices=["json", "text"])

@@ -108,8 +108,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     flag(parser, "--metrics-port", "IOTENANT_METRICS_PORT", "Prometheus /metrics port, 0 to disable", kind=int, default=9100)
     flag(parser, "--health-port", "IOTENANT_HEALTH_PORT", "liveness /healthz port, 0 to disable", kind=int, default=8081)
     flag(parser, "--metrics-address", "IOTENANT_METRICS_ADDRESS", "address the metrics and health servers bind", default="0.0.0.0")
-    flag(parser, "--log-level", "IOTENANT_LOG_LEVEL", "log level", default="info", choices=["debug", "info", "warning", "error"])
-    flag(parser, "--log-format", "IOTENANT_LOG_FORMAT", "log format", default="json", choices=["json", "text"])
+    logs.add_flags(parser)
     flag(parser, "--leader-election", "IOTENANT_LEADER_ELECTION",
          "run as one of several replicas: reconcile only while holding the Lease iotenant-operator in --namespace",
          kind=boolean, default=False)

@@ -441,8 +441,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
          "how long an expired licence keeps serving (the operator's expiry grace)", kind=int, default=0)
     flag(parser, "--metrics-address", "IOTENANT_METRICS_ADDRESS", "address of /healthz, /readyz, /metrics", default="0.0.0.0")
     flag(parser, "--metrics-port", "IOTENANT_METRICS_PORT", "port of /healthz, /readyz, /metrics", kind=int, default=9100)
-    flag(parser, "--log-level", "IOTENANT_LOG_LEVEL", "log level", default="info", choices=["debug", "info", "warning", "error"])
-    flag(parser, "--log-format", "IOTENANT_LOG_FORMAT", "log format", default="json", choices=["json", "text"])
+    logs.add_flags(parser)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

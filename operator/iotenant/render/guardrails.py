@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from iotenant import tenant_database
 from iotenant.broker_admin_tls import ADMIN_PORT
 from iotenant.plans import Quota
 from iotenant.render.inputs import StackInput
@@ -21,7 +22,6 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 MQTT_PORTS = (1883, 8883)
 API_PORT = 8080
 METRICS_PORT = 9100
-DATABASE_PORT = 5432
 
 
 def namespace(owner: Owner) -> Manifest:
@@ -138,7 +138,7 @@ def network_policies(stack: StackInput) -> list[Manifest]:
                             {"podSelector": {"matchLabels": {COMPONENT: "ingest"}}},
                             {"podSelector": {"matchLabels": {COMPONENT: "api"}}},
                         ],
-                        "ports": _ports(DATABASE_PORT),
+                        "ports": _ports(tenant_database.PORT),
                     }
                 ],
             },

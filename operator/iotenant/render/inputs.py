@@ -17,6 +17,8 @@ class GeneratedSecrets:
     """Credentials generated once per customer and kept stable across reconciles."""
 
     database_password: str
+    database_ingest_password: str
+    database_api_password: str
     api_token: str
     broker_admin_tls: AdminTLS
     ingest_broker_password: str

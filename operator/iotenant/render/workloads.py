@@ -10,7 +10,8 @@ from typing import Any
 from iotenant.broker_admin_tls import ADMIN_PORT, CA_CERT, CERT, KEY
 from iotenant.broker_identities import ADMIN, API, INGEST, dynamic_security_config, service_identities
 from iotenant.plans import BrokerLimits
-from iotenant.render.guardrails import API_PORT, DATABASE_PORT, METRICS_PORT
+from iotenant import tenant_database
+from iotenant.render.guardrails import API_PORT, METRICS_PORT
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import Owner
 from iotenant.render.pod_security import container_security_context, pod_security_context, resources
@@ -20,8 +21,6 @@ Manifest = dict[str, Any]
 BROKER_UID = 1883
 DATABASE_UID = 70
 IOTENANT_UID = 10001
-DATABASE_NAME = "iotenant"
-DATABASE_USER = "iotenant"
 LICENCE_MOUNT = "/etc/iotenant/licence"
 JWKS_MOUNT = "/etc/iotenant/keys"
 API_TOKEN_MOUNT = "/etc/iotenant/api-token"
@@ -251,20 +250,19 @@ def broker(stack: StackInput) -> list[Manifest]:
 
 def database(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("database", {})
-    password = stack.secrets.database_password
-    url = f"postgresql://{DATABASE_USER}:{password}@database.{owner.namespace}.svc:{DATABASE_PORT}/{DATABASE_NAME}"
+    generated, namespace = stack.secrets, owner.namespace
     env = [
         {"name": "POSTGRES_USER", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "username"}}},
         {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "password"}}},
         {"name": "POSTGRES_DB", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "database"}}},
         {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
     ]
-    ready = {"exec": {"command": ["pg_isready", "-U", DATABASE_USER, "-d", DATABASE_NAME]}, "periodSeconds": 5}
+    ready = {"exec": {"command": ["pg_isready", "-U", tenant_database.SUPERUSER, "-d", tenant_database.NAME]}, "periodSeconds": 5}
     main = container(
         "postgres",
         stack.settings.images.database,
         env=env,
-        ports=[{"name": "postgres", "containerPort": DATABASE_PORT, "protocol": "TCP"}],
+        ports=[{"name": "postgres", "containerPort": tenant_database.PORT, "protocol": "TCP"}],
         volumeMounts=[
             {"name": "data", "mountPath": "/var/lib/postgresql/data"},
             {"name": "run", "mountPath": "/var/run/postgresql"},
@@ -275,18 +273,48 @@ def database(stack: StackInput) -> list[Manifest]:
         livenessProbe={**ready, "periodSeconds": 20, "failureThreshold": 6},
     )
     template = pod_template(owner, "database", DATABASE_UID, [main], [empty_dir("run"), empty_dir("tmp")])
-    credentials = {"username": DATABASE_USER, "password": password, "database": DATABASE_NAME, "url": url}
+    credentials = {
+        # The superuser: the image initialises the database with it; only ingest's init container uses it.
+        "username": tenant_database.SUPERUSER, "password": generated.database_password, "database": tenant_database.NAME,
+        "url": tenant_database.url(tenant_database.SUPERUSER, generated.database_password, namespace),
+        # The roles the services use.
+        "ingest-password": generated.database_ingest_password,
+        "ingest-url": tenant_database.url(tenant_database.INGEST_ROLE, generated.database_ingest_password, namespace),
+        "api-password": generated.database_api_password,
+        "api-url": tenant_database.url(tenant_database.API_ROLE, generated.database_api_password, namespace),
+    }
     return [
         secret(owner, "database-credentials", "database", credentials),
         stateful_set(owner, "database", "database", 1, template, spec.get("storage", "5Gi")),
-        service(owner, "database", "database", [("postgres", DATABASE_PORT)]),
+        service(owner, "database", "database", [("postgres", tenant_database.PORT)]),
     ]
+
+
+def _from_database_credentials(name: str, key: str) -> Manifest:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": key}}}
+
+
+def database_setup(stack: StackInput) -> Manifest:
+    """Ingest's init container: the database's roles made or mended, then migrated, with the superuser."""
+    return container(
+        "database-setup",
+        stack.settings.images.iotenant,
+        args=["database-setup"],
+        env=[
+            _from_database_credentials("IOTENANT_DATABASE_ADMIN_URL", "url"),
+            _from_database_credentials("IOTENANT_INGEST_DATABASE_PASSWORD", "ingest-password"),
+            _from_database_credentials("IOTENANT_API_DATABASE_PASSWORD", "api-password"),
+            {"name": "IOTENANT_LOG_FORMAT", "value": "json"},
+        ],
+        volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}],
+        resources=resources(None, SMALL),
+    )
 
 
 def _iotenant_container(stack: StackInput, command: str, extra_ports: list[Manifest], resource_spec: Any) -> Manifest:
     namespace = stack.owner.namespace
     env = [
-        {"name": "IOTENANT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "database-credentials", "key": "url"}}},
+        _from_database_credentials("IOTENANT_DATABASE_URL", f"{command}-url"),
         {"name": "IOTENANT_MQTT_HOST", "value": f"broker.{namespace}.svc"},
         {"name": "IOTENANT_MQTT_PORT", "value": "1883"},
         {"name": "IOTENANT_CUSTOMER_ID", "value": str(stack.spec["customerId"])},
@@ -343,7 +371,7 @@ def _iotenant_volumes(service: str) -> list[Manifest]:
 def ingest(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("ingest", {})
     main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
-    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes("ingest"))
+    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes("ingest"), init_containers=[database_setup(stack)])
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     # Stable pod names give each replica the same MQTT client id after a restart, so its persistent
     # session (and the messages queued for it in the shared subscription) is picked up again.
