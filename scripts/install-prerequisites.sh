@@ -7,13 +7,41 @@ cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
 PACKAGES=(mosquitto mosquitto-clients postgresql iproute2)
+# The broker version the stack ships (settings.py), so that the tests run the broker we ship.
+MOSQUITTO_VERSION=$(sed -n 's/^MOSQUITTO_VERSION = "\(.*\)"$/\1/p' operator/iotenant/settings.py)
+if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+
+# Debian's stable release carries an older Mosquitto than the image; its backports carry the shipped
+# one. The backports entry is derived from this machine's own Debian sources (same mirror, same key).
+add_backports() {
+  local codename sources uris signed
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [[ -n "$codename" && -f /etc/apt/sources.list.d/debian.sources ]] || return 1
+  sources=/etc/apt/sources.list.d/debian.sources
+  uris=$(awk -v suite="$codename" 'BEGIN{RS=""} $0 ~ "Suites:[^\n]*(^| )"suite"( |$)" {for(i=1;i<=NF;i++) if($i=="URIs:") {print $(i+1); exit}}' "$sources")
+  signed=$(awk -v suite="$codename" 'BEGIN{RS=""} $0 ~ "Suites:[^\n]*(^| )"suite"( |$)" {for(i=1;i<=NF;i++) if($i=="Signed-By:") {print $(i+1); exit}}' "$sources")
+  [[ -n "$uris" ]] || return 1
+  printf 'Types: deb\nURIs: %s\nSuites: %s-backports\nComponents: main\n%s\n' "$uris" "$codename" \
+    "${signed:+Signed-By: $signed}" | $SUDO tee /etc/apt/sources.list.d/iotenant-backports.sources >/dev/null
+  echo "$codename-backports"
+}
+
+installed_mosquitto() { dpkg-query -W -f='${Version}' mosquitto 2>/dev/null | sed 's/-.*//'; }
+if [[ "$(installed_mosquitto)" != "$MOSQUITTO_VERSION" ]]; then
+  if suite=$(add_backports); then
+    echo "installing Mosquitto $MOSQUITTO_VERSION from $suite" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t "$suite" \
+      "mosquitto=$MOSQUITTO_VERSION-*" "mosquitto-clients=$MOSQUITTO_VERSION-*" >/dev/null
+  fi
+  [[ "$(installed_mosquitto)" == "$MOSQUITTO_VERSION" ]] || echo "warning: Mosquitto $(installed_mosquitto) is installed, the stack ships $MOSQUITTO_VERSION; the tests will say so" >&2
+fi
 
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if ((${#missing[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${missing[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

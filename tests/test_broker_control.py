@@ -14,7 +14,7 @@ from mqtt_probe import NOT_AUTHORIZED, Probe, Refused, refused
 from iotenant.devcluster.mosquitto import MosquittoBroker
 
 from iotenant.broker_control import DynamicSecurity, LiveState, plan_commands
-from iotenant.broker_identities import ADMIN, ADMIN_ROLE, INGEST, Identity, Role, desired_roles, device_role, service_identities
+from iotenant.broker_identities import ADMIN, INGEST, Identity, Role, desired_roles, device_role, service_identities
 
 SHARE_GROUP = "ingest-0123456789abcdef"
 
@@ -53,7 +53,7 @@ def test_plan_deletes_first_never_touches_the_admin_and_skips_what_matches() -> 
         clients={ADMIN: {"username": ADMIN}, "rogue": {"username": "rogue"}, "d1": wanted["d1"].client(),
                  "d2": {**wanted["d2"].client(), "textname": "fleet/test 000000000000"},
                  "d3": {**wanted["d3"].client(), "clientid": None}, INGEST: wanted[INGEST].client()},
-        roles={ADMIN_ROLE: frozenset(), "stale": frozenset(),
+        roles={"stale": frozenset(),
                **{name: Role.allows_of(role.acls()) for name, role in roles.items() if name != "device:d2"},
                "device:d3": Role.allows_of(device_role("d1").acls())},
     )
@@ -172,3 +172,26 @@ def test_a_changed_device_role_is_restored(bare_broker: MosquittoBroker) -> None
     device = Probe.connect(port, "d1", "d1-pw")
     assert device.subscribe("#") == NOT_AUTHORIZED
     device.close()
+
+
+def test_the_broker_under_test_is_the_version_the_stack_ships_and_runs_our_files_without_warnings(bare_broker: MosquittoBroker) -> None:
+    from iotenant.broker_control import parse_version
+    from iotenant.settings import MOSQUITTO_VERSION, Images
+
+    assert Images().broker.endswith(f":{MOSQUITTO_VERSION}")
+    with admin(bare_broker) as broker:
+        version = broker.version
+    assert version == parse_version(MOSQUITTO_VERSION), (
+        f"the tests run Mosquitto {version}, the stack ships {MOSQUITTO_VERSION}: run scripts/install-prerequisites.sh "
+        "(it installs the shipped version from the Debian backports derived from this machine's sources)")
+    warnings = [line for line in bare_broker.log().splitlines() if "warning" in line.lower() or "deprecated" in line.lower()]
+    assert warnings == [], warnings
+
+
+def test_batches_follow_how_the_broker_saves() -> None:
+    from iotenant.broker_control import MAX_COMMANDS_PER_SAVING_MESSAGE, commands_per_message
+
+    assert commands_per_message(10_000, (2, 0, 21)) == 10  # 2.0 rewrites its file per command: small messages
+    assert commands_per_message(10, (2, 0, 21)) == 100
+    assert commands_per_message(10_000, (2, 1, 2)) == MAX_COMMANDS_PER_SAVING_MESSAGE  # 2.1 saves once per message
+    assert commands_per_message(10_000, None) == 10

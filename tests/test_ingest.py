@@ -480,3 +480,38 @@ def test_an_expired_licence_serves_through_the_grace_period_and_no_licence_ackno
     wait_for(lambda: rows(database)[0] == 500, timeout=30, what="the 300 held messages once a valid licence is back")
     assert ingest.alive()
     ingest.stop()
+
+
+def test_retained_status_from_before_ingest_subscribed_is_stored_and_a_last_will_marks_offline(
+    database: str, broker: MosquittoBroker, enterprise_licence: LicenceFiles, tmp_path: Path
+) -> None:
+    """Since Mosquitto 2.0.13 a new shared subscription gets no retained messages: the status devices
+    published before ingest ever subscribed must still arrive."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    online: list[mqtt.Client] = []
+    for device in DEVICES[:3]:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
+        client.username_pw_set(device, f"{device}-password")
+        connected_at = time.time()
+        client.will_set(f"iot/{device}/status", json.dumps({"state": "offline", "ts": connected_at}), qos=1, retain=True)
+        client.connect("127.0.0.1", broker.port, keepalive=5)
+        client.loop_start()
+        client.publish(f"iot/{device}/status", json.dumps({"state": "online", "ts": connected_at}), qos=1, retain=True).wait_for_publish(5)
+        online.append(client)
+    ingest = start_ingest(database, broker, enterprise_licence, tmp_path / "ingest.log", client_id="ingest-late")
+
+    def states() -> dict[str, bool]:
+        with psycopg.connect(database) as connection:
+            return dict(connection.execute("SELECT device_id, online FROM devices").fetchall())
+
+    wait_for(lambda: states() == {device: True for device in DEVICES[:3]}, timeout=20, what="three devices online from retained status")
+    online[0].loop_stop()
+    online[0].socket().close()  # gone without DISCONNECT: the broker publishes its last will
+    wait_for(lambda: states().get(DEVICES[0]) is False, timeout=30, what=f"{DEVICES[0]} offline by its last will")
+    assert states()[DEVICES[1]] is True
+    for client in online[1:]:
+        client.disconnect()
+        client.loop_stop()
+    ingest.stop()

@@ -9,7 +9,10 @@ connected.
 Mosquitto 2.0 rewrites its whole dynamic-security file after every command, so a command costs
 time proportional to the number of clients (about 2.5 ms per thousand here) and blocks the broker
 meanwhile. Commands therefore go in messages sized to keep each such pause near a quarter of a
-second, one message at a time: other clients are served between two messages.
+second, one message at a time: other clients are served between two messages. Mosquitto 2.1 saves
+once per message, so for it (its version is read from ``$SYS/broker/version``) messages are as large
+as the broker's packet limit allows. Every message stays under that limit (the plan's
+``maxPacketBytes``): a larger packet would disconnect the operator.
 """
 
 from __future__ import annotations
@@ -27,17 +30,23 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotenant.broker_admin_tls import AdminTLS, client_context
-from iotenant.broker_identities import ADMIN, ADMIN_ROLE, Identity, Role, desired_roles
+from iotenant.broker_identities import ADMIN, BROKER_VERSION_TOPIC, Identity, Role, desired_roles
 
 log = logging.getLogger("iotenant.broker_control")
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 MAX_COMMANDS_PER_MESSAGE = 100
+# Brokers that save once per message (Mosquitto 2.1 and later) take this many commands in one.
+MAX_COMMANDS_PER_SAVING_MESSAGE = 2000
+SAVES_ONCE_PER_MESSAGE_FROM = (2, 1)
 # Commands per message times clients in the broker: about a quarter of a second of broker time.
 COMMAND_CLIENT_BUDGET = 100_000
-# One control message stays under the smallest broker packet limit a plan may set.
+# A control message's size when the broker's packet limit is not known: under the smallest a plan sets.
 COMMAND_MESSAGE_BYTES = 12_000
+# Room left in a packet for the topic, the headers and the correlation data.
+PACKET_MARGIN_BYTES = 2048
+VERSION_WAIT_SECONDS = 1.0
 CONNECT_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 120.0
 
@@ -101,9 +110,20 @@ class LiveState:
     roles: dict[str, frozenset[tuple[str, str]]]
 
 
-def commands_per_message(entries: int) -> int:
+def commands_per_message(entries: int, version: tuple[int, ...] | None = None) -> int:
     """How many commands one message may carry when the broker holds ``entries`` clients and roles."""
+    if version is not None and version >= SAVES_ONCE_PER_MESSAGE_FROM:
+        return MAX_COMMANDS_PER_SAVING_MESSAGE
     return max(1, min(MAX_COMMANDS_PER_MESSAGE, COMMAND_CLIENT_BUDGET // max(1, entries)))
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """(2, 0, 21) of "mosquitto version 2.0.21", or None."""
+    words = text.strip().split()
+    try:
+        return tuple(int(part) for part in words[-1].split(".")) if words else None
+    except ValueError:
+        return None
 
 
 def _client_shape(entry: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
@@ -115,8 +135,8 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
     """The commands that turn the broker's clients and roles into ``desired`` and ``roles``.
 
     Deletions come first (revocation matters most), then roles (a client's role exists before the
-    client refers to it), then changed clients, then new ones. The admin identity and its role are
-    never touched: they are the operator's own way in.
+    client refers to it), then changed clients, then new ones. The admin identity is never touched:
+    it is the operator's own way in (its role is among ``roles``, so it is kept as it must be).
     """
     result = SyncResult()
     commands: list[dict[str, Any]] = []
@@ -125,7 +145,7 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
             commands.append({"command": "deleteClient", "username": username})
             result.deleted.append(username)
     for name in sorted(live.roles):
-        if name != ADMIN_ROLE and name not in roles:
+        if name not in roles:
             commands.append({"command": "deleteRole", "rolename": name})
             result.roles_changed.append(name)
     for name, role in sorted(roles.items()):
@@ -146,14 +166,14 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
     return commands, result
 
 
-def _next_message(commands: list[dict[str, Any]], start: int, most: int) -> list[dict[str, Any]]:
-    """The commands from ``start`` that fit one message: at most ``most`` and ``COMMAND_MESSAGE_BYTES``
+def _next_message(commands: list[dict[str, Any]], start: int, most: int, most_bytes: int) -> list[dict[str, Any]]:
+    """The commands from ``start`` that fit one message: at most ``most`` and ``most_bytes``
     (the broker disconnects a client whose packet exceeds its ``max_packet_size``)."""
     batch: list[dict[str, Any]] = []
     size = 0
     for command in commands[start : start + most]:
         size += len(json.dumps(command)) + 64  # and its correlation data
-        if batch and size > COMMAND_MESSAGE_BYTES:
+        if batch and size > most_bytes:
             break
         batch.append(command)
     return batch
@@ -166,11 +186,14 @@ def _client_command(command: str, identity: Identity) -> dict[str, Any]:
 class DynamicSecurity:
     """One admin connection to a tenant broker. Use as a context manager."""
 
-    def __init__(self, host: str, port: int, admin_tls: AdminTLS) -> None:
+    def __init__(self, host: str, port: int, admin_tls: AdminTLS, max_packet_bytes: int | None = None) -> None:
         self.host, self.port = host, port
+        self.message_bytes = max_packet_bytes - PACKET_MARGIN_BYTES if max_packet_bytes else COMMAND_MESSAGE_BYTES
+        self.version: tuple[int, ...] | None = None
         self._responses: list[dict[str, Any]] = []
         self._connect_result: Any = None
         self._subscribed = False
+        self._version_readable = False
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"iotenant-operator-{secrets.token_hex(4)}", protocol=mqtt.MQTTv5
         )
@@ -184,10 +207,14 @@ class DynamicSecurity:
     def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
         self._connect_result = reason
 
-    def _on_subscribe(self, *_: object) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: object) -> None:
+        self._version_readable = len(reasons) > 1 and not getattr(reasons[1], "is_failure", True)
         self._subscribed = True
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        if message.topic == BROKER_VERSION_TOPIC:
+            self.version = parse_version(message.payload.decode("utf-8", "replace"))
+            return
         try:
             self._responses.append(json.loads(message.payload))
         except ValueError:
@@ -213,8 +240,12 @@ class DynamicSecurity:
             self._pump(lambda: self._connect_result is not None, CONNECT_TIMEOUT, "connecting")
             if getattr(self._connect_result, "is_failure", False):
                 raise BrokerUnavailable(f"broker {self.host}:{self.port} refused the admin identity: {self._connect_result}")
-            self._client.subscribe(RESPONSE_TOPIC, qos=1)
+            self._client.subscribe([(RESPONSE_TOPIC, 1), (BROKER_VERSION_TOPIC, 0)])
             self._pump(lambda: self._subscribed, CONNECT_TIMEOUT, "subscribing to the control responses")
+            if self._version_readable:  # the broker sends its retained version at once; an old admin role may not read it
+                deadline = time.monotonic() + VERSION_WAIT_SECONDS
+                while self.version is None and time.monotonic() < deadline:
+                    self._client.loop(timeout=0.05)
         except BaseException:
             self._client.disconnect()
             raise
@@ -235,7 +266,7 @@ class DynamicSecurity:
         responses: list[dict[str, Any]] = []
         start = 0
         while start < len(commands):
-            batch = _next_message(commands, start, commands_per_message(clients))
+            batch = _next_message(commands, start, commands_per_message(clients, self.version), self.message_bytes)
             start += len(batch)
             clients += sum(1 for command in batch if command["command"] in ("createClient", "createRole"))
             tag = secrets.token_hex(6)

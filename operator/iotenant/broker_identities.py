@@ -37,12 +37,6 @@ API = "iotenant:api"
 ADMIN_ROLE, INGEST_ROLE, API_ROLE = "admin", "ingest", "api"
 DEVICE_ROLE_PREFIX = "device:"
 
-ADMIN_ACLS = (
-    ("publishClientSend", "$CONTROL/dynamic-security/#"),
-    ("publishClientReceive", "$CONTROL/dynamic-security/#"),
-    ("subscribePattern", "$CONTROL/dynamic-security/#"),
-)
-
 
 @dataclass(frozen=True)
 class Role:
@@ -60,6 +54,18 @@ class Role:
         return frozenset((str(a.get("acltype")), str(a.get("topic")) + ("" if a.get("allow") is True else " (deny)")) for a in acls)
 
 
+# The broker's version tells the operator how the broker saves (``broker_control.commands_per_message``).
+BROKER_VERSION_TOPIC = "$SYS/broker/version"
+ADMIN_ACLS = (
+    ("publishClientSend", "$CONTROL/dynamic-security/#"),
+    ("publishClientReceive", "$CONTROL/dynamic-security/#"),
+    ("subscribePattern", "$CONTROL/dynamic-security/#"),
+    ("subscribePattern", BROKER_VERSION_TOPIC),
+    ("publishClientReceive", BROKER_VERSION_TOPIC),
+)
+ADMIN_ROLE_DEFINITION = Role(ADMIN_ROLE, ADMIN_ACLS)
+
+
 def device_role(device_id: str) -> Role:
     own = topics.device_filter(device_id)
     return Role(
@@ -72,7 +78,9 @@ def device_role(device_id: str) -> Role:
 def service_roles(share_group: str) -> list[Role]:
     return [
         Role(INGEST_ROLE, tuple(("subscribePattern", f"$share/{share_group}/{topics.all_devices_filter(kind)}")
-                                for kind in topics.INGESTED) + (("publishClientReceive", f"{topics.ROOT}/#"),)),
+                                for kind in topics.INGESTED)
+             # Retained status directly (a new shared subscription gets no retained messages).
+             + (("subscribePattern", topics.all_devices_filter(topics.STATUS)), ("publishClientReceive", f"{topics.ROOT}/#"))),
         Role(API_ROLE, (("publishClientSend", topics.all_devices_filter(topics.COMMAND)),)),
     ]
 
@@ -147,8 +155,8 @@ def service_identities(ingest_password: str, api_password: str) -> list[Identity
 
 
 def desired_roles(identities: list[Identity], share_group: str) -> dict[str, Role]:
-    """Every role the broker must hold for ``identities`` (besides the admin's)."""
-    roles = {role.name: role for role in service_roles(share_group)}
+    """Every role the broker must hold for ``identities``, the admin's included."""
+    roles = {role.name: role for role in [ADMIN_ROLE_DEFINITION, *service_roles(share_group)]}
     roles.update({identity.role_name: device_role(identity.username) for identity in identities if identity.is_device})
     return roles
 
@@ -162,9 +170,7 @@ def dynamic_security_config(identities: list[Identity], share_group: str) -> dic
     clients: list[dict[str, Any]] = [{"username": ADMIN, "textname": "iotenant operator", "roles": [{"rolename": ADMIN_ROLE}]}]
     for identity in identities:
         clients.append({**identity.client(), **password_entry(identity.password, stable_salt(identity.username, identity.password))})
-    roles = [{"rolename": ADMIN_ROLE, "acls": Role(ADMIN_ROLE, ADMIN_ACLS).acls()}] + [
-        {"rolename": role.name, "acls": role.acls()} for role in desired_roles(identities, share_group).values()
-    ]
+    roles = [{"rolename": role.name, "acls": role.acls()} for role in desired_roles(identities, share_group).values()]
     return {
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True},
         "clients": clients,

@@ -419,6 +419,7 @@ class CustomerInstanceReconciler:
                 ingest_password=generated.ingest_broker_password,
                 api_password=generated.api_broker_password,
                 share_group=generated.ingest_share_group,
+                max_packet_bytes=stack.broker_limits.maxPacketBytes,
             ),
             fleet_owned,
             body,

@@ -69,6 +69,7 @@ class TenantAccess:
     ingest_password: str
     api_password: str
     share_group: str
+    max_packet_bytes: int  # the broker's packet limit (the plan's): no control message may pass it
 
 
 @dataclass
@@ -162,7 +163,7 @@ class DeviceFleetReconciler:
             self.forget(namespace)  # a broker that comes back may have lost its volume: check it in full
         else:
             try:
-                outcome.broker = self._sync_broker(namespace, access.admin_tls, desired, access.share_group)
+                outcome.broker = self._sync_broker(access, desired)
             except (BrokerUnavailable, BrokerCommandFailed) as error:
                 broker_error = str(error)
                 # Without fleets only the service identities are checked: retried at the next resync.
@@ -231,8 +232,9 @@ class DeviceFleetReconciler:
         credentials = [DeviceCredentials(d, passwords.get(d) or new_password(), host, port) for d in fleet.devices]
         return credentials, request, rotated
 
-    def _sync_broker(self, namespace: str, admin_tls: AdminTLS, desired: dict[str, Identity], share_group: str) -> SyncResult:
+    def _sync_broker(self, access: TenantAccess, desired: dict[str, Identity]) -> SyncResult:
         """Bring the broker in step, unless it was found in step with the same desired state within a resync."""
+        namespace, share_group = access.owner.namespace, access.share_group
         fingerprint = hashlib.sha256(
             "\n".join([share_group, *(f"{username} {identity.text_name}" for username, identity in sorted(desired.items()))]).encode()
         ).hexdigest()
@@ -244,7 +246,7 @@ class DeviceFleetReconciler:
         self._broker_memo.pop(namespace, None)
         host, port = self.addresses(namespace)
         try:
-            with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, admin_tls) as broker:
+            with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, access.admin_tls, access.max_packet_bytes) as broker:
                 result = broker.sync(desired, share_group)
         except Exception:
             BROKER_SYNCS.labels("error").inc()

@@ -10,11 +10,15 @@ from typing import Any, Callable
 from iotenant.environment_flags import boolean, flag
 
 
+# The Mosquitto the stack ships; scripts/install-prerequisites.sh installs the same version for the tests.
+MOSQUITTO_VERSION = "2.0.21"
+
+
 @dataclass(frozen=True)
 class Images:
     """Pinned container images of a customer stack (no registry host: the cluster's default applies)."""
 
-    broker: str = "eclipse-mosquitto:2.0.20"
+    broker: str = f"eclipse-mosquitto:{MOSQUITTO_VERSION}"
     database: str = "postgres:16.4-alpine"
     prometheus: str = "prom/prometheus:v2.54.1"
     iotenant: str = "iotenant:0.1.0"

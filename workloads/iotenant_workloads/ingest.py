@@ -2,6 +2,10 @@
 
 - A shared subscription (``$share/<group>/iot/+/<kind>``) splits the load between replicas; the
   group name is the tenant's own secret, and devices may not join any share group (broker ACLs).
+- Retained status (a device's "online" and its last will) reaches ingest whatever the order of
+  start-up: since Mosquitto 2.0.13 a new shared subscription gets no retained messages, so ingest
+  also subscribes to ``iot/+/status`` directly and keeps only the retained messages it delivers (the
+  live ones arrive through the share group; storing a status twice changes nothing).
 - MQTT 5, QoS 1, a persistent session (clean start off, session expiry) and manual acknowledgement:
   a message is acknowledged only after the transaction holding it has committed, so a crash or a
   database outage loses nothing; the broker redelivers what was not acknowledged.
@@ -35,6 +39,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge, Histogram
 
 from iotenant import logs, topics
@@ -70,6 +75,8 @@ DEVICE_BURST_SECONDS = 2.0
 # Samples of refused messages are pruned to their byte budget after about this many bytes were added.
 PRUNE_AFTER_SAMPLE_BYTES = 1024 * 1024
 LICENCE_CHECK_SECONDS = 5.0
+# MQTT 5 subscription identifiers: which of ingest's subscriptions delivered a message.
+SHARED_SUBSCRIPTION, RETAINED_STATUS_SUBSCRIPTION = 1, 2
 PAUSED_POLL_SECONDS = 1.0
 
 
@@ -148,7 +155,13 @@ class Ingest:
             log.error("broker refused the connection: %s", reason)
             return
         group = self.settings.share_group
-        client.subscribe([(f"$share/{group}/{topics.all_devices_filter(kind)}", 1) for kind in topics.INGESTED])
+        shared = Properties(PacketTypes.SUBSCRIBE)
+        shared.SubscriptionIdentifier = SHARED_SUBSCRIPTION
+        client.subscribe([(f"$share/{group}/{topics.all_devices_filter(kind)}", SubscribeOptions(qos=1)) for kind in topics.INGESTED],
+                         properties=shared)
+        retained = Properties(PacketTypes.SUBSCRIBE)
+        retained.SubscriptionIdentifier = RETAINED_STATUS_SUBSCRIPTION
+        client.subscribe([(topics.all_devices_filter(topics.STATUS), SubscribeOptions(qos=1))], properties=retained)
         self.connected.set()
         BROKER_UP.set(1)
         log.info("connected to the broker as %s", self.settings.client_id)
@@ -159,7 +172,13 @@ class Ingest:
         if not self.stopping.is_set() and not self.paused:
             log.warning("disconnected from the broker: %s; reconnecting", reason)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        delivered_by = getattr(message.properties, "SubscriptionIdentifier", None) or []
+        if SHARED_SUBSCRIPTION not in delivered_by and not message.retain:
+            # A live status through the direct subscription: its copy comes through the share group.
+            if message.qos > 0:
+                client.ack(message.mid, message.qos)
+            return
         self.inbox.put(Incoming(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(timezone.utc)))
         INFLIGHT.inc()
 

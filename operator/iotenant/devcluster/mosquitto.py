@@ -120,7 +120,7 @@ class MosquittoBroker:
             user = pwd.getpwnam("mosquitto")
             for path in [self.root, config, data, *config.iterdir(), *data.iterdir(), *admin_tls.iterdir()]:
                 os.chown(path, user.pw_uid, user.pw_gid)
-                path.chmod(0o750 if path.is_dir() else 0o640)
+                path.chmod(0o750 if path.is_dir() else 0o600 if path == seeded else 0o640)
 
     def start(self) -> None:
         executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
