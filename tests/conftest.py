@@ -191,22 +191,33 @@ def operator_kubeconfig(kube: Cluster, binaries: Binaries, tmp_path_factory: pyt
     that uses it proves the chart's RBAC sufficient and the fence no hindrance.
     """
     kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    rbac = [o for o in render_chart(binaries, "--set", "installCRDs=false")
-            if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")]
+    rbac = [o for o in render_chart(binaries, "--set", "installCRDs=false") if is_operator_rbac(o)]
     kube.kubectl("apply", "--server-side", "--field-manager=iotenant-tests", "-f", "-", stdin=yaml.safe_dump_all(rbac))
-    token = kube.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=8h").stdout.strip()
+    return token_kubeconfig(kube, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, tmp_path_factory.mktemp("operator-identity"))
+
+
+def is_operator_rbac(manifest: dict) -> bool:
+    """The chart's objects that make the operator's identity: its account, roles, bindings and fence
+    (not the roles it ships for people and billing systems)."""
+    return manifest["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                                "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding") \
+        and manifest["metadata"]["name"].startswith(OPERATOR_ACCOUNT)
+
+
+def token_kubeconfig(kube: Cluster, account: str, namespace: str, folder: Path) -> Path:
+    """A kubeconfig holding only a ServiceAccount's identity, from a TokenRequest."""
+    token = kube.kubectl("create", "token", account, "-n", namespace, "--duration=8h").stdout.strip()
     admin = yaml.safe_load(kube.kubeconfig.read_text())
     context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
     cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
-    config_path = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
+    config_path = folder / f"{account}.kubeconfig"
     config_path.write_text(yaml.safe_dump({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [cluster],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": OPERATOR_ACCOUNT, "context": {"cluster": cluster["name"], "user": OPERATOR_ACCOUNT}}],
-        "current-context": OPERATOR_ACCOUNT,
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account}}],
+        "current-context": account,
     }))
     return config_path
 

@@ -12,7 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Cluster, RunningOperator, render_chart
+from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Cluster, RunningOperator, is_operator_rbac, render_chart
 
 from iotenant.devcluster.binaries import Binaries
 from iotenant.render.monitoring import PROMETHEUS_RULES
@@ -25,7 +25,7 @@ DELEGATED = {(g, r, v) for rule in PROMETHEUS_RULES for g in rule["apiGroups"] f
 def granted(binaries: Binaries) -> set[tuple[str, str, str]]:
     rules = set()
     for role in render_chart(binaries):
-        if role["kind"] in ("ClusterRole", "Role"):
+        if role["kind"] in ("ClusterRole", "Role") and is_operator_rbac(role):
             for rule in role["rules"]:
                 rules |= {(group, resource, verb) for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
     return rules
