@@ -39,7 +39,7 @@ kind-up: setup image
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
 	$(HELM) upgrade --install iotenant charts/iotenant --namespace iotenant-system --create-namespace \
 		--kube-context kind-$(KIND_CLUSTER) --wait --timeout 5m
-	kubectl --context kind-$(KIND_CLUSTER) apply -f examples/monitoring/servicemonitor-crd.yaml
+	kubectl --context kind-$(KIND_CLUSTER) apply -f examples/monitoring/
 	kubectl --context kind-$(KIND_CLUSTER) apply -f examples/customerinstance-starter.yaml -f examples/customerinstance-professional.yaml
 	kubectl --context kind-$(KIND_CLUSTER) wait --for=condition=Ready cust --all --timeout=10m
 

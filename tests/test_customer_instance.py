@@ -130,13 +130,16 @@ def billing_token(billing: BillingIssuer, subject: str, plan: str = "professiona
 
 
 SERVICE_MONITOR_CRD_FILE = REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml"
+PROMETHEUS_RULE_CRD_FILE = REPO / "examples" / "monitoring" / "prometheusrule-crd.yaml"
 
 
 @pytest.fixture
 def servicemonitor_crd(kube: Cluster) -> None:
-    """The ServiceMonitor CRD, so that shared-tier instances can become fully Ready."""
-    kube.kubectl("apply", "--server-side", "-f", str(SERVICE_MONITOR_CRD_FILE))
-    kube.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=30s")
+    """The ServiceMonitor and PrometheusRule CRDs, so that shared-tier instances can become fully Ready."""
+    for path in (SERVICE_MONITOR_CRD_FILE, PROMETHEUS_RULE_CRD_FILE):
+        kube.kubectl("apply", "--server-side", "-f", str(path))
+    for name in ("servicemonitors", "prometheusrules"):
+        kube.kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=30s")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,6 +164,13 @@ def test_servicemonitor_appears_once_the_crd_is_installed(kube: Cluster, operato
     monitor = kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "customer-early", "servicemonitors", "iotenant")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["customer-early"]}
+    # The tenant's alert rules follow as soon as their CRD exists too.
+    assert not exists(lambda: kube.custom.get_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", "customer-early", "prometheusrules", "iotenant"))
+    kube.kubectl("apply", "--server-side", "-f", str(PROMETHEUS_RULE_CRD_FILE))
+    rule = wait_for(lambda: exists(lambda: kube.custom.get_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", "customer-early", "prometheusrules", "iotenant")), timeout=30, what="the tenant's PrometheusRule")
+    assert rule
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -243,10 +253,13 @@ def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, o
     assert f"--storage.tsdb.retention.time={monitoring.retentionDays}d" in args
     assert f"--storage.tsdb.retention.size={int(monitoring.storageGb * 0.9)}GB" in args
     assert prometheus.spec.volume_claim_templates[0].spec.resources.requests["storage"] == f"{monitoring.storageGb}Gi"
-    config_text = kube.core.read_namespaced_config_map("prometheus-config", namespace).data["prometheus.yml"]
+    files = kube.core.read_namespaced_config_map("prometheus-config", namespace).data
+    config_text = files["prometheus.yml"]
     config = yaml.safe_load(config_text)
     assert config["scrape_configs"][0]["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": [namespace]}}]
+    assert config["rule_files"] == ["tenant-rules.yml"]  # the same tenant alerts the shared tier gets as a PrometheusRule
     (tmp_path / "prometheus.yml").write_text(config_text)
+    (tmp_path / "tenant-rules.yml").write_text(files["tenant-rules.yml"])
     promtool = subprocess.run([str(kube.binaries.path("promtool")), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert promtool.returncode == 0, promtool.stdout + promtool.stderr
     role = kube.kubectl("get", "role", "prometheus", "-n", namespace, "-o", "json").stdout

@@ -59,6 +59,7 @@ KINDS: dict[tuple[str, str], ResourceKind] = {
         ResourceKind("rbac.authorization.k8s.io/v1", "Role", "roles", True),
         ResourceKind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True),
         ResourceKind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", True),
+        ResourceKind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules", True),
         ResourceKind("coordination.k8s.io/v1", "Lease", "leases", True),
         ResourceKind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
         ResourceKind("iotenant.io/v1alpha1", "CustomerInstance", "customerinstances", False),

@@ -36,6 +36,7 @@ NAMESPACED_KINDS: tuple[ResourceKind, ...] = tuple(
         ("rbac.authorization.k8s.io/v1", "Role"),
         ("rbac.authorization.k8s.io/v1", "RoleBinding"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
     )
 )
 

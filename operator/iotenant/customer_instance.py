@@ -26,6 +26,8 @@ from iotenant.broker_identities import new_share_group
 from iotenant.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.render import meta
 from iotenant.render.fleet import FLEET_LABEL
+from iotenant.render.monitoring import SERVICE_MONITOR_CRD
+from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD
 from iotenant.render.inputs import GeneratedSecrets, StackInput
 from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
@@ -152,7 +154,7 @@ class CustomerInstanceReconciler:
         catalogue: dict[str, Plan],
         keyring: Callable[[], KeyRing],
         trusted_issuers: TrustedIssuers,
-        service_monitor_crd_present: Callable[[], bool],
+        monitoring_crds: Callable[[], frozenset[str]],
         fleets: DeviceFleetReconciler | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -161,7 +163,7 @@ class CustomerInstanceReconciler:
         self.catalogue = catalogue
         self.keyring = keyring
         self.trusted_issuers = trusted_issuers
-        self.service_monitor_crd_present = service_monitor_crd_present
+        self.monitoring_crds = monitoring_crds
         self.fleets = fleets or DeviceFleetReconciler(api, settings)
         self.clock = clock
 
@@ -376,7 +378,8 @@ class CustomerInstanceReconciler:
         )
         suspended_by_spec = bool(spec.get("suspended"))
         serving = decision.serving and not suspended_by_spec
-        monitor_crd = self.service_monitor_crd_present()
+        crds = self.monitoring_crds()
+        monitor_crd = SERVICE_MONITOR_CRD in crds
         plan = self.catalogue.get(claims.plan) if claims else None
         stack = StackInput(
             owner=owner,
@@ -392,6 +395,7 @@ class CustomerInstanceReconciler:
             broker_limits=plan.broker if plan else STRICTEST_BROKER_LIMITS,
             serving=serving,
             service_monitor_crd_present=monitor_crd,
+            prometheus_rule_crd_present=PROMETHEUS_RULE_CRD in crds,
         )
         desired = render_customer_stack(stack)
         result: Convergence = converge(self.api, desired, live, uid)

@@ -22,7 +22,7 @@ from iotenant.customer_instance import CustomerInstanceReconciler
 from iotenant.plans import load_catalogue
 from iotenant.device_fleet import report_not_in_customer_namespace
 from iotenant.render.meta import CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF, namespace_for
-from iotenant.render.monitoring import SERVICE_MONITOR_CRD
+from iotenant.render.monitoring import MONITORING_CRDS
 from iotenant.settings import OperatorSettings
 from iotenant.trusted_issuers import TrustedIssuers
 
@@ -53,7 +53,7 @@ class OperatorState:
     reconciler: CustomerInstanceReconciler | None = None
     keyring: signing_keys.KeyRing | None = None
     keyring_version: str = ""
-    monitor_crd: bool = False
+    monitoring_crds: frozenset[str] = frozenset()  # the Prometheus Operator CRDs that are established
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     namespaces: dict[str, str] = field(default_factory=dict)  # customer namespace -> CustomerInstance uid
     fleets_seen: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -101,14 +101,15 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     trusted = TrustedIssuers.load(s.settings.trusted_issuers, s.settings.issuer)
     ring, s.keyring_version = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace, s.settings.create_signing_keys)
     s.keyring = ring
-    s.monitor_crd = await asyncio.to_thread(s.api.get, CRD, SERVICE_MONITOR_CRD) is not None
+    s.monitoring_crds = frozenset(
+        [name for name in MONITORING_CRDS if await asyncio.to_thread(s.api.get, CRD, name) is not None])
     s.reconciler = CustomerInstanceReconciler(
         api=s.api,
         settings=s.settings,
         catalogue=catalogue,
         keyring=lambda: s.keyring,  # type: ignore[arg-type, return-value]
         trusted_issuers=trusted,
-        service_monitor_crd_present=lambda: s.monitor_crd,
+        monitoring_crds=lambda: s.monitoring_crds,
     )
     await asyncio.to_thread(_publish_jwks, s)
     s.tasks.append(asyncio.create_task(_maintain_keyring(s)))
@@ -334,15 +335,19 @@ def stateful_set_changed(body: kopf.Body, **_: Any) -> None:
     _wake_owner(body)
 
 
-@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", field="metadata.name", value=SERVICE_MONITOR_CRD)
-def service_monitor_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", field="spec.group", value="monitoring.coreos.com")
+def monitoring_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    """The ServiceMonitor and PrometheusRule CRDs: shared-tier objects appear as soon as their CRD does."""
     s = state()
+    name = body.get("metadata", {}).get("name", "")
+    if name not in MONITORING_CRDS:
+        return
     present = type != "DELETED" and body.get("metadata", {}).get("deletionTimestamp") is None
     established = any(
         c.get("type") == "Established" and c.get("status") == "True" for c in (body.get("status") or {}).get("conditions") or []
     )
-    now = present and established
-    if now != s.monitor_crd:
-        s.monitor_crd = now
-        log.info("ServiceMonitor CRD %s", "available" if now else "gone")
+    now = s.monitoring_crds | {name} if present and established else s.monitoring_crds - {name}
+    if now != s.monitoring_crds:
+        s.monitoring_crds = now
+        log.info("CRD %s %s", name, "available" if name in now else "gone")
         s.wake()

@@ -66,6 +66,7 @@ LAG_SECONDS = Histogram("iotenant_ingest_lag_seconds", "From the message's times
 DATABASE_UP = Gauge("iotenant_ingest_database_up", "1 when the last database operation succeeded")
 BROKER_UP = Gauge("iotenant_ingest_broker_up", "1 while connected to the broker")
 INFLIGHT = Gauge("iotenant_ingest_inflight_messages", "Messages received and not yet acknowledged")
+DEVICES_ONLINE = Gauge("iotenant_ingest_devices_online", "Devices whose last status says online")
 LICENCE_STATE = Gauge("iotenant_ingest_licence_state", "1: valid, 0.5: expired within the grace period, 0: none (paused)")
 
 # A device may use at most this share of the tenant's messages per second (at least one per second),
@@ -75,6 +76,7 @@ DEVICE_BURST_SECONDS = 2.0
 # Samples of refused messages are pruned to their byte budget after about this many bytes were added.
 PRUNE_AFTER_SAMPLE_BYTES = 1024 * 1024
 LICENCE_CHECK_SECONDS = 5.0
+DEVICES_ONLINE_SECONDS = 15.0
 # MQTT 5 subscription identifiers: which of ingest's subscriptions delivered a message.
 SHARED_SUBSCRIPTION, RETAINED_STATUS_SUBSCRIPTION = 1, 2
 PAUSED_POLL_SECONDS = 1.0
@@ -125,6 +127,7 @@ class Ingest:
         self.refusals = Refusals()
         self.client = self._mqtt_client()
         self._last_maintenance = 0.0
+        self._devices_counted = 0.0
         self._sample_bytes_since_prune = 0
 
     # ---------------------------------------------------------------- MQTT
@@ -289,7 +292,18 @@ class Ingest:
                 delay = min(delay * 2, 5.0)
         raise SystemExit(0)
 
+    def _count_devices_online(self, connection: psycopg.Connection) -> None:
+        if time.monotonic() - self._devices_counted < DEVICES_ONLINE_SECONDS:
+            return
+        self._devices_counted = time.monotonic()
+        try:
+            with connection.transaction():
+                DEVICES_ONLINE.set(connection.execute("SELECT count(*) FROM devices WHERE online").fetchone()[0])
+        except psycopg.Error as error:  # a gauge is not worth a batch: the next commit finds the database again
+            log.debug("devices online not counted: %s", error)
+
     def _maintain(self, connection: psycopg.Connection, force: bool = False) -> None:
+        self._count_devices_online(connection)
         if self._sample_bytes_since_prune > PRUNE_AFTER_SAMPLE_BYTES:
             database.prune_rejected(connection)
             self._sample_bytes_since_prune = 0

@@ -40,6 +40,7 @@ class StackInput:
     # Serving is False when suspended (by spec, or after an expired licence's grace period).
     serving: bool
     service_monitor_crd_present: bool
+    prometheus_rule_crd_present: bool = False
     # From the plan of the verified licence; the strictest without one.
     broker_limits: BrokerLimits = STRICTEST_BROKER_LIMITS
 

@@ -1,4 +1,5 @@
-"""Monitoring by licence tier: a dedicated Prometheus, or a ServiceMonitor for the shared one."""
+"""Monitoring by licence tier: a dedicated Prometheus, or a ServiceMonitor (and the tenant's alert rules
+as a PrometheusRule) for the shared one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from iotenant.licence import Claims
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import COMPONENT, CUSTOMER
 from iotenant.render.pod_security import resources
+from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD, RULES_FILE, prometheus_rule, rule_groups
 from iotenant.render.workloads import SMALL, config_map, container, pod_template, service, stateful_set
 
 Manifest = dict[str, Any]
@@ -17,12 +19,14 @@ Manifest = dict[str, Any]
 PROMETHEUS_UID = 65534
 PROMETHEUS_PORT = 9090
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+MONITORING_CRDS = (SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD)
 
 
 def prometheus_config(namespace: str) -> dict[str, Any]:
     """Scrape only this namespace: pods exposing a container port named ``metrics``."""
     return {
         "global": {"scrape_interval": "30s", "evaluation_interval": "30s", "external_labels": {"namespace": namespace}},
+        "rule_files": [RULES_FILE],
         "scrape_configs": [
             {
                 "job_name": "customer-pods",
@@ -98,7 +102,8 @@ def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": labels_sa, "automountServiceAccountToken": True},
         role,
         binding,
-        config_map(owner, "prometheus-config", "monitoring", {"prometheus.yml": config_text}),
+        config_map(owner, "prometheus-config", "monitoring",
+                   {"prometheus.yml": config_text, RULES_FILE: yaml.safe_dump({"groups": rule_groups(namespace)}, sort_keys=True)}),
         stateful_set(owner, "prometheus", "monitoring", 1, template, f"{claims.monitoring.storageGb}Gi"),
         service(owner, "prometheus", "monitoring", [("web", PROMETHEUS_PORT)]),
     ]
@@ -127,7 +132,8 @@ def monitoring(stack: StackInput) -> list[Manifest]:
         return []
     if stack.claims.monitoring.tier == "dedicated":
         return dedicated(stack, stack.claims)
-    return [service_monitor(stack)] if stack.service_monitor_crd_present else []
+    shared = [service_monitor(stack)] if stack.service_monitor_crd_present else []
+    return shared + ([prometheus_rule(stack.owner)] if stack.prometheus_rule_crd_present else [])
 
 
-__all__ = ["monitoring", "prometheus_config", "SERVICE_MONITOR_CRD", "SMALL"]
+__all__ = ["monitoring", "prometheus_config", "MONITORING_CRDS", "SERVICE_MONITOR_CRD", "SMALL"]
