@@ -191,7 +191,7 @@ def test_the_broker_under_test_is_the_version_the_stack_ships_and_runs_our_files
 def test_batches_follow_how_the_broker_saves() -> None:
     from iotenant.broker_control import MAX_COMMANDS_PER_SAVING_MESSAGE, commands_per_message
 
-    assert commands_per_message(10_000, (2, 0, 21)) == 10  # 2.0 rewrites its file per command: small messages
+    assert commands_per_message(10_000, (2, 0, 21)) == 3  # 2.0 rewrites its file per command: small messages
     assert commands_per_message(10, (2, 0, 21)) == 100
     assert commands_per_message(10_000, (2, 1, 2)) == MAX_COMMANDS_PER_SAVING_MESSAGE  # 2.1 saves once per message
-    assert commands_per_message(10_000, None) == 10
+    assert commands_per_message(10_000, None) == 3
