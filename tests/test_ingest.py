@@ -362,7 +362,7 @@ def test_a_message_the_database_refuses_is_isolated_and_the_rest_of_its_batch_st
         schema.ensure_partitions(connection, 1)
 
         def message(seq: int, kind: str) -> Accepted:  # built directly: the checks that would refuse it are bypassed
-            return Accepted(f"iot/dev-001/telemetry", b"{}", Telemetry("dev-001", now, seq, "telemetry", (Measurement(now, kind, 1.0, None),)))
+            return Accepted("iot/dev-001/telemetry", b"{}", Telemetry("dev-001", now, seq, "telemetry", (Measurement(now, kind, 1.0, None),)))
 
         batch = [message(seq, "t") for seq in range(40)]
         batch[7] = message(7, "nul\x00")

@@ -48,7 +48,7 @@ from iotenant_workloads import database, datagram, service_endpoints
 from iotenant_workloads.mounted_licence import MountedLicence
 from iotenant_workloads.rate_limits import KeyedBuckets, TokenBucket
 from iotenant_workloads.refusals import RefusedMessage, Refusals
-from iotenant_workloads.telemetry_store import Accepted, BatchOutcome, record_refusals, store
+from iotenant_workloads.telemetry_store import Accepted, record_refusals, store
 from iotenant_workloads.untrusted_json import Unacceptable
 
 log = logging.getLogger("iotenant.ingest")
