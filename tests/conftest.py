@@ -286,7 +286,10 @@ def service_root() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def postgres(service_root: Path) -> Iterator[PostgresServer]:
     server = PostgresServer(root=service_root / "postgres", superuser_password="postgres-superuser-password")
-    server.initialise()
+    try:
+        server.initialise()
+    except MissingPart as error:
+        pytest.fail(str(error), pytrace=False)
     server.start()
     yield server
     server.stop()

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -110,12 +110,33 @@ def kubernetes_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def _go_build(go: str, module_dir: Path, out: Path, packages: list[str], names: list[str], ldflags: str) -> None:
+BUILD_STEPS = 5
+
+
+@dataclass
+class BuildProgress:
+    """One line per component with its time; Go's own output (module downloads) goes to ``log``."""
+
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+    step: int = 0
+
+
+def _go_build(go: str, module_dir: Path, out: Path, packages: list[str], names: list[str], ldflags: str,
+              progress: BuildProgress) -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local")
     target = f"{out}/" if len(packages) > 1 else str(out)
     command = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", target, *packages]
-    print(f"iotenant: building {', '.join(names)} ...", file=sys.stderr)
-    subprocess.run(command, cwd=module_dir, env=env, check=True)
+    progress.step += 1
+    began = time.monotonic()
+    print(f"iotenant: [{progress.step}/{BUILD_STEPS}] building {', '.join(names)} (Go output: {progress.log})", file=sys.stderr)
+    with progress.log.open("ab") as log:
+        result = subprocess.run(command, cwd=module_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = progress.log.read_text(errors="replace").splitlines()[-30:]
+        raise MissingPart(f"building {', '.join(names)} failed ({result.returncode}); the end of {progress.log}:\n" + "\n".join(tail))
+    print(f"iotenant: [{progress.step}/{BUILD_STEPS}] {', '.join(names)} built in {time.monotonic() - began:.0f} s "
+          f"({time.monotonic() - progress.started:.0f} s so far)", file=sys.stderr)
 
 
 def ensure_binaries(log_progress: bool = True) -> Binaries:
@@ -134,6 +155,8 @@ def ensure_binaries(log_progress: bool = True) -> Binaries:
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "bin").mkdir(parents=True)
+    progress = BuildProgress(log=target.with_name(target.name + ".build.log"))
+    progress.log.write_text("")
     _go_build(
         go,
         src / "kubernetes",
@@ -141,22 +164,23 @@ def ensure_binaries(log_progress: bool = True) -> Binaries:
         [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS],
         list(KUBERNETES_COMMANDS),
         kubernetes_ldflags(kubernetes_version),
+        progress,
     )
-    _go_build(go, src / "etcd", staging / "bin" / "etcd", ["go.etcd.io/etcd/server/v3"], ["etcd"], "-s -w")
+    _go_build(go, src / "etcd", staging / "bin" / "etcd", ["go.etcd.io/etcd/server/v3"], ["etcd"], "-s -w", progress)
     _go_build(
-        go, src / "kwok", staging / "bin", [f"sigs.k8s.io/kwok/cmd/{c}" for c in KWOK_COMMANDS], list(KWOK_COMMANDS), "-s -w"
+        go, src / "kwok", staging / "bin", [f"sigs.k8s.io/kwok/cmd/{c}" for c in KWOK_COMMANDS], list(KWOK_COMMANDS), "-s -w", progress
     )
     prometheus_module = required_version(src / "prometheus" / "go.mod", "github.com/prometheus/prometheus")
     # Prometheus 2.N.P is published as Go module v0.N.P.
     prometheus_version = "2." + prometheus_module.removeprefix("v0.")
     _go_build(
         go, src / "prometheus", staging / "bin" / "promtool", ["github.com/prometheus/prometheus/cmd/promtool"], ["promtool"],
-        f"-s -w -X github.com/prometheus/common/version.Version={prometheus_version}",
+        f"-s -w -X github.com/prometheus/common/version.Version={prometheus_version}", progress,
     )
     helm_version = required_version(src / "helm" / "go.mod", "helm.sh/helm/v3")
     _go_build(
         go, src / "helm", staging / "bin" / "helm", ["helm.sh/helm/v3/cmd/helm"], ["helm"],
-        f"-s -w -X helm.sh/helm/v3/internal/version.version={helm_version}",
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={helm_version}", progress,
     )
     reported = subprocess.run(
         [str(staging / "bin" / "kube-apiserver"), "--version"], check=True, capture_output=True, text=True
