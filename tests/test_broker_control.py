@@ -195,3 +195,7 @@ def test_batches_follow_how_the_broker_saves() -> None:
     assert commands_per_message(10, (2, 0, 21)) == 100
     assert commands_per_message(10_000, (2, 1, 2)) == MAX_COMMANDS_PER_SAVING_MESSAGE  # 2.1 saves once per message
     assert commands_per_message(10_000, None) == 3
+    from iotenant.broker_control import parse_version
+
+    assert parse_version("mosquitto version 2.0.21") == (2, 0, 21)
+    assert [parse_version(hostile) for hostile in ("", "   ", "mosquitto version x.1", "\x00\ud800", "9" * 5000 + ".a")] == [None] * 5

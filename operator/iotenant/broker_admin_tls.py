@@ -15,6 +15,7 @@ operator); when either is lost, both are issued anew and the broker restarts wit
 from __future__ import annotations
 
 import datetime
+import functools
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -101,10 +102,11 @@ def issue(namespace: str, now: datetime.datetime | None = None) -> AdminTLS:
     return AdminTLS(_cert_pem(ca), server_cert, server_key, client_cert, client_key)
 
 
+@functools.lru_cache(maxsize=4096)
 def client_context(tls: AdminTLS) -> ssl.SSLContext:
     """The operator's side: its certificate, trusting only the tenant's CA. The CA is private to one
     tenant's broker, so a chain to it identifies that broker; host names are not checked (the operator
-    may reach the broker through any address)."""
+    may reach the broker through any address). Made once per certificate set, then shared by every sync."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=tls.ca_cert)
     context.check_hostname = False
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -313,7 +313,7 @@ class DynamicSecurity:
 
     def list_clients(self) -> dict[str, str]:
         """Every client the broker knows: username -> text name."""
-        return {username: str(entry.get("textname", "")) for username, entry in self.live_state().clients.items()}
+        return {entry["username"]: str(entry.get("textname", "")) for entry in self._listing("listClients", "clients")}
 
     def sync(self, desired: dict[str, Identity], share_group: str) -> SyncResult:
         """Make the broker's clients exactly ``desired`` and its roles theirs (plus the admin and its role);

@@ -168,10 +168,10 @@ def _write(connection: psycopg.Connection, accepted: list[Accepted], received: d
     return BatchOutcome(stored_messages=new_messages, stored_measurements=new_rows, duplicates=len(telemetry) - new_messages)
 
 
-def record_refusals(connection: psycopg.Connection, refused: list[RefusedMessage], at: datetime) -> bool:
-    """Count refusals per device and reason and keep their samples; False if the database would not take them."""
+def record_refusals(connection: psycopg.Connection, refused: list[RefusedMessage], at: datetime) -> None:
+    """Count refusals per device and reason and keep their samples (logged and dropped if the database will not take them)."""
     if not refused:
-        return True
+        return
     counts = tally(refused)
     keys = sorted(counts)
     samples = [(m.topic, m.device_id, m.reason, m.detail, m.payload) for m in refused if m.payload is not None]
@@ -183,5 +183,3 @@ def record_refusals(connection: psycopg.Connection, refused: list[RefusedMessage
                     cursor.executemany(SAMPLE, samples)
     except CONTENT_ERRORS as error:  # the texts were made safe; this is a defect, and must not stop ingest
         log.error("refusals not recorded (%d): %s", len(refused), str(error).strip()[:200])
-        return False
-    return True
