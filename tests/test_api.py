@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -18,53 +17,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import wait_for
-from dataplane import ApiProcess, Device, IngestProcess, LicenceFiles, telemetry, write_licence
+from dataplane import TOKEN, Stack, start_stack, write_licence
 from iotenant.broker_identities import DeviceCredentials
 from real_services import PostgresServer
 from iotenant.devcluster.mosquitto import MosquittoBroker
-
-TOKEN = "s3cret-token-for-tests"
-
-
-@dataclass
-class Stack:
-    api: ApiProcess
-    ingest: IngestProcess
-    broker: MosquittoBroker
-    database: str
-    started: float
-
-
-def start_stack(database: str, broker: MosquittoBroker, licence: LicenceFiles, folder: Path, extra: list[str] | None = None) -> Stack:
-    token_file = folder / "token"
-    token_file.write_text(TOKEN + "\n")
-    ingest = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=folder / "ingest.log",
-                           share_group=broker.share_group)
-    ingest.start()
-    try:
-        return _fill_stack(database, broker, licence, folder, extra, ingest, token_file)
-    except BaseException:
-        ingest.stop()
-        raise
-
-
-def _fill_stack(database: str, broker: MosquittoBroker, licence: LicenceFiles, folder: Path, extra: list[str] | None,
-                ingest: IngestProcess, token_file: Path) -> Stack:
-    api = ApiProcess(database_url=database, broker_port=broker.port, licence=licence, token_file=token_file,
-                     log=folder / "api.log", extra=extra or [])
-    api.start()
-    started = time.time() - 100
-    device = Device(broker.port, "dev-001", "dev-001-password")
-    for seq in range(150):
-        device.publish("telemetry", telemetry("dev-001", started + seq, seq, values=2))
-    device.publish("hello", json.dumps({"v": 2, "device_id": "dev-001", "fw": "1.2.3"}).encode())
-    device.close()
-    other = Device(broker.port, "dev-002", "dev-002-password")
-    other.publish("telemetry", telemetry("dev-002", started, 0, values=1))
-    other.close()
-    wait_for(lambda: ingest.metrics()["iotenant_ingest_stored_total"] == 151, timeout=30, what="the fixture telemetry")
-    return Stack(api=api, ingest=ingest, broker=broker, database=database, started=started)
-
 
 @pytest.fixture
 def professional(database: str, broker: MosquittoBroker, tmp_path: Path) -> Iterator[Stack]:

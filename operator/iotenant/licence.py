@@ -61,12 +61,22 @@ class Features:
     ota: bool = False
 
 
+# Alert rules a tenant may keep when its licence names no ``limits.maxAlertRules`` (a licence issued
+# before the claim existed, or by a billing system that does not set it).
+DEFAULT_MAX_ALERT_RULES = 10
+
+
 @dataclass(frozen=True)
 class Limits:
     maxDevices: int
     maxFleets: int
     retentionDays: int
     maxMessagesPerSecond: int
+    maxAlertRules: int = DEFAULT_MAX_ALERT_RULES
+
+
+# The limits every licence must carry; the others have a default.
+REQUIRED_LIMITS = ("maxDevices", "maxFleets", "retentionDays", "maxMessagesPerSecond")
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,8 @@ def _claims_from_payload(payload: dict[str, Any]) -> Claims:
             jti=_require(payload, "jti", str),
             plan=_require(payload, "plan", str),
             features=Features(**{name: _require(features, name, bool) for name in FEATURE_NAMES}),
-            limits=Limits(**{name: _require(limits, name, int) for name in Limits.__dataclass_fields__}),
+            limits=Limits(**{name: _require(limits, name, int) for name in Limits.__dataclass_fields__
+                             if name in REQUIRED_LIMITS or name in limits}),
             monitoring=Monitoring(
                 tier=tier,
                 retentionDays=int(monitoring.get("retentionDays", 0)),

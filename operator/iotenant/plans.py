@@ -75,21 +75,21 @@ class Plan:
 
 DEFAULT_CATALOGUE: dict[str, dict[str, Any]] = {
     "starter": {
-        "limits": {"maxDevices": 25, "maxFleets": 2, "retentionDays": 7, "maxMessagesPerSecond": 50},
+        "limits": {"maxDevices": 25, "maxFleets": 2, "retentionDays": 7, "maxMessagesPerSecond": 50, "maxAlertRules": 10},
         "features": {},
         "monitoring": {"tier": "shared"},
         "quota": {"cpu": "2", "memory": "4Gi", "limitsCpu": "8", "limitsMemory": "8Gi", "storage": "20Gi", "pods": 20, "persistentVolumeClaims": 4},
         "broker": {"maxPacketBytes": 17_408, "maxQueuedMessages": 100_000, "maxQueuedBytes": 64 * 1024 * 1024, "sessionExpirySeconds": 86_400},
     },
     "professional": {
-        "limits": {"maxDevices": 500, "maxFleets": 20, "retentionDays": 30, "maxMessagesPerSecond": 1000},
+        "limits": {"maxDevices": 500, "maxFleets": 20, "retentionDays": 30, "maxMessagesPerSecond": 1000, "maxAlertRules": 100},
         "features": {"commands": True, "alerts": True},
         "monitoring": {"tier": "shared"},
         "quota": {"cpu": "8", "memory": "16Gi", "limitsCpu": "32", "limitsMemory": "64Gi", "storage": "200Gi", "pods": 60, "persistentVolumeClaims": 8},
         "broker": {"maxPacketBytes": 66_560, "maxQueuedMessages": 500_000, "maxQueuedBytes": 256 * 1024 * 1024, "sessionExpirySeconds": 3 * 86_400},
     },
     "enterprise": {
-        "limits": {"maxDevices": 10000, "maxFleets": 200, "retentionDays": 365, "maxMessagesPerSecond": 10000},
+        "limits": {"maxDevices": 10000, "maxFleets": 200, "retentionDays": 365, "maxMessagesPerSecond": 10000, "maxAlertRules": 1000},
         "features": {"commands": True, "alerts": True, "export": True, "ota": True},
         "monitoring": {"tier": "dedicated", "retentionDays": 30, "storageGb": 50},
         "quota": {"cpu": "32", "memory": "64Gi", "limitsCpu": "128", "limitsMemory": "256Gi", "storage": "2Ti", "pods": 250, "persistentVolumeClaims": 16},

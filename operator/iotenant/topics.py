@@ -21,9 +21,11 @@ COMMAND_ACK = "command/ack"
 OTA_STATUS = "ota/status"
 DEVICE_PUBLISHES = (TELEMETRY, HELLO, STATUS, COMMAND_ACK, OTA_STATUS)
 # What ingest stores.
-INGESTED = (TELEMETRY, HELLO, STATUS, COMMAND_ACK)
-# What the API publishes to a device.
+INGESTED = (TELEMETRY, HELLO, STATUS, COMMAND_ACK, OTA_STATUS)
+# What the API publishes to a device; an OTA update is the command named START_OTA, whose progress
+# the device reports on OTA_STATUS with the command's ``cmd_id``.
 COMMAND = "command"
+START_OTA = "start_ota"
 
 # The largest message payload the data plane takes, and the largest MQTT packet carrying one (with
 # its topic and headers): brokers refuse larger packets, ingest asks the broker for nothing larger.

@@ -45,7 +45,7 @@ def test_the_seed_gives_the_admin_no_password_and_every_device_its_role_and_clie
     assert clients["dev-1"]["clientid"] == "dev-1" and clients["dev-1"]["roles"] == [{"rolename": "device:dev-1"}]
     roles = {role["rolename"]: role for role in document["roles"]}
     assert {acl["topic"] for acl in roles["ingest"]["acls"] if acl["acltype"] == "subscribePattern"} == {
-        *(f"$share/group-x/iot/+/{kind}" for kind in ("telemetry", "hello", "status", "command/ack")), "iot/+/status"}
+        *(f"$share/group-x/iot/+/{kind}" for kind in ("telemetry", "hello", "status", "command/ack", "ota/status")), "iot/+/status"}
     assert document["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
                                             "unsubscribe": True}
 

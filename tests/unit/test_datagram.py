@@ -98,7 +98,7 @@ def test_good_messages_pass() -> None:
 @pytest.mark.parametrize(
     "topic",
     ["iot/dev-1/other", "iot/dev 1/telemetry", "iot/-dev/telemetry", "iot/dev-1/telemetry/x", "x/dev-1/telemetry",
-     "iot/" + "d" * 64 + "/telemetry", "iot/dev-1\n/telemetry", "iot//telemetry", "iot/dev-1/ota/status"],
+     "iot/" + "d" * 64 + "/telemetry", "iot/dev-1\n/telemetry", "iot//telemetry", "iot/dev-1/ota/status/x", "iot/dev-1/ota"],
 )
 def test_topics_outside_the_layout_are_refused(topic: str) -> None:
     assert reason(lambda: datagram.topic_parts(topic)) == datagram.BAD_TOPIC

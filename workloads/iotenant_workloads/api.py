@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -19,25 +20,27 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
 from aiohttp import web
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from iotenant import logs, topics
 from iotenant.environment_flags import flag
-from iotenant_workloads import datagram, untrusted_json
+from iotenant_workloads import alert_routes, api_requests, export_routes, ota_routes
+from iotenant_workloads.api_requests import ApiError, Route, StreamBroken
 from iotenant_workloads.ingest import add_common_flags
 from iotenant_workloads.mounted_licence import MountedLicence
 from iotenant_workloads.rate_limits import KeyedBuckets
-from iotenant_workloads.untrusted_json import Unacceptable
 
 log = logging.getLogger("iotenant.api")
+T = TypeVar("T")
 
 REQUESTS = Counter("iotenant_api_requests_total", "API requests", ["route", "status"])
 LATENCY = Histogram("iotenant_api_request_seconds", "API request latency", ["route"],
@@ -45,67 +48,11 @@ LATENCY = Histogram("iotenant_api_request_seconds", "API request latency", ["rou
 DATABASE_UP = Gauge("iotenant_api_database_up", "1 when the last database query succeeded")
 BROKER_UP = Gauge("iotenant_api_broker_up", "1 while connected to the broker (commands)")
 
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
-MAX_BODY_BYTES = 64 * 1024
 MAX_COMMAND_ID = 64
 COMMAND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # Client addresses whose request rate is tracked at once (the least recently seen are forgotten first).
 MAX_TRACKED_CLIENTS = 10_000
 API_KEY = web.AppKey("iotenant_api", object)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
-
-
-def _time_parameter(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        return datagram.timestamp_text(raw)
-    except Unacceptable:
-        raise ApiError(422, "invalid_parameter", f"{name} must be an RFC 3339 time or seconds since the epoch, in 1970..2100") from None
-
-
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not re.fullmatch(r"[0-9]{1,7}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(422, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def _type_parameter(request: web.Request) -> str | None:
-    raw = request.query.get("type")
-    if raw is None:
-        return None
-    try:
-        return datagram.text(raw, "type", datagram.MAX_TEXT, "invalid_parameter")
-    except Unacceptable as error:
-        raise ApiError(422, "invalid_parameter", str(error.detail or error)) from None
-
-
-def _device_id(request: web.Request) -> str:
-    device_id = request.match_info["device_id"]
-    if not topics.is_device_id(device_id):
-        raise ApiError(422, "invalid_parameter", "device id must be 1..63 of [A-Za-z0-9._-], starting with a letter or digit")
-    return device_id
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object that PostgreSQL can store (size and nesting bounded)."""
-    payload = await request.read()  # aiohttp refuses bodies over its client_max_size (1 MiB) with 413
-    try:
-        return untrusted_json.storable(untrusted_json.parse_object(payload, MAX_BODY_BYTES), "the body")
-    except Unacceptable as error:
-        raise ApiError(422, "invalid_body", f"the body must be a JSON object: {error.detail or error.reason}") from None
 
 
 class CustomerApi:
@@ -115,6 +62,7 @@ class CustomerApi:
         self.token_file = token_file
         self.publisher = publisher
         self.rate = rate
+        self.exports = export_routes.Exports()
         self._token = b""
         self._token_stamp = 0.0
         self._token_checked = 0.0
@@ -150,20 +98,38 @@ class CustomerApi:
             raise ApiError(403, "feature_not_licensed", f"the licence does not include {feature}")
 
     async def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        async def one_statement(cursor: AsyncCursor[dict[str, Any]]) -> list[dict[str, Any]]:
+            await cursor.execute(sql, parameters)
+            return await cursor.fetchall() if cursor.description else []
+
+        return await self.transaction(one_statement)
+
+    async def transaction(self, work: Callable[[AsyncCursor[dict[str, Any]]], Awaitable[T]]) -> T:
+        """``work`` in one transaction (committed when it returns); database trouble becomes an ``ApiError``."""
         try:
             async with self.pool.connection(timeout=5) as connection:
-                async with connection.cursor(row_factory=dict_row) as cursor:
-                    await cursor.execute(sql, parameters)
-                    rows = await cursor.fetchall() if cursor.description else []
+                async with connection.transaction(), connection.cursor(row_factory=dict_row) as cursor:
+                    result = await work(cursor)
             DATABASE_UP.set(1)
-            return rows
+            return result
         except (psycopg.OperationalError, TimeoutError) as error:
             DATABASE_UP.set(0)
             raise ApiError(503, "database_unavailable", "the database is not reachable; retry later") from error
         except (psycopg.DataError, UnicodeError) as error:  # a value the checks above let through
             raise ApiError(422, "invalid_parameter", "a parameter holds a value the database cannot take") from error
 
-    async def _device_or_404(self, device_id: str) -> dict[str, Any]:
+    async def send(self, device_id: str, cmd_id: str, name: str, args: dict[str, Any]) -> None:
+        """Publish a command that is already recorded to ``iot/<device_id>/command`` (QoS 1)."""
+        if self.publisher is None:
+            raise ApiError(503, "broker_unavailable", "the broker is not reachable; retry later")
+        message = {"cmd_id": cmd_id, "name": name, "args": args, "ts": time.time()}
+        await asyncio.to_thread(self.publisher.publish, device_id, message)
+
+    def require_broker(self) -> None:
+        if self.publisher is None or not self.publisher.connected.is_set():
+            raise ApiError(503, "broker_unavailable", "the broker is not reachable; retry later")
+
+    async def device_or_404(self, device_id: str) -> dict[str, Any]:
         rows = await self.query("SELECT * FROM devices WHERE device_id = %s", (device_id,))
         if not rows:
             raise ApiError(404, "device_not_found", f"no device {device_id!r} has reported")
@@ -172,22 +138,22 @@ class CustomerApi:
     # ------------------------------------------------------------ routes
 
     async def list_devices(self, request: web.Request) -> Any:
-        limit = _limit(request)
+        limit = api_requests.limit(request)
         rows = await self.query(
             "SELECT device_id, first_seen, last_seen, online FROM devices ORDER BY device_id LIMIT %s", (limit,)
         )
         return {"devices": [self._device(row) for row in rows], "count": len(rows)}
 
     def _device(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"id": row["device_id"], "online": row["online"], "firstSeen": _iso(row["first_seen"]), "lastSeen": _iso(row["last_seen"])}
+        return {"id": row["device_id"], "online": row["online"], "firstSeen": api_requests.iso(row["first_seen"]), "lastSeen": api_requests.iso(row["last_seen"])}
 
     async def get_device(self, request: web.Request) -> Any:
-        row = await self._device_or_404(_device_id(request))
-        return {**self._device(row), "hello": row.get("hello"), "stateChangedAt": _iso(row.get("state_changed_at"))}
+        row = await self.device_or_404(api_requests.path_device_id(request))
+        return {**self._device(row), "hello": row.get("hello"), "stateChangedAt": api_requests.iso(row.get("state_changed_at"))}
 
     async def last_telemetry(self, request: web.Request) -> Any:
-        device_id = _device_id(request)
-        kind = _type_parameter(request)
+        device_id = api_requests.path_device_id(request)
+        kind = api_requests.type_parameter(request)
         if kind:
             rows = await self.query(
                 "SELECT ts, type, val, unit, seq FROM telemetry WHERE device_id = %s AND type = %s ORDER BY ts DESC LIMIT 1",
@@ -200,16 +166,16 @@ class CustomerApi:
                 (device_id, device_id),
             )
         if not rows:
-            await self._device_or_404(device_id)
+            await self.device_or_404(device_id)
             raise ApiError(404, "no_telemetry", f"device {device_id!r} has no telemetry" + (f" of type {kind!r}" if kind else ""))
         return {"deviceId": device_id, "measurements": [self._measurement(row) for row in rows]}
 
     def _measurement(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"ts": _iso(row["ts"]), "type": row["type"], "val": row["val"], "unit": row["unit"], "seq": row["seq"]}
+        return {"ts": api_requests.iso(row["ts"]), "type": row["type"], "val": row["val"], "unit": row["unit"], "seq": row["seq"]}
 
     async def telemetry(self, request: web.Request) -> Any:
-        device_id = _device_id(request)
-        since, until, kind, limit = _time_parameter(request, "from"), _time_parameter(request, "to"), _type_parameter(request), _limit(request)
+        device_id = api_requests.path_device_id(request)
+        since, until, kind, limit = api_requests.time_parameter(request, "from"), api_requests.time_parameter(request, "to"), api_requests.type_parameter(request), api_requests.limit(request)
         if since and until and since > until:
             raise ApiError(422, "invalid_parameter", "from must not be after to")
         clauses, parameters = ["device_id = %s"], [device_id]
@@ -227,14 +193,14 @@ class CustomerApi:
             (*parameters, limit),
         )
         if not rows:
-            await self._device_or_404(device_id)
+            await self.device_or_404(device_id)
         return {"deviceId": device_id, "measurements": [self._measurement(row) for row in rows], "count": len(rows)}
 
     async def send_command(self, request: web.Request) -> Any:
         self.require_feature("commands")
-        device_id = _device_id(request)
-        await self._device_or_404(device_id)
-        body = await _json_object(request)
+        device_id = api_requests.path_device_id(request)
+        await self.device_or_404(device_id)
+        body = await api_requests.json_object(request)
         if not isinstance(body.get("name"), str) or not 1 <= len(body["name"]) <= 64:
             raise ApiError(422, "invalid_body", "name (1..64 characters) is required")
         args = body.get("args", {})
@@ -243,29 +209,27 @@ class CustomerApi:
         cmd_id = body.get("cmd_id") or str(uuid.uuid4())
         if not isinstance(cmd_id, str) or not COMMAND_ID.fullmatch(cmd_id):
             raise ApiError(422, "invalid_body", f"cmd_id must be 1..{MAX_COMMAND_ID} of [A-Za-z0-9._:-], starting with a letter or digit")
-        if self.publisher is None or not self.publisher.connected.is_set():
-            raise ApiError(503, "broker_unavailable", "the broker is not reachable; retry later")
+        self.require_broker()
         rows = await self.query(
             "INSERT INTO commands (cmd_id, device_id, name, args) VALUES (%s, %s, %s, %s) ON CONFLICT (cmd_id) DO NOTHING RETURNING cmd_id",
             (cmd_id, device_id, body["name"], json.dumps(args)),
         )
         if not rows:
             raise ApiError(409, "command_exists", f"a command with cmd_id {cmd_id!r} exists already")
-        message = {"cmd_id": cmd_id, "name": body["name"], "args": args, "ts": time.time()}
-        await asyncio.to_thread(self.publisher.publish, device_id, message)
+        await self.send(device_id, cmd_id, body["name"], args)
         return web.json_response({"cmdId": cmd_id, "status": "sent"}, status=202)
 
     async def list_commands(self, request: web.Request) -> Any:
         self.require_feature("commands")
-        device_id = _device_id(request)
+        device_id = api_requests.path_device_id(request)
         rows = await self.query(
             "SELECT cmd_id, name, args, status, created_at, acked_at, result FROM commands WHERE device_id = %s "
             "ORDER BY created_at DESC LIMIT %s",
-            (device_id, _limit(request)),
+            (device_id, api_requests.limit(request)),
         )
         return {"deviceId": device_id, "commands": [
             {"cmdId": r["cmd_id"], "name": r["name"], "args": r["args"], "status": r["status"],
-             "createdAt": _iso(r["created_at"]), "ackedAt": _iso(r["acked_at"]), "result": r["result"]} for r in rows
+             "createdAt": api_requests.iso(r["created_at"]), "ackedAt": api_requests.iso(r["acked_at"]), "result": r["result"]} for r in rows
         ]}
 
     async def licence_state(self, request: web.Request) -> Any:
@@ -284,30 +248,47 @@ class CustomerApi:
         return {**counts, "rejected": {r["reason"]: r["n"] for r in rejected}, "deviceLimit": limits.maxDevices}
 
 
-Handler = Callable[[web.Request], Awaitable[Any]]
+COMMAND_BODY: dict[str, Any] = {
+    "type": "object", "required": ["name"], "additionalProperties": True,
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64}, "args": {"type": "object"},
+                   "cmd_id": {"type": "string", "pattern": COMMAND_ID.pattern}},
+}
 
-ROUTES: list[tuple[str, str, str, str]] = [
-    ("GET", "/api/v1/devices", "list_devices", "List devices (`limit`)."),
-    ("GET", "/api/v1/devices/{device_id}", "get_device", "One device: online state, first and last seen, hello."),
-    ("GET", "/api/v1/devices/{device_id}/telemetry/last", "last_telemetry", "Latest measurement per type (`type`)."),
-    ("GET", "/api/v1/devices/{device_id}/telemetry", "telemetry", "Measurements, newest first (`from`, `to`, `type`, `limit`)."),
-    ("POST", "/api/v1/devices/{device_id}/commands", "send_command", "Send a command (needs features.commands)."),
-    ("GET", "/api/v1/devices/{device_id}/commands", "list_commands", "Commands and their acknowledgement (needs features.commands)."),
-    ("GET", "/api/v1/licence", "licence_state", "The verified licence: plan, features, limits, expiry."),
-    ("GET", "/api/v1/stats", "stats", "Counts of devices, measurements, commands and refused messages."),
+ROUTES: list[Route] = [
+    Route("GET", "/api/v1/devices", CustomerApi.list_devices, "List devices.", ("limit",)),
+    Route("GET", "/api/v1/devices/{device_id}", CustomerApi.get_device, "One device: online state, first and last seen, hello."),
+    Route("GET", "/api/v1/devices/{device_id}/telemetry/last", CustomerApi.last_telemetry, "Latest measurement per type.", ("type",)),
+    Route("GET", "/api/v1/devices/{device_id}/telemetry", CustomerApi.telemetry, "Measurements, newest first.",
+          ("from", "to", "type", "limit")),
+    Route("POST", "/api/v1/devices/{device_id}/commands", CustomerApi.send_command, "Send a command (needs features.commands).",
+          body=COMMAND_BODY, success="202"),
+    Route("GET", "/api/v1/devices/{device_id}/commands", CustomerApi.list_commands,
+          "Commands and their acknowledgement (needs features.commands).", ("limit",)),
+    *alert_routes.ROUTES,
+    *export_routes.ROUTES,
+    *ota_routes.ROUTES,
+    Route("GET", "/api/v1/licence", CustomerApi.licence_state, "The verified licence: plan, features, limits, expiry."),
+    Route("GET", "/api/v1/stats", CustomerApi.stats, "Counts of devices, measurements, commands and refused messages."),
 ]
+
+ERROR_RESPONSES = (("401", "unauthorized"), ("403", "feature_not_licensed"), ("404", "not found"), ("409", "conflict"),
+                   ("422", "invalid_parameter or invalid_body"), ("429", "rate_limited"), ("503", "unavailable"))
 
 
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for method, path, _name, summary in ROUTES:
-        parameters = [{"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}] if "{device_id}" in path else []
-        paths.setdefault(path, {})[method.lower()] = {
-            "summary": summary, "parameters": parameters, "security": [{"bearer": []}],
-            "responses": {code: {"description": text} for code, text in (
-                ("200", "OK"), ("401", "unauthorized"), ("403", "feature_not_licensed"), ("404", "not found"),
-                ("409", "conflict"), ("422", "invalid parameter"), ("429", "rate_limited"), ("503", "unavailable"))},
+    for route in ROUTES:
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for name in re.findall(r"{([a-z_]+)}", route.path)]
+        parameters += [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}} for name in route.query]
+        operation: dict[str, Any] = {
+            "summary": route.summary, "parameters": parameters, "security": [{"bearer": []}],
+            "responses": {route.success: {"description": "OK", "content": {kind: {} for kind in route.produces}}}
+            | {code: {"description": text} for code, text in ERROR_RESPONSES},
         }
+        if route.body is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body}}}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.0.3",
         "info": {"title": "iotenant customer API", "version": "v1"},
@@ -341,7 +322,7 @@ def add_endpoints(app: web.Application, api: CustomerApi) -> None:
 
 def build_app(api: CustomerApi) -> web.Application:
     @web.middleware
-    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         started = time.perf_counter()
         try:
@@ -354,6 +335,9 @@ def build_app(api: CustomerApi) -> web.Application:
             response = result if isinstance(result, web.StreamResponse) else web.json_response(result)
         except ApiError as error:
             response = web.json_response({"error": error.code, "message": error.message}, status=error.status)
+        except StreamBroken:  # its status is sent: closing the connection is all that is left to say
+            REQUESTS.labels(route, "broken").inc()
+            raise
         except web.HTTPException as error:
             code = {404: "not_found", 405: "method_not_allowed"}.get(error.status, "http_error")
             response = web.json_response({"error": code, "message": error.reason}, status=error.status)
@@ -365,8 +349,8 @@ def build_app(api: CustomerApi) -> web.Application:
         return response
 
     app = web.Application(middlewares=[errors])
-    for method, path, name, _summary in ROUTES:
-        app.router.add_route(method, path, getattr(api, name))
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, functools.partial(route.handler, api))
 
     add_endpoints(app, api)
 

@@ -74,6 +74,72 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE devices ADD COLUMN last_telemetry_at timestamptz;
+        CREATE TABLE alert_rules (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name text NOT NULL,
+            kind text NOT NULL CHECK (kind IN ('threshold', 'silence')),
+            device_id text,
+            type text,
+            operator text CHECK (operator IN ('>', '<', '>=', '<=')),
+            threshold double precision,
+            for_seconds integer NOT NULL DEFAULT 0,
+            silence_seconds integer,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            deleted_at timestamptz
+        );
+        CREATE TABLE alerts (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            rule_id bigint NOT NULL REFERENCES alert_rules (id),
+            device_id text NOT NULL,
+            state text NOT NULL CHECK (state IN ('firing', 'resolved')),
+            value double precision,
+            fired_at timestamptz NOT NULL,
+            resolved_at timestamptz,
+            resolved_value double precision,
+            acknowledged_at timestamptz
+        );
+        CREATE UNIQUE INDEX alerts_one_firing ON alerts (rule_id, device_id) WHERE state = 'firing';
+        CREATE INDEX alerts_fired ON alerts (fired_at DESC);
+        CREATE INDEX alerts_device_fired ON alerts (device_id, fired_at DESC);
+        CREATE TABLE alert_state (
+            rule_id bigint NOT NULL REFERENCES alert_rules (id),
+            device_id text NOT NULL,
+            holding_since timestamptz,
+            last_ts timestamptz,
+            firing_alert bigint REFERENCES alerts (id),
+            PRIMARY KEY (rule_id, device_id)
+        );
+        CREATE TABLE ota_updates (
+            cmd_id text PRIMARY KEY,
+            device_id text NOT NULL,
+            version text NOT NULL,
+            url text NOT NULL,
+            sha256 text NOT NULL,
+            state text NOT NULL DEFAULT 'sent',
+            progress smallint,
+            error text,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            reported_at timestamptz
+        );
+        CREATE INDEX ota_updates_device_created ON ota_updates (device_id, created_at DESC);
+        CREATE TABLE ota_reports (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            device_id text NOT NULL,
+            cmd_id text NOT NULL,
+            ts timestamptz NOT NULL,
+            state text NOT NULL,
+            progress smallint,
+            version text,
+            error text,
+            received_at timestamptz NOT NULL
+        );
+        CREATE INDEX ota_reports_device_ts ON ota_reports (device_id, ts DESC);
+        """,
+    ),
 ]
 
 # Samples of refused messages are kept for inspection up to this many bytes; older ones are deleted.
@@ -128,7 +194,8 @@ def ensure_partitions(connection: psycopg.Connection, retention_days: int, today
 
 
 def apply_retention(connection: psycopg.Connection, retention_days: int, today: date | None = None) -> list[str]:
-    """Drop whole partitions older than the retention window, and old refused messages."""
+    """Drop whole partitions older than the retention window, resolved alerts and OTA reports as old, and
+    old refused messages."""
     today = today or datetime.now(timezone.utc).date()
     oldest = today - timedelta(days=retention_days)
     dropped = []
@@ -142,6 +209,9 @@ def apply_retention(connection: psycopg.Connection, retention_days: int, today: 
             if day < oldest:
                 connection.execute(f"DROP TABLE {name}")
                 dropped.append(name)
+        connection.execute("DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < %s", (oldest,))
+        connection.execute("DELETE FROM ota_reports WHERE ts < %s", (oldest,))
+        connection.execute("DELETE FROM alert_state WHERE rule_id IN (SELECT id FROM alert_rules WHERE deleted_at IS NOT NULL)")
     prune_rejected(connection)
     return dropped
 

@@ -8,8 +8,9 @@ Idempotent, and safe from several replicas at once (an advisory lock):
   changed password is set again, so the Secret is always the truth);
 - every table of the schema belongs to ingest (a database made before the roles existed is taken
   over), which migrates them and keeps the daily partitions;
-- api may read every table, now and later (default privileges for ingest's new partitions), and
-  insert commands; nothing else.
+- api may read every table, now and later (default privileges for ingest's new partitions), insert
+  commands and OTA updates, keep alert rules (insert, mark deleted), acknowledge and resolve alerts,
+  and mark a stale OTA update failed; nothing else.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from iotenant_workloads import database
 log = logging.getLogger("iotenant.database_setup")
 
 SETUP_LOCK = 4242003
+# What the API may change, column by column where it changes only some.
+API_WRITES = (
+    "GRANT INSERT ON commands, ota_updates, alert_rules TO {}",
+    "GRANT UPDATE (deleted_at) ON alert_rules TO {}",
+    "GRANT UPDATE (state, resolved_at, acknowledged_at) ON alerts TO {}",
+    "GRANT UPDATE (state, error) ON ota_updates TO {}",
+)
 
 
 def _ensure_role(connection: psycopg.Connection, role: str, password: str) -> None:
@@ -69,7 +77,8 @@ def set_up(connection: psycopg.Connection, ingest_password: str, api_password: s
             sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(ingest, api)
         )
         connection.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(api))
-        connection.execute(sql.SQL("GRANT INSERT ON commands TO {}").format(api))
+        for grant in API_WRITES:
+            connection.execute(sql.SQL(grant).format(api))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ BAD_MEASUREMENTS = "bad_measurements"
 TOO_MANY_MEASUREMENTS = "too_many_measurements"
 BAD_STATUS = "bad_status"
 BAD_ACK = "bad_ack"
+BAD_OTA_STATUS = "bad_ota_status"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 DEVICE_LIMIT = "device_limit"
 RATE_LIMITED = "rate_limited"
@@ -51,7 +52,7 @@ UNEXPECTED = "unexpected"
 REASONS = (
     BAD_TOPIC, PAYLOAD_TOO_LARGE, INVALID_JSON, NESTING_TOO_DEEP, NOT_AN_OBJECT, UNSTORABLE_TEXT, NUMBER_OUT_OF_RANGE,
     UNSUPPORTED_VERSION, DEVICE_ID_MISMATCH, BAD_TIMESTAMP, BAD_SEQ, BAD_MEASUREMENTS, TOO_MANY_MEASUREMENTS, BAD_STATUS,
-    BAD_ACK, TIMESTAMP_OUT_OF_RANGE, DEVICE_LIMIT, RATE_LIMITED, DEVICE_RATE_LIMITED, DATABASE_REFUSED, UNEXPECTED,
+    BAD_ACK, BAD_OTA_STATUS, TIMESTAMP_OUT_OF_RANGE, DEVICE_LIMIT, RATE_LIMITED, DEVICE_RATE_LIMITED, DATABASE_REFUSED, UNEXPECTED,
 )
 # Reasons that say what a message contains (the others say what the tenant allows).
 CONTENT_REASONS = frozenset(REASONS) - {DEVICE_LIMIT, RATE_LIMITED, DEVICE_RATE_LIMITED, DATABASE_REFUSED, UNEXPECTED}
@@ -128,7 +129,7 @@ def timestamp_text(value: str) -> datetime:
     return timestamp(float(value) if _DECIMAL.fullmatch(value) else value)
 
 
-def _same_device(document: dict[str, Any], device_id: str) -> None:
+def same_device(document: dict[str, Any], device_id: str) -> None:
     named = document.get("device_id", device_id)
     if named != device_id:
         raise Unacceptable(DEVICE_ID_MISMATCH, f"topic {device_id!r}, payload {untrusted_json.printable(str(named), 80)!r}")
@@ -172,7 +173,7 @@ def parse_telemetry(device_id: str, payload: bytes) -> Telemetry:
     document = untrusted_json.parse_object(payload, MAX_PAYLOAD_BYTES)
     if document.get("v") != 2 or isinstance(document.get("v"), bool):
         raise Unacceptable(UNSUPPORTED_VERSION, untrusted_json.printable(str(document.get("v")), 20))
-    _same_device(document, device_id)
+    same_device(document, device_id)
     ts = timestamp(document.get("ts"))
     seq = document.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
@@ -194,7 +195,7 @@ def parse_telemetry(device_id: str, payload: bytes) -> Telemetry:
 
 def parse_event(device_id: str, kind: str, payload: bytes, received: datetime) -> DeviceEvent:
     document = untrusted_json.parse_object(payload, MAX_PAYLOAD_BYTES)
-    _same_device(document, device_id)
+    same_device(document, device_id)
     ts = timestamp(document["ts"]) if "ts" in document else received
     if kind == topics.STATUS and document.get("state") not in ("online", "offline"):
         raise Unacceptable(BAD_STATUS, "state must be online or offline")

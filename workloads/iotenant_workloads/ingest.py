@@ -15,6 +15,9 @@
 - Duplicates are removed by the durable key (device, message ts, seq), never by memory.
 - Memory is bounded: the broker sends at most ``--inflight`` unacknowledged messages (MQTT 5
   Receive Maximum) and none larger than the datagram limit (MQTT 5 Maximum Packet Size).
+- Alert rules (``features.alerts``) are judged after each batch is committed and acknowledged, by a
+  thread of their own (``alert_evaluation``): a rule never slows or blocks storage.
+- OTA progress (``iot/<id>/ota/status``) is stored as reports and as the state of the update it names.
 - Limits from the verified licence: devices, the tenant's messages per second, and a device's own
   share of it. An expired licence serves through the operator's grace period; with no valid
   licence ingest disconnects and acknowledges nothing, so the broker keeps the messages.
@@ -44,7 +47,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from iotenant import logs, topics
 from iotenant.environment_flags import flag
-from iotenant_workloads import database, datagram, service_endpoints
+from iotenant_workloads import database, datagram, ota, service_endpoints
+from iotenant_workloads.alert_evaluation import AlertEvaluator
 from iotenant_workloads.mounted_licence import MountedLicence
 from iotenant_workloads.rate_limits import KeyedBuckets, TokenBucket
 from iotenant_workloads.refusals import RefusedMessage, Refusals
@@ -125,6 +129,7 @@ class Ingest:
         self.bucket: TokenBucket | None = None
         self.device_buckets: KeyedBuckets | None = None
         self.refusals = Refusals()
+        self.alerts = AlertEvaluator(settings.database_url, self._alerts_licensed, self.stopping)
         self.client = self._mqtt_client()
         self._last_maintenance = 0.0
         self._devices_counted = 0.0
@@ -199,6 +204,10 @@ class Ingest:
             self.bucket = TokenBucket(rate)
             self.device_buckets = KeyedBuckets(max(1.0, rate * DEVICE_SHARE_OF_RATE), limits.maxDevices, DEVICE_BURST_SECONDS)
 
+    def _alerts_licensed(self) -> bool:
+        verified = self.licence.current
+        return verified is not None and verified.claims.features.alerts
+
     def _pause(self) -> None:
         """No valid licence: leave the broker (it keeps the persistent session and its messages) and
         forget what was received and not acknowledged (the broker sends it again)."""
@@ -238,7 +247,7 @@ class Ingest:
             limits = claims.claims.limits
             if device_id not in self.known_devices and len(self.known_devices) >= limits.maxDevices:
                 raise Unacceptable(datagram.DEVICE_LIMIT, f"licence allows {limits.maxDevices} devices")
-            message: datagram.Telemetry | datagram.DeviceEvent
+            message: datagram.Telemetry | datagram.DeviceEvent | ota.Report
             if kind == topics.TELEMETRY:
                 message = datagram.parse_telemetry(device_id, item.payload)
                 if not window[0] <= message.ts < window[1]:
@@ -247,6 +256,10 @@ class Ingest:
                     raise Unacceptable(datagram.DEVICE_RATE_LIMITED, f"over this device's {self.device_buckets.rate:g} msg/s")
                 if self.bucket is not None and not self.bucket.take():
                     raise Unacceptable(datagram.RATE_LIMITED, f"over {limits.maxMessagesPerSecond} msg/s")
+            elif kind == topics.OTA_STATUS:  # each report is a row: the device's own rate bounds them
+                message = ota.parse_report(device_id, item.payload, item.received)
+                if self.device_buckets is not None and not self.device_buckets.take(device_id):
+                    raise Unacceptable(datagram.DEVICE_RATE_LIMITED, f"over this device's {self.device_buckets.rate:g} msg/s")
             else:
                 message = datagram.parse_event(device_id, kind, item.payload, item.received)
             self.known_devices.add(device_id)
@@ -329,6 +342,7 @@ class Ingest:
     def run(self) -> None:
         connection = self._connect_database()
         database.migrate(connection)
+        self.alerts.start()
         self._apply_licence()
         self._maintain(connection, force=True)
         self.known_devices = {row[0] for row in connection.execute("SELECT device_id FROM devices")}
@@ -418,6 +432,7 @@ class Ingest:
             if incoming.qos > 0:
                 self.client.ack(incoming.mid, incoming.qos)
         INFLIGHT.dec(len(items))
+        self.alerts.observe([item.message for item in accepted if isinstance(item.message, datagram.Telemetry)])
         return connection
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 import psycopg
 
 from iotenant import topics
+from iotenant_workloads import ota
 from iotenant_workloads.datagram import DeviceEvent, Telemetry
 from iotenant_workloads.refusals import RefusedMessage, tally
 
@@ -43,10 +44,13 @@ WITH inserted AS (
 SELECT count(DISTINCT (device_id, msg_ts, seq)), count(*) FROM inserted
 """
 
+# last_telemetry_at is the time ingest received the device's latest stored telemetry (what silence
+# alerts watch: the device's own clock is not trusted for that).
 SEEN = """
-INSERT INTO devices (device_id, first_seen, last_seen)
-SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[])
-ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen)
+INSERT INTO devices (device_id, first_seen, last_seen, last_telemetry_at)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])
+ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
+    last_telemetry_at = GREATEST(devices.last_telemetry_at, EXCLUDED.last_telemetry_at)
 """
 
 # Status messages are ordered by their own ts: a last will carries the time of the connection it
@@ -75,6 +79,27 @@ UPDATE commands SET status = %s, acked_at = %s, result = %s
 WHERE cmd_id = %s AND device_id = %s
 """
 
+OTA_REPORT = """
+INSERT INTO ota_reports (device_id, cmd_id, ts, state, progress, version, error, received_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+# An update's state follows its newest report until it ends (succeeded or failed).
+OTA_PROGRESS = """
+UPDATE ota_updates SET state = %s, progress = COALESCE(%s, progress), error = %s, reported_at = %s
+WHERE cmd_id = %s AND device_id = %s AND state NOT IN ('succeeded', 'failed')
+  AND (reported_at IS NULL OR reported_at <= %s)
+"""
+
+# What one device may keep of OTA reports (a device inventing update ids must not fill the disk).
+OTA_REPORTS_KEPT_PER_DEVICE = 200
+OTA_PRUNE = """
+DELETE FROM ota_reports r USING (
+    SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY device_id ORDER BY id DESC) AS newest
+                    FROM ota_reports WHERE device_id = ANY(%s)) ranked WHERE newest > %s
+) old WHERE r.id = old.id
+"""
+
 REFUSAL_COUNTS = """
 INSERT INTO refusal_counts (device_id, reason, count, last_at)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[])
@@ -90,7 +115,7 @@ class Accepted:
 
     topic: str
     payload: bytes
-    message: Telemetry | DeviceEvent
+    message: Telemetry | DeviceEvent | ota.Report
 
 
 @dataclass
@@ -131,6 +156,7 @@ def store(connection: psycopg.Connection, accepted: list[Accepted], received: da
 def _write(connection: psycopg.Connection, accepted: list[Accepted], received: datetime) -> BatchOutcome:
     telemetry = [item.message for item in accepted if isinstance(item.message, Telemetry)]
     events = [item.message for item in accepted if isinstance(item.message, DeviceEvent)]
+    reports = [item.message for item in accepted if isinstance(item.message, ota.Report)]
     with connection.transaction():
         connection.execute(STAGING)
         with connection.cursor() as cursor:
@@ -148,11 +174,13 @@ def _write(connection: psycopg.Connection, accepted: list[Accepted], received: d
             new_messages, new_rows = (int(row[0]), int(row[1])) if row else (0, 0)
 
             last_seen: dict[str, datetime] = {}
-            for item in [*telemetry, *events]:
+            for item in [*telemetry, *events, *reports]:
                 last_seen[item.device_id] = max(last_seen.get(item.device_id, item.ts), item.ts)
             if last_seen:
                 ids = sorted(last_seen)
-                cursor.execute(SEEN, (ids, [last_seen[i] for i in ids], [last_seen[i] for i in ids]))
+                talking = {message.device_id for message in telemetry}
+                cursor.execute(SEEN, (ids, [last_seen[i] for i in ids], [last_seen[i] for i in ids],
+                                      [received if i in talking else None for i in ids]))
             for event in sorted(events, key=lambda e: e.ts):
                 if event.kind == topics.HELLO:
                     cursor.execute(HELLO, (event.device_id, event.ts, event.ts, json.dumps(event.body)))
@@ -165,6 +193,14 @@ def _write(connection: psycopg.Connection, accepted: list[Accepted], received: d
                         (str(event.body["status"]), event.ts, json.dumps(event.body.get("result")),
                          event.body["cmd_id"], event.device_id),
                     )
+            for report in sorted(reports, key=lambda r: r.ts):
+                cursor.execute(OTA_REPORT, (report.device_id, report.cmd_id, report.ts, report.state, report.progress,
+                                            report.version, report.error, received))
+                progress = 100 if report.state == ota.SUCCEEDED else report.progress
+                cursor.execute(OTA_PROGRESS, (report.state, progress, report.error, report.ts, report.cmd_id,
+                                              report.device_id, report.ts))
+            if reports:
+                cursor.execute(OTA_PRUNE, (sorted({r.device_id for r in reports}), OTA_REPORTS_KEPT_PER_DEVICE))
     return BatchOutcome(stored_messages=new_messages, stored_measurements=new_rows, duplicates=len(telemetry) - new_messages)
 
 
