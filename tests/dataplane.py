@@ -210,8 +210,23 @@ class ApiProcess:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def download(self, path: str, token: str) -> tuple[int, dict[str, str], bytes]:
+        """A streamed answer, whole: status, headers and body."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
     def stop(self) -> None:
         terminate(self.process)
+
+
+def readings(device_id: str, ts: float, seq: int, **values: float) -> bytes:
+    """A telemetry message with the given measurement types and values."""
+    return json.dumps({"v": 2, "device_id": device_id, "ts": ts, "seq": seq,
+                       "measurements": [{"type": kind, "val": value} for kind, value in values.items()]}).encode()
 
 
 TOKEN = "s3cret-token-for-tests"

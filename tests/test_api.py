@@ -112,13 +112,27 @@ def test_licence_and_stats(professional: Stack) -> None:
     assert status == 200 and stats["devices"] == 2 and stats["measurements"] == 301 and stats["deviceLimit"] == 500
 
 
-def test_commands_are_refused_without_the_feature(database: str, broker: MosquittoBroker, tmp_path: Path) -> None:
+FEATURE_ROUTES = [
+    ("POST", "/api/v1/devices/dev-001/commands", {"name": "reboot"}), ("GET", "/api/v1/devices/dev-001/commands", None),
+    ("GET", "/api/v1/alert-rules", None), ("POST", "/api/v1/alert-rules", {"name": "r", "kind": "silence", "silenceSeconds": 60}),
+    ("DELETE", "/api/v1/alert-rules/1", None), ("GET", "/api/v1/alerts", None), ("POST", "/api/v1/alerts/1/acknowledge", None),
+    ("GET", "/api/v1/export", None), ("POST", "/api/v1/devices/dev-001/ota", {"version": "1", "url": "https://u.example/f", "sha256": "a" * 64}),
+    ("GET", "/api/v1/devices/dev-001/ota", None),
+]
+
+
+def test_every_feature_route_is_refused_without_its_claim(database: str, broker: MosquittoBroker, tmp_path: Path) -> None:
     roomy = {"maxDevices": 25, "maxFleets": 2, "retentionDays": 7, "maxMessagesPerSecond": 10000}  # no rate limit in the way
     stack = start_stack(database, broker, write_licence(tmp_path / "licence", "starter", limits=roomy), tmp_path)
     try:
-        for method, body in (("POST", {"name": "reboot"}), ("GET", None)):
-            status, error = stack.api.request(method, "/api/v1/devices/dev-001/commands", token=TOKEN, body=body)
-            assert (status, error["error"]) == (403, "feature_not_licensed")
+        for method, path, body in FEATURE_ROUTES:
+            status, error = stack.api.request(method, path, token=TOKEN, body=body)
+            assert (status, error["error"]) == (403, "feature_not_licensed"), (method, path, error)
+        assert stack.api.request("GET", "/api/v1/devices", token=TOKEN)[0] == 200
+        documented = stack.api.request("GET", "/openapi.json")[1]["paths"]
+        for method, path, _body in FEATURE_ROUTES:
+            template = path.replace("dev-001", "{device_id}").replace("rules/1", "rules/{rule_id}").replace("alerts/1", "alerts/{alert_id}")
+            assert method.lower() in documented[template], (method, template)
     finally:
         stack.api.stop()
         stack.ingest.stop()

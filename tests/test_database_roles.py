@@ -69,11 +69,24 @@ def test_ingest_owns_and_keeps_the_tables_api_only_reads_and_sends_commands(scra
         assert api.execute("SELECT count(*) FROM telemetry").fetchone()[0] == 2
         assert api.execute("SELECT count(*) FROM refusal_counts").fetchone()[0] == 0
         api.execute("INSERT INTO commands (cmd_id, device_id, name) VALUES ('c1', 'dev-1', 'reboot')")
+        rule = api.execute("INSERT INTO alert_rules (name, kind, silence_seconds) VALUES ('quiet', 'silence', 60) RETURNING id").fetchone()[0]
+        api.execute("UPDATE alert_rules SET deleted_at = now() WHERE id = %s", (rule,))
+        api.execute("INSERT INTO ota_updates (cmd_id, device_id, version, url, sha256) VALUES ('c1', 'dev-1', '2', 'https://u/f', 'ab')")
+        api.execute("UPDATE ota_updates SET state = 'failed', error = 'stale' WHERE cmd_id = 'c1'")
+        api.commit()
+    with psycopg.connect(ingest_url) as ingest:
+        ingest.execute("INSERT INTO alerts (rule_id, device_id, state, fired_at) VALUES (%s, 'dev-1', 'firing', now())", (rule,))
+        ingest.commit()
+    with psycopg.connect(api_url) as api:
+        api.execute("UPDATE alerts SET acknowledged_at = now(), state = 'resolved', resolved_at = now()")
         api.commit()
         for statement in ("INSERT INTO telemetry (device_id, msg_ts, seq, idx, ts, type, val, received_at) "
                           "VALUES ('x', now(), 1, 0, now(), 't', 1, now())",
                           "UPDATE commands SET status = 'done'", "DELETE FROM devices", "DROP TABLE commands",
-                          "CREATE TABLE mine (x int)", "TRUNCATE rejected_messages"):
+                          "CREATE TABLE mine (x int)", "TRUNCATE rejected_messages", "UPDATE alert_rules SET threshold = 1",
+                          "DELETE FROM alerts", "UPDATE alerts SET value = 1", "UPDATE ota_updates SET url = 'https://evil/'",
+                          "DELETE FROM ota_updates", "INSERT INTO ota_reports (device_id, cmd_id, ts, state, received_at) "
+                          "VALUES ('d', 'c', now(), 'failed', now())", "UPDATE devices SET online = true"):
             assert refused(api, statement), statement
     with psycopg.connect(scram_postgres.url("roles_fresh")) as admin:
         roles = dict(admin.execute("SELECT rolname, rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles "

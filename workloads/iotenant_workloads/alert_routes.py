@@ -23,10 +23,13 @@ FEATURE = "alerts"
 RULES_LOCK = 4242101  # serialises rule creation: the licence's bound holds under concurrent requests
 
 RULE_COLUMNS = "id, name, kind, device_id, type, operator, threshold, for_seconds, silence_seconds, created_at"
-ALERT_SELECT = """
-SELECT a.id, a.rule_id, r.name AS rule_name, a.device_id, a.state, a.value, a.fired_at, a.resolved_at,
-       a.resolved_value, a.acknowledged_at
-FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
+ALERT_COLUMNS = """a.id, a.rule_id, r.name AS rule_name, a.device_id, a.state, a.value, a.fired_at, a.resolved_at,
+a.resolved_value, a.acknowledged_at"""
+ALERT_SELECT = f"SELECT {ALERT_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id"
+# The first acknowledgement's time stays: acknowledging again (a retry) changes nothing.
+ACKNOWLEDGE = f"""
+WITH a AS (UPDATE alerts SET acknowledged_at = COALESCE(acknowledged_at, now()) WHERE id = %s RETURNING *)
+SELECT {ALERT_COLUMNS} FROM a JOIN alert_rules r ON r.id = a.rule_id
 """
 
 
@@ -111,11 +114,7 @@ async def list_alerts(api: CustomerApi, request: web.Request) -> Any:
 async def acknowledge(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
     alert_id = api_requests.integer_id(request, "alert_id")
-    rows = await api.query(
-        "WITH acknowledged AS (UPDATE alerts SET acknowledged_at = COALESCE(acknowledged_at, now()) WHERE id = %s RETURNING id) "
-        f"{ALERT_SELECT} JOIN acknowledged k ON k.id = a.id",
-        (alert_id,),
-    )
+    rows = await api.query(ACKNOWLEDGE, (alert_id,))
     if not rows:
         raise ApiError(404, "alert_not_found", f"no alert {alert_id}")
     return _alert(rows[0])
