@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from kubernetes import client, config
 from real_services import PostgresServer
 from iotenant.devcluster.mosquitto import MosquittoBroker
 
-from dataplane import LicenceFiles, broker_identities, write_licence
+from dataplane import LicenceFiles, Stack, broker_identities, start_stack, write_licence
 from iotenant import licence as licences
 from iotenant.broker_identities import new_share_group
 from iotenant.devcluster import cluster as devcluster
@@ -313,3 +313,20 @@ def database(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def enterprise_licence(tmp_path: Path) -> LicenceFiles:
     return write_licence(tmp_path / "licence", "enterprise")
+
+
+@pytest.fixture
+def api_stack(database: str, broker: MosquittoBroker, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Starts ingest and api under a licence of a plan (claims overridden by keyword), with fixture telemetry;
+    stops them after the test."""
+    started: list[Stack] = []
+
+    def start(plan: str, **overrides: object) -> Stack:
+        stack = start_stack(database, broker, write_licence(tmp_path / "licence", plan, **overrides), tmp_path)
+        started.append(stack)
+        return stack
+
+    yield start
+    for stack in started:
+        stack.api.stop()
+        stack.ingest.stop()

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
 from conftest import wait_for
-from dataplane import TOKEN, Device, Stack, readings, start_stack, write_licence
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from dataplane import TOKEN, Device, Stack, readings
 
 
 @pytest.fixture
-def stack(database: str, broker: MosquittoBroker, tmp_path: Path) -> Iterator[Stack]:
-    limits = {"maxDevices": 500, "maxFleets": 20, "retentionDays": 30, "maxMessagesPerSecond": 1000, "maxAlertRules": 4}
-    started = start_stack(database, broker, write_licence(tmp_path / "licence", "professional", limits=limits), tmp_path)
-    yield started
-    started.api.stop()
-    started.ingest.stop()
+def stack(api_stack: Callable[..., Stack]) -> Stack:
+    return api_stack("professional", limits={"maxDevices": 500, "maxFleets": 20, "retentionDays": 30, "maxMessagesPerSecond": 1000,
+                                             "maxAlertRules": 4})
 
 
 def alerts(stack: Stack, query: str = "") -> list[dict]:

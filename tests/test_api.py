@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -23,11 +23,8 @@ from real_services import PostgresServer
 from iotenant.devcluster.mosquitto import MosquittoBroker
 
 @pytest.fixture
-def professional(database: str, broker: MosquittoBroker, tmp_path: Path) -> Iterator[Stack]:
-    stack = start_stack(database, broker, write_licence(tmp_path / "licence", "professional"), tmp_path)
-    yield stack
-    stack.api.stop()
-    stack.ingest.stop()
+def professional(api_stack: Callable[..., Stack]) -> Stack:
+    return api_stack("professional")
 
 
 def test_every_api_route_needs_the_bearer_token(professional: Stack) -> None:

@@ -6,22 +6,17 @@ import csv
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
-from dataplane import TOKEN, Device, Stack, readings, start_stack, write_licence
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from dataplane import TOKEN, Device, Stack
 
 
 @pytest.fixture
-def stack(database: str, broker: MosquittoBroker, tmp_path: Path) -> Iterator[Stack]:
-    started = start_stack(database, broker, write_licence(tmp_path / "licence", "enterprise"), tmp_path)
-    yield started
-    started.api.stop()
-    started.ingest.stop()
+def stack(api_stack: Callable[..., Stack]) -> Stack:
+    return api_stack("enterprise")
 
 
 def export(stack: Stack, query: str) -> tuple[int, dict[str, str], bytes]:

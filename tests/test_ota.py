@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -14,20 +14,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import wait_for
-from dataplane import TOKEN, Device, Stack, start_stack, write_licence
+from dataplane import TOKEN, Stack
 from iotenant.broker_identities import DeviceCredentials
-from iotenant.devcluster.mosquitto import MosquittoBroker
 
 SHA = "0123456789abcdef" * 4
 UPDATE = {"version": "2.0.0", "url": "https://updates.example/fw/2.0.0.bin", "sha256": SHA}
 
 
 @pytest.fixture
-def stack(database: str, broker: MosquittoBroker, tmp_path: Path) -> Iterator[Stack]:
-    started = start_stack(database, broker, write_licence(tmp_path / "licence", "enterprise"), tmp_path)
-    yield started
-    started.api.stop()
-    started.ingest.stop()
+def stack(api_stack: Callable[..., Stack]) -> Stack:
+    return api_stack("enterprise")
 
 
 class ListeningDevice:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from iotenant.render.meta import COMPONENT, namespace_for
 from iotenant.plans import load_catalogue
 
 OPERATOR_NAMESPACE = "iotenant-system"
+# Simulated sensors follow a wave between about 17 and 28 (iotenant simulate): this fires and resolves.
+DEMO_ALERT_RULE = {"name": "sensor0 above 26 for 10 s", "type": "sensor0", "operator": ">", "threshold": 26, "forSeconds": 10}
 BILLING_NAMESPACE = "billing"
 
 
@@ -146,17 +150,32 @@ class LocalStacks:
                                                       self.root / stack.namespace / name,
                                                       {**self._overrides(stack), "IOTENANT_METRICS_PORT": "0"})
 
-    def counts(self, stack: LocalStack) -> tuple[int, int] | None:
-        """(telemetry rows stored, devices online) in the tenant's database, or None before it exists."""
+    def counts(self, stack: LocalStack) -> tuple[int, int, int] | None:
+        """(telemetry rows stored, devices online, alerts firing) in the tenant's database, or None before it exists."""
         if stack.database_url is None:
             return None
         try:
             with psycopg.connect(stack.database_url, connect_timeout=2) as connection:
-                rows, online = connection.execute(
-                    "SELECT (SELECT count(*) FROM telemetry), (SELECT count(*) FROM devices WHERE online)").fetchone()
-            return int(rows), int(online)
+                rows, online, firing = connection.execute(
+                    "SELECT (SELECT count(*) FROM telemetry), (SELECT count(*) FROM devices WHERE online), "
+                    "(SELECT count(*) FROM alerts WHERE state = 'firing')").fetchone()
+            return int(rows), int(online), int(firing)
         except psycopg.Error:
             return None
+
+    def _alert_rule(self, stack: LocalStack, token: str) -> list[str]:
+        """Where the licence sells alerts: a rule the simulated sensors cross every few minutes, made through the API."""
+        rule = json.dumps(DEMO_ALERT_RULE).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{stack.api_port}/api/v1/alert-rules", data=rule, method="POST",
+                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except urllib.error.HTTPError as error:  # 403: this licence has no alerts
+            return [] if error.code == 403 else [f"    (alert rule not created: {error.code} {error.read()[:200]!r})"]
+        except OSError as error:
+            return [f"    (alert rule not created: {error})"]
+        return [f"    curl -s -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{stack.api_port}/api/v1/alerts?state=firing'"
+                f"   # rule {DEMO_ALERT_RULE['name']!r}, made by the demo"]
 
     def report(self) -> list[str]:
         """One line per tenant; once a tenant stores telemetry, the commands a person can paste, once."""
@@ -165,7 +184,8 @@ class LocalStacks:
             counts = self.counts(stack)
             api = f", API http://127.0.0.1:{stack.api_port}" if stack.api_port else ""
             lines.append(f"{namespace}: broker 127.0.0.1:{stack.broker.port}{api}"
-                         + (f"; {counts[0]} measurements stored, {counts[1]} devices online" if counts else ""))
+                         + (f"; {counts[0]} measurements stored, {counts[1]} devices online, {counts[2]} alerts firing"
+                            if counts else ""))
             if counts and counts[0] and not stack.announced:
                 stack.announced = True
                 lines += self._commands(stack)
@@ -182,7 +202,8 @@ class LocalStacks:
         quiet = next((c for device_id, c in sorted(credentials.items()) if device_id not in reporting), None)
         api = f"http://127.0.0.1:{stack.api_port}/api/v1/devices"
         lines = [f"  try it ({stack.namespace}):",
-                 f"    curl -s -H 'Authorization: Bearer {token}' {api}/{reporting[0]}/telemetry/last"]
+                 f"    curl -s -H 'Authorization: Bearer {token}' {api}/{reporting[0]}/telemetry/last",
+                 *self._alert_rule(stack, token)]
         if quiet is not None:  # a device no simulator plays: publish as it, then read it back
             datagram = '{"v": 2, "ts": \'$(date +%s)\', "seq": 1, "measurements": [{"type": "temperature", "val": 21.5, "unit": "C"}]}'
             lines += [
