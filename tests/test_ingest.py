@@ -381,14 +381,23 @@ def test_partitions_follow_the_licence_retention(database: str) -> None:
     today = date(2026, 3, 10)
     with psycopg.connect(database) as connection:
         schema.migrate(connection)
-        assert schema.migrate(connection) == 2  # idempotent
+        assert schema.migrate(connection) == max(version for version, _ in schema.MIGRATIONS)  # idempotent
         created = schema.ensure_partitions(connection, 7, today=today)
         assert created[0] == "telemetry_p20260303" and created[-1] == "telemetry_p20260312" and len(created) == 10
         assert schema.ensure_partitions(connection, 7, today=today) == []
         later = date(2026, 3, 20)
         schema.ensure_partitions(connection, 7, today=later)
+        rule = connection.execute("INSERT INTO alert_rules (name, kind, silence_seconds) VALUES ('q', 'silence', 60) RETURNING id").fetchone()[0]
+        for resolved_on, device in (("2026-03-12", "old"), ("2026-03-14", "kept")):
+            connection.execute("INSERT INTO alerts (rule_id, device_id, state, fired_at, resolved_at) VALUES (%s, %s, 'resolved', %s, %s)",
+                               (rule, device, resolved_on, resolved_on))
+            connection.execute("INSERT INTO ota_reports (device_id, cmd_id, ts, state, received_at) VALUES (%s, 'c', %s, 'failed', %s)",
+                               (device, resolved_on, resolved_on))
+        connection.commit()
         dropped = schema.apply_retention(connection, 7, today=later)
         assert dropped == [f"telemetry_p202603{day:02d}" for day in range(3, 13)]
+        assert [row[0] for row in connection.execute("SELECT device_id FROM alerts")] == ["kept"]
+        assert [row[0] for row in connection.execute("SELECT device_id FROM ota_reports")] == ["kept"]
 
 
 def test_a_changed_licence_file_is_re_read(database: str, broker: MosquittoBroker, tmp_path: Path) -> None:
