@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 IOTENANT := $(VENV)/bin/iotenant
 CLUSTER ?= iotenant
 
-.PHONY: setup run test bench dev-up dev-down clean image kind-up kind-down
+.PHONY: setup run test unit bench dev-up dev-down clean image kind-up kind-down
 
 setup:
 	@bash scripts/install-prerequisites.sh >/dev/null
@@ -16,6 +16,11 @@ run: setup
 ## test: the whole suite against real parts (local control plane, mosquitto, postgresql, promtool)
 test: setup
 	$(PY) -m pytest
+
+## unit: the pure tier alone (renderers against golden manifests, status rules, judging, licences), no service
+unit:
+	@bash scripts/install-prerequisites.sh --python-only >/dev/null
+	$(PY) -m pytest tests/unit -q
 
 dev-up: setup
 	@$(IOTENANT) dev up --name $(CLUSTER)

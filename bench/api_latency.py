@@ -19,7 +19,7 @@ import psycopg
 from dataplane_bench import percentile, services
 from dataplane import ApiProcess
 
-from iotenant_workloads import database
+from iotenant_workloads import tenant_schema as database
 
 TOKEN = "bench-token"
 

@@ -37,7 +37,7 @@ from mqtt_probe import Probe, Refused  # noqa: E402
 from real_services import resident_kib  # noqa: E402
 from tenants import Tenant, start_tenant  # noqa: E402
 
-from iotenant.plans import DEFAULT_CATALOGUE  # noqa: E402
+from iotenant.licensing.plans import DEFAULT_CATALOGUE  # noqa: E402
 
 NAME = "iotenant-fleet-bench"
 

@@ -25,9 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from dataplane_bench import Services, histogram_quantile, services
 from dataplane import DEVICES, IngestProcess, telemetry
-from iotenant.broker_identities import INGEST
+from iotenant.broker.identities import INGEST
 
-from iotenant_workloads import database
+from iotenant_workloads import tenant_schema as database
 
 
 def publish_worker(port: int, devices: list[str], messages: int, offset: float) -> None:

@@ -11,6 +11,25 @@ PACKAGES=(mosquitto mosquitto-clients postgresql iproute2)
 MOSQUITTO_VERSION=$(sed -n 's/^MOSQUITTO_VERSION = "\(.*\)"$/\1/p' operator/iotenant/settings.py)
 if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
 
+# The virtual environment with iotenant and its test dependencies, made again when pyproject.toml changes.
+install_python_env() {
+  local stamp
+  stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [[ ! -f "$stamp" ]]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+  fi
+}
+
+# --python-only: just the virtual environment (the unit tier needs no service).
+if [[ "${1:-}" == "--python-only" ]]; then
+  install_python_env
+  exit 0
+fi
+
 # Debian's stable release carries an older Mosquitto than the image; its backports carry the shipped
 # one. The backports entry is derived from this machine's own Debian sources (same mirror, same key).
 add_backports() {
@@ -49,14 +68,7 @@ fi
 
 command -v go >/dev/null || { echo "Go 1.25 or newer is required on PATH to build the local control plane" >&2; exit 1; }
 
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
-if [[ ! -f "$stamp" ]]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[test]'
-  rm -f "$VENV"/.installed-*
-  touch "$stamp"
-fi
+install_python_env
 
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl and promtool
 # once per pin and machine (a few minutes cold); prints the folder they are in.

@@ -22,9 +22,10 @@ from real_services import PostgresServer
 from iotenant.devcluster.mosquitto import MosquittoBroker
 
 from dataplane import LicenceFiles, Stack, broker_identities, start_stack, write_licence
-from iotenant import licence as licences
-from iotenant.broker_identities import new_share_group
+from iotenant.licensing import keys as licence_keys
+from iotenant.broker.identities import new_share_group
 from iotenant.devcluster import cluster as devcluster
+from iotenant.devcluster.loopback import free_port
 from iotenant.devcluster.binaries import Binaries, MissingPart, ensure_binaries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,8 +129,8 @@ class BillingIssuer:
     an EC key and a key without ``kid``.
     """
 
-    key: licences.SigningKey
-    weak_key: licences.SigningKey
+    key: licence_keys.SigningKey
+    weak_key: licence_keys.SigningKey
     trusted_issuers_file: Path
 
 
@@ -147,11 +148,11 @@ class RunningOperator:
 def billing(tmp_path_factory: pytest.TempPathFactory) -> BillingIssuer:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = licences.SigningKey.generate()
-    weak = licences.SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    key = licence_keys.SigningKey.generate()
+    weak = licence_keys.SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=1024))
     ec_key = {"kty": "EC", "kid": "billing-ec", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
               "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
-    without_kid = {key_name: value for key_name, value in licences.SigningKey.generate().jwk.items() if key_name != "kid"}
+    without_kid = {key_name: value for key_name, value in licence_keys.SigningKey.generate().jwk.items() if key_name != "kid"}
     trusted_issuers_file = tmp_path_factory.mktemp("billing") / "trusted-issuers.json"
     trusted_issuers_file.write_text(json.dumps({BILLING_ISSUER: {"keys": [key.jwk, weak.jwk, ec_key, without_kid]}}))
     return BillingIssuer(key=key, weak_key=weak, trusted_issuers_file=trusted_issuers_file)
@@ -229,7 +230,7 @@ def operator(
 ) -> Iterator[RunningOperator]:
     """`iotenant operator` as the chart runs it (its ServiceAccount, leader election), with a short resync interval."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    metrics_port = devcluster._free_port()
+    metrics_port = free_port()
     env = dict(os.environ, KUBECONFIG=str(operator_kubeconfig))
     with log.open("wb") as sink:
         process = subprocess.Popen(

@@ -18,10 +18,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotenant import licence as licences
-from iotenant.broker_identities import API, INGEST, Identity, service_identities
-from iotenant.plans import load_catalogue
-from iotenant.devcluster.mosquitto import free_port
+from iotenant.licensing import licence as licences
+
+from iotenant.licensing import keys as licence_keys
+from iotenant.broker.identities import API, INGEST, Identity, service_identities
+from iotenant.licensing.plans import load_catalogue
+from iotenant.devcluster.loopback import free_port
 from iotenant.devcluster.mosquitto import MosquittoBroker
 from real_services import resident_kib
 
@@ -40,18 +42,18 @@ def broker_identities() -> list[Identity]:
 class LicenceFiles:
     licence_file: Path
     jwks_file: Path
-    key: licences.SigningKey
+    key: licence_keys.SigningKey
 
 
-def write_licence(folder: Path, plan: str, key: licences.SigningKey | None = None, **overrides: Any) -> LicenceFiles:
-    key = key or licences.SigningKey.generate()
+def write_licence(folder: Path, plan: str, key: licence_keys.SigningKey | None = None, **overrides: Any) -> LicenceFiles:
+    key = key or licence_keys.SigningKey.generate()
     claims = load_catalogue()[plan].claims(CUSTOMER_ID, "test", 30 * 86400)
     if overrides:
         claims = licences._claims_from_payload({**claims.to_payload(), **overrides})
     folder.mkdir(parents=True, exist_ok=True)
     licence_file, jwks_file = folder / "licence.jwt", folder / "jwks.json"
     licence_file.write_text(licences.sign(claims, key))
-    jwks_file.write_text(json.dumps(licences.jwks([key.jwk])))
+    jwks_file.write_text(json.dumps(licence_keys.jwks([key.jwk])))
     return LicenceFiles(licence_file, jwks_file, key)
 
 

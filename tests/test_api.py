@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import wait_for
 from dataplane import TOKEN, Stack, start_stack, write_licence
-from iotenant.broker_identities import DeviceCredentials
+from iotenant.broker.identities import DeviceCredentials
 from real_services import PostgresServer
 from iotenant.devcluster.mosquitto import MosquittoBroker
 

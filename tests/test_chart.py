@@ -95,7 +95,7 @@ def test_plans_trusted_issuers_and_signing_keys_are_values(binaries: Binaries, t
     jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "billing-1", "n": "AQAB", "e": "AQAB"}]}))
     objects = render_chart(binaries, "-f", str(file), "--set-file", f"trustedIssuers.billing-1={jwks}")
     (config_map,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == "iotenant-operator-config"]
-    from iotenant.plans import load_catalogue
+    from iotenant.licensing.plans import load_catalogue
 
     plans_file = tmp_path / "plans.yaml"
     plans_file.write_text(config_map["data"]["plans.yaml"])

@@ -17,8 +17,9 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from conftest import BILLING_ISSUER, OPERATOR_NAMESPACE, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
-from iotenant import licence as licences
-from iotenant.plans import load_catalogue
+from iotenant.licensing import licence as licences
+from iotenant.licensing import keys as licence_keys
+from iotenant.licensing.plans import load_catalogue
 
 GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"
 CATALOGUE = load_catalogue()
@@ -115,8 +116,8 @@ def billing_licence_bytes(kube: Cluster, name: str, value: bytes, namespace: str
     return {"secretRef": {"name": name, "namespace": namespace}}
 
 
-def operator_signing_key(kube: Cluster) -> licences.SigningKey:
-    from iotenant.signing_keys import SECRET_KEY, SECRET_NAME, KeyRing
+def operator_signing_key(kube: Cluster) -> licence_keys.SigningKey:
+    from iotenant.licensing.signing_keys import SECRET_KEY, SECRET_NAME, KeyRing
 
     secret = kube.core.read_namespaced_secret(SECRET_NAME, OPERATOR_NAMESPACE)
     ring = KeyRing.from_json(base64.b64decode(secret.data[SECRET_KEY]).decode())
@@ -464,7 +465,7 @@ def test_an_untrustworthy_billing_licence_gives_no_service(kube: Cluster, operat
     elif case == "not-yet-valid":
         token = billing_token(billing, subject, nbf=now + 7 * 86400, iat=now)
     elif case == "unknown-key":
-        token = licences.sign(CATALOGUE["professional"].claims(subject, "rogue", 86400), licences.SigningKey.generate())
+        token = licences.sign(CATALOGUE["professional"].claims(subject, "rogue", 86400), licence_keys.SigningKey.generate())
     elif case == "wrong-issuer":  # signed by the billing key, claiming to come from elsewhere
         token = billing_token(billing, subject, iss="another-billing-system")
     elif case == "issued-in-future":
@@ -613,7 +614,7 @@ def test_an_expired_billing_licence_degrades_then_suspends_after_grace(kube: Clu
 
 
 def _signing_ring(kube: Cluster):  # type: ignore[no-untyped-def]
-    from iotenant.signing_keys import SECRET_KEY, SECRET_NAME, KeyRing
+    from iotenant.licensing.signing_keys import SECRET_KEY, SECRET_NAME, KeyRing
 
     data = kube.core.read_namespaced_secret(SECRET_NAME, OPERATOR_NAMESPACE).data[SECRET_KEY]
     return KeyRing.from_json(base64.b64decode(data).decode())

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from iotenant import tenant_database
-from iotenant_workloads import database as schema
+from iotenant_workloads import tenant_schema as schema
 from iotenant_workloads.datagram import Measurement, Telemetry
-from iotenant_workloads.telemetry_store import Accepted, store
+from iotenant_workloads.ingest.telemetry_store import Accepted, store
 from real_services import PostgresServer
 
 @pytest.fixture

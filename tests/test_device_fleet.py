@@ -19,10 +19,11 @@ from mqtt_probe import NOT_AUTHORIZED, Probe, refused
 from real_services import PostgresServer
 from tenants import Tenant, delete_tenant, run_generated, start_tenant
 
-from iotenant.broker_control import DynamicSecurity
-from iotenant.broker_identities import ADMIN, API, INGEST
+from iotenant.broker.dynamic_security import DynamicSecurity
+from iotenant.broker.identities import ADMIN, API, INGEST
 from iotenant.devcluster.local_pods import localise_database_url
-from iotenant.devcluster.mosquitto import admin_tls_of, free_port, generated_broker_files
+from iotenant.devcluster.mosquitto import admin_tls_of, generated_broker_files
+from iotenant.devcluster.loopback import free_port
 
 
 @pytest.fixture(scope="module")

@@ -352,9 +352,9 @@ def test_poison_messages_are_refused_once_and_never_redelivered(
 def test_a_message_the_database_refuses_is_isolated_and_the_rest_of_its_batch_stored(database: str) -> None:
     from datetime import datetime, timezone
 
-    from iotenant_workloads import database as schema
+    from iotenant_workloads import tenant_schema as schema
     from iotenant_workloads.datagram import Measurement, Telemetry
-    from iotenant_workloads.telemetry_store import Accepted, store
+    from iotenant_workloads.ingest.telemetry_store import Accepted, store
 
     now = datetime.now(timezone.utc)
     with psycopg.connect(database) as connection:
@@ -376,7 +376,7 @@ def test_a_message_the_database_refuses_is_isolated_and_the_rest_of_its_batch_st
 def test_partitions_follow_the_licence_retention(database: str) -> None:
     from datetime import date
 
-    from iotenant_workloads import database as schema
+    from iotenant_workloads import tenant_schema as schema
 
     today = date(2026, 3, 10)
     with psycopg.connect(database) as connection:

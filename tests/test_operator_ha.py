@@ -18,9 +18,9 @@ from pathlib import Path
 
 from conftest import OPERATOR_IDENTITY, OPERATOR_NAMESPACE, Cluster, RunningOperator, wait_for
 
-from iotenant.cluster_api import ClusterAPI
-from iotenant.devcluster.mosquitto import free_port
-from iotenant.leader_election import LeaderElection
+from iotenant.kube.client import ClusterAPI
+from iotenant.devcluster.loopback import free_port
+from iotenant.kube.leader_election import LeaderElection
 
 from kubernetes import config
 

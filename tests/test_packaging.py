@@ -63,8 +63,9 @@ def test_every_entry_point_runs_from_the_installed_wheel(image_environment: Path
 
 
 def test_the_installed_services_import_everything_they_use(image_environment: Path, tmp_path: Path) -> None:
-    modules = ["iotenant.handlers", "iotenant.device_fleet", "iotenant.leader_election", "iotenant_workloads.ingest",
-               "iotenant_workloads.api", "iotenant_workloads.simulate", "iotenant_workloads.database"]
+    modules = ["iotenant.kopf_handlers", "iotenant.device_fleet.reconciler", "iotenant.kube.leader_election",
+               "iotenant_workloads.ingest.command", "iotenant_workloads.api.app", "iotenant_workloads.simulate.simulator",
+               "iotenant_workloads.tenant_schema"]
     script = "import importlib, sys\nfor name in sys.argv[1:]:\n    module = importlib.import_module(name)\n    assert '/work' not in module.__file__ or 'site-packages' in module.__file__, module.__file__\n"
     result = subprocess.run([str(image_environment / "bin" / "python"), "-c", script, *modules], cwd=tmp_path,
                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)

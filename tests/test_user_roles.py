@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from conftest import BILLING_ISSUER, REPO, BillingIssuer, Cluster, RunningOperator, render_chart, token_kubeconfig, wait_for
-from iotenant import licence as licences
+from iotenant.licensing import licence as licences
 from iotenant.devcluster.binaries import Binaries
-from iotenant.plans import load_catalogue
+from iotenant.licensing.plans import load_catalogue
 
 USER_ROLES = ("iotenant-view", "iotenant-edit", "iotenant-billing")
 

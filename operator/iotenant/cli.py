@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from iotenant import __version__
 from iotenant import licence_command, operator_command
 from iotenant.devcluster import command as devcluster_command
-from iotenant_workloads import api, database_setup, ingest, simulate
+from iotenant_workloads import database_setup
+from iotenant_workloads.api import app as api
+from iotenant_workloads.ingest import command as ingest
+from iotenant_workloads.simulate import simulator as simulate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iotenant import licence as licences
-from iotenant.plans import load_catalogue
+from iotenant.licensing import licence as licences
+from iotenant.timestamps import rfc3339
+
+from iotenant.licensing import keys as licence_keys
+from iotenant.licensing.plans import load_catalogue
 
 
 def _read_token(args: argparse.Namespace) -> str:
@@ -25,18 +28,19 @@ def _read_token(args: argparse.Namespace) -> str:
 def _trusted_keys(args: argparse.Namespace) -> dict[str, Any]:
     if args.jwks:
         return dict(json.loads(Path(args.jwks).read_text()))
-    from iotenant import signing_keys
-    from iotenant.cluster_api import ClusterAPI, kind_of
+    from iotenant.licensing import signing_keys
+    from iotenant.kube.client import ClusterAPI
+    from iotenant.kube.kinds import CONFIG_MAP
 
     api = ClusterAPI.from_environment()
-    config_map = api.get(kind_of("v1", "ConfigMap"), signing_keys.JWKS_CONFIG_MAP, args.namespace)
+    config_map = api.get(CONFIG_MAP, signing_keys.JWKS_CONFIG_MAP, args.namespace)
     if config_map is None:
         raise SystemExit(f"iotenant: no ConfigMap {args.namespace}/{signing_keys.JWKS_CONFIG_MAP}: is the operator running?")
     return dict(json.loads(config_map["data"][signing_keys.JWKS_KEY]))
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    print(licences.write_key_pair(Path(args.private_key), Path(args.jwks)).kid)
+    print(licence_keys.write_key_pair(Path(args.private_key), Path(args.jwks)).kid)
     return 0
 
 
@@ -44,7 +48,7 @@ def _issue(args: argparse.Namespace) -> int:
     catalogue = load_catalogue(Path(args.plan_catalogue) if args.plan_catalogue else None)
     if args.plan not in catalogue:
         raise SystemExit(f"iotenant: unknown plan {args.plan!r}; the catalogue has {', '.join(sorted(catalogue))}")
-    key = licences.SigningKey.from_pem(Path(args.private_key).read_bytes())
+    key = licence_keys.SigningKey.from_pem(Path(args.private_key).read_bytes())
     start = time.time() + args.starts_in_days * 86400
     claims = catalogue[args.plan].claims(args.subject, args.issuer, int(args.days * 86400), now=start)
     print(licences.sign(claims, key))
@@ -58,9 +62,9 @@ def _describe(verified: licences.VerifiedLicence) -> dict[str, Any]:
         "keyId": verified.key_id,
         "plan": claims.plan,
         "monitoringTier": claims.monitoring.tier,
-        "issuedAt": licences.iso8601(claims.iat),
-        "notBefore": licences.iso8601(claims.nbf),
-        "expiresAt": licences.iso8601(claims.exp),
+        "issuedAt": rfc3339(claims.iat),
+        "notBefore": rfc3339(claims.nbf),
+        "expiresAt": rfc3339(claims.exp),
         "expiresInDays": round((claims.exp - time.time()) / 86400, 1),
         "claims": claims.to_payload(),
     }
@@ -81,7 +85,7 @@ def _inspect(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(_describe(verified), indent=2))
     if verified.expired:
-        print(f"invalid licence: {licences.EXPIRED}: expired at {licences.iso8601(verified.claims.exp)}", file=sys.stderr)
+        print(f"invalid licence: {licences.EXPIRED}: expired at {rfc3339(verified.claims.exp)}", file=sys.stderr)
         return 1
     return 0
 
@@ -91,13 +95,13 @@ def _verify(args: argparse.Namespace) -> int:
     if verified is None:
         return 1
     claims = verified.claims
-    print(f"valid: {claims.plan} licence {claims.jti} for {claims.sub}, tier {claims.monitoring.tier}, expires {licences.iso8601(claims.exp)}")
+    print(f"valid: {claims.plan} licence {claims.jti} for {claims.sub}, tier {claims.monitoring.tier}, expires {rfc3339(claims.exp)}")
     return 0
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from iotenant import signing_keys
-    from iotenant.cluster_api import ClusterAPI
+    from iotenant.licensing import signing_keys
+    from iotenant.kube.client import ClusterAPI
 
     old, new = signing_keys.rotate(ClusterAPI.from_environment(), args.namespace)
     print(f"active signing key {old} -> {new}; the operator re-signs every licence and retires {old} once unused")

@@ -16,8 +16,8 @@ from iotenant import settings as operator_settings
 from iotenant.environment_flags import boolean, flag
 
 if TYPE_CHECKING:
-    from iotenant.cluster_api import ClusterAPI
-    from iotenant.leader_election import LeaderElection
+    from iotenant.kube.client import ClusterAPI
+    from iotenant.kube.leader_election import LeaderElection
 
 log = logging.getLogger("iotenant.operator")
 
@@ -42,7 +42,7 @@ def _lead(args: argparse.Namespace, api: "ClusterAPI") -> "LeaderElection | None
     """With --leader-election: wait (serving a standby /healthz) until this replica holds the Lease."""
     if not args.leader_election:
         return None
-    from iotenant.leader_election import LeaderElection
+    from iotenant.kube.leader_election import LeaderElection
 
     election = LeaderElection(api, args.namespace, args.identity, lease_seconds=args.lease_seconds,
                               renew_seconds=max(1.0, args.lease_seconds / 3))
@@ -74,8 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
 
-    from iotenant import handlers
-    from iotenant.cluster_api import ClusterAPI
+    from iotenant import kopf_handlers
+    from iotenant.kube.client import ClusterAPI
 
     logs.configure(args.log_level, args.log_format)
     settings = operator_settings.from_arguments(args)
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     election = _lead(args, api)
     if args.leader_election and election is None:
         return 0  # stopped while standing by
-    handlers.configure(settings, api)
+    kopf_handlers.configure(settings, api)
     try:
         kopf.run(
             clusterwide=True,

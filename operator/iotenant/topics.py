@@ -11,6 +11,8 @@ import re
 
 ROOT = "iot"
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# The rule in words, for whoever is refused.
+DEVICE_ID_RULE = "1..63 of [A-Za-z0-9._-], starting with a letter or digit"
 
 # What a device publishes (and nothing else: the broker refuses any other topic, which also bounds
 # the retained messages one device can leave in the broker to one per kind).

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from iotenant.broker_admin_tls import ADMIN_PORT, AdminTLS, issue
-from iotenant.broker_identities import ADMIN, Identity, device_role, dynamic_security_config, service_identities
-from iotenant.plans import CatalogueError, load_catalogue
-from iotenant.render.workloads import mosquitto_conf
+from iotenant.broker.admin_tls import ADMIN_PORT, AdminTLS, issue
+from iotenant.broker.identities import ADMIN, Identity, device_role, dynamic_security_config, service_identities
+from iotenant.licensing.plans import CatalogueError, load_catalogue
+from iotenant.broker.config import mosquitto_conf
 
 
 def test_the_configuration_carries_the_plan_limits_and_the_admin_listener() -> None:
@@ -66,6 +66,6 @@ def test_a_plan_may_not_allow_packets_larger_than_ingest_takes(tmp_path) -> None
 
 
 def _starter_entry() -> dict:
-    from iotenant.plans import DEFAULT_CATALOGUE
+    from iotenant.licensing.plans import DEFAULT_CATALOGUE
 
     return dict(DEFAULT_CATALOGUE["starter"])

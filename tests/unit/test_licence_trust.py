@@ -8,16 +8,18 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from iotenant import licence as licences
-from iotenant.plans import load_catalogue
-from iotenant.trusted_issuers import TrustedIssuers, TrustedIssuersError
+from iotenant.licensing import licence as licences
+
+from iotenant.licensing import keys as licence_keys
+from iotenant.licensing.plans import load_catalogue
+from iotenant.licensing.trusted_issuers import TrustedIssuers, TrustedIssuersError
 
 PLAN = load_catalogue()["professional"]
-KEY = licences.SigningKey.generate()
-WEAK = licences.SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+KEY = licence_keys.SigningKey.generate()
+WEAK = licence_keys.SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=1024))
 
 
-def token(issuer: str = "billing", key: licences.SigningKey = KEY, **overrides: object) -> str:
+def token(issuer: str = "billing", key: licence_keys.SigningKey = KEY, **overrides: object) -> str:
     claims = PLAN.claims("acme", issuer, 86400)
     return licences.sign(licences._claims_from_payload({**claims.to_payload(), **overrides}), key)
 
@@ -29,18 +31,18 @@ def reason(call) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_the_issuer_must_be_the_one_whose_key_verified() -> None:
-    jwks = licences.jwks([KEY.jwk])
+    jwks = licence_keys.jwks([KEY.jwk])
     assert licences.verify(token(), jwks, "acme", expected_issuer="billing").claims.iss == "billing"
     assert reason(lambda: licences.verify(token("elsewhere"), jwks, "acme", expected_issuer="billing")) == licences.WRONG_ISSUER
 
 
 def test_a_licence_issued_in_the_future_is_refused() -> None:
     later = int(time.time()) + 3600
-    assert reason(lambda: licences.verify(token(iat=later), licences.jwks([KEY.jwk]), "acme")) == licences.ISSUED_IN_FUTURE
+    assert reason(lambda: licences.verify(token(iat=later), licence_keys.jwks([KEY.jwk]), "acme")) == licences.ISSUED_IN_FUTURE
 
 
 def test_weak_and_foreign_keys_verify_nothing() -> None:
-    assert reason(lambda: licences.verify(token(key=WEAK), licences.jwks([WEAK.jwk]), "acme")) == licences.WEAK_KEY
+    assert reason(lambda: licences.verify(token(key=WEAK), licence_keys.jwks([WEAK.jwk]), "acme")) == licences.WEAK_KEY
     ec_jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True), "kid": KEY.kid}
     assert reason(lambda: licences.verify(token(), {"keys": [ec_jwk]}, "acme")) == licences.UNKNOWN_KEY
     assert reason(lambda: licences.verify(token(), {"keys": [{"kid": KEY.kid, "kty": "RSA", "n": "!!", "e": "AQAB"}]}, "acme")) == licences.UNKNOWN_KEY
@@ -51,7 +53,7 @@ def test_weak_and_foreign_keys_verify_nothing() -> None:
     jwt.encode({"sub": "acme"}, "secret", algorithm="HS256", headers={"kid": KEY.kid}),
 ])
 def test_hostile_tokens_are_reasons_never_exceptions(hostile: str) -> None:
-    assert reason(lambda: licences.verify(hostile, licences.jwks([KEY.jwk]), "acme")) in {
+    assert reason(lambda: licences.verify(hostile, licence_keys.jwks([KEY.jwk]), "acme")) in {
         licences.MISSING, licences.MALFORMED, licences.UNKNOWN_KEY}
 
 
@@ -61,7 +63,7 @@ def test_hostile_key_sets_are_reasons_never_exceptions(hostile_jwks: object) -> 
 
 
 def test_trusted_issuers_keep_what_can_serve_and_report_the_rest() -> None:
-    other = licences.SigningKey.generate()
+    other = licence_keys.SigningKey.generate()
     without_kid = {k: v for k, v in other.jwk.items() if k != "kid"}
     trusted = TrustedIssuers.parse({
         "billing": {"keys": [KEY.jwk, WEAK.jwk, without_kid, {"kty": "EC", "kid": "ec"}]},

@@ -88,7 +88,7 @@ def judge_rule(body: dict[str, Any]) -> AlertRule:
         raise InvalidRule(f"kind must be one of {', '.join(KINDS)}")
     device_id = body.get("deviceId")
     if device_id is not None and not topics.is_device_id(device_id):
-        raise InvalidRule("deviceId must be a device id (1..63 of [A-Za-z0-9._-], starting with a letter or digit) or null")
+        raise InvalidRule(f"deviceId must be a device id ({topics.DEVICE_ID_RULE}) or null")
     if kind == SILENCE:
         extra = sorted({"type", "operator", "threshold", "forSeconds"} & set(body))
         if extra:

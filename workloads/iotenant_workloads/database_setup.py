@@ -24,7 +24,7 @@ from psycopg import sql
 
 from iotenant import logs, tenant_database
 from iotenant.environment_flags import flag
-from iotenant_workloads import database
+from iotenant_workloads import tenant_schema as database
 
 log = logging.getLogger("iotenant.database_setup")
 

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from iotenant import licence as licences
+from iotenant.licensing import licence as licences
 
 log = logging.getLogger("iotenant.licence")
 

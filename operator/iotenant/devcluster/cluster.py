@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from iotenant.devcluster.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
+from iotenant.devcluster.loopback import free_port
 
 DEFAULT_NAME = "iotenant"
 SERVICE_RANGE = "10.96.0.0/16"
@@ -71,12 +71,6 @@ class LocalCluster:
 
     def pid_files(self) -> list[Path]:
         return sorted((self.state_dir / "pids").glob("*.pid"))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _kwokctl(binaries: Binaries, cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -151,7 +145,7 @@ def _create(binaries: Binaries, cluster: LocalCluster) -> None:
     cluster.workdir.mkdir(parents=True, exist_ok=True)
     policy = cluster.kubeconfig.parent / "audit-policy.yaml"
     policy.write_text(AUDIT_POLICY)
-    etcd_port, etcd_peer_port, kwok_port = _free_port(), _free_port(), _free_port()
+    etcd_port, etcd_peer_port, kwok_port = free_port(), free_port(), free_port()
     loopback = "127.0.0.1"
     extra_args = {
         "etcd": {

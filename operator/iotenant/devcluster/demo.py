@@ -21,16 +21,19 @@ import psycopg
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from iotenant import licence as licences
+from iotenant.licensing import licence as licences
+
+from iotenant.licensing import keys as licence_keys
 from iotenant.devcluster import cluster
 from iotenant.devcluster.binaries import cache_dir, ensure_binaries, source_dir
-from iotenant.broker_identities import DeviceCredentials
+from iotenant.broker.identities import DeviceCredentials
 from iotenant.devcluster.local_pods import LocalProcess, localise_database_url, read_secret, run_container
-from iotenant.devcluster.mosquitto import MosquittoBroker, free_port, generated_broker_files, set_broker_address, start_tenant_broker
+from iotenant.devcluster.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
+from iotenant.devcluster.loopback import free_port
 from iotenant.devcluster.postgres import PostgresServer
 from iotenant.render.fleet import FLEET_LABEL
 from iotenant.render.meta import COMPONENT, namespace_for
-from iotenant.plans import load_catalogue
+from iotenant.licensing.plans import load_catalogue
 
 OPERATOR_NAMESPACE = "iotenant-system"
 # Simulated sensors follow a wave between about 17 and 28 (iotenant simulate): this fires and resolves.
@@ -45,12 +48,12 @@ def repository_root() -> Path:
 DEMO_BILLING_ISSUER = "demo-billing"
 
 
-def billing_issuer(folder: Path) -> tuple[licences.SigningKey, Path]:
+def billing_issuer(folder: Path) -> tuple[licence_keys.SigningKey, Path]:
     """A demo billing system's key (made once) and the trusted issuers file naming it."""
     folder.mkdir(parents=True, exist_ok=True)
     private, public = folder / "billing-key.pem", folder / "billing-jwks.json"
-    key = licences.write_key_pair(private, public) if not private.is_file() or not public.is_file() else \
-        licences.SigningKey.from_pem(private.read_bytes())
+    key = licence_keys.write_key_pair(private, public) if not private.is_file() or not public.is_file() else \
+        licence_keys.SigningKey.from_pem(private.read_bytes())
     trusted = folder / "trusted-issuers.json"
     trusted.write_text(json.dumps({DEMO_BILLING_ISSUER: json.loads(public.read_text())}))
     return key, trusted

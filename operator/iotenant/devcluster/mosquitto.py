@@ -12,38 +12,20 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from iotenant.broker_admin_tls import ADMIN_PORT, AdminTLS
-from iotenant.broker_admin_tls import issue as issue_admin_tls
-from iotenant.broker_identities import Identity, dynamic_security_config
+from iotenant.broker.admin_tls import ADMIN_PORT, AdminTLS
+from iotenant.broker.admin_tls import issue as issue_admin_tls
+from iotenant.broker.identities import Identity, dynamic_security_config
 from iotenant.devcluster.binaries import MissingPart
-from iotenant.plans import BrokerLimits, load_catalogue
-from iotenant.render.workloads import ADMIN_TLS_MOUNT, mosquitto_conf
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-
+from iotenant.licensing.plans import BrokerLimits, load_catalogue
+from iotenant.broker.config import ADMIN_TLS_MOUNT, mosquitto_conf
+from iotenant.devcluster.loopback import free_port, wait_port
 
 
 DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"

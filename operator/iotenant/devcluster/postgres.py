@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iotenant.devcluster.binaries import MissingPart
-from iotenant.devcluster.mosquitto import free_port, wait_port
+from iotenant.devcluster.loopback import free_port, wait_port
 
 
 def _as_user(user: str) -> list[str]:

@@ -10,11 +10,12 @@ import base64
 import hashlib
 from typing import Any
 
-from iotenant.broker_identities import DeviceCredentials
-from iotenant.fleet_admission import Fleet
-from iotenant.render.guardrails import METRICS_PORT
+from iotenant.broker.identities import DeviceCredentials
+from iotenant.device_fleet.admission import Fleet
 from iotenant.render.meta import API_VERSION, Owner
-from iotenant.render.workloads import IOTENANT_UID, container, deployment, empty_dir, http_probe, pod_template
+from iotenant.render.builders import container, deployment, empty_dir, http_probe, pod_template
+from iotenant.render.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, Env
+from iotenant.render.ingest_and_api import IOTENANT_UID
 from iotenant.settings import OperatorSettings
 
 Manifest = dict[str, Any]
@@ -22,7 +23,6 @@ Manifest = dict[str, Any]
 FLEET_LABEL = "iotenant.io/fleet"
 ROTATED_FOR_ANNOTATION = "iotenant.io/rotated-for"
 DEVICES_HASH_ANNOTATION = "iotenant.io/devices-hash"
-CREDENTIALS_MOUNT = "/etc/iotenant/devices"
 # The API server refuses a Secret whose values add up to more than this.
 SECRET_DATA_LIMIT = 1024 * 1024
 
@@ -87,10 +87,10 @@ def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_fo
     simulator restarts with the current credentials whenever either changes.
     """
     env = [
-        {"name": "IOTENANT_CREDENTIALS_DIR", "value": CREDENTIALS_MOUNT},
-        {"name": "IOTENANT_TELEMETRY_INTERVAL_SECONDS", "value": str(fleet.interval_seconds)},
-        {"name": "IOTENANT_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "IOTENANT_LOG_FORMAT", "value": "json"},
+        {"name": Env.CREDENTIALS_DIR, "value": DEVICE_CREDENTIALS_MOUNT},
+        {"name": Env.TELEMETRY_INTERVAL_SECONDS, "value": str(fleet.interval_seconds)},
+        {"name": Env.METRICS_PORT, "value": str(METRICS_PORT)},
+        {"name": Env.LOG_FORMAT, "value": "json"},
     ]
     main = container(
         "simulator",
@@ -99,7 +99,7 @@ def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_fo
         env=env,
         ports=[{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         volumeMounts=[
-            {"name": "credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True},
+            {"name": "credentials", "mountPath": DEVICE_CREDENTIALS_MOUNT, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         resources=simulator_resources(len(fleet.devices)),

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from iotenant import tenant_database
-from iotenant.broker_admin_tls import ADMIN_PORT
-from iotenant.plans import Quota
+from iotenant.broker.admin_tls import ADMIN_PORT
+from iotenant.licensing.plans import Quota
+from iotenant.render.contract import API_PORT, METRICS_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import COMPONENT, Owner
 
@@ -19,9 +20,7 @@ POD_SECURITY_LABELS = {
     "pod-security.kubernetes.io/warn": "restricted",
 }
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-MQTT_PORTS = (1883, 8883)
-API_PORT = 8080
-METRICS_PORT = 9100
+MQTT_PORTS = (MQTT_PORT, MQTTS_PORT)
 
 
 def namespace(owner: Owner) -> Manifest:

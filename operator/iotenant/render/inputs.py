@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from iotenant.broker_admin_tls import AdminTLS
-from iotenant.licence import Claims
-from iotenant.plans import STRICTEST_BROKER_LIMITS, BrokerLimits, Quota
+from iotenant.broker.admin_tls import AdminTLS
+from iotenant.licensing.licence import Claims
+from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, BrokerLimits, Quota
 from iotenant.render.meta import Owner
 from iotenant.settings import OperatorSettings
 

@@ -7,12 +7,11 @@ from typing import Any
 
 import yaml
 
-from iotenant.licence import Claims
+from iotenant.licensing.licence import Claims
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import COMPONENT, CUSTOMER
-from iotenant.render.pod_security import resources
 from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD, RULES_FILE, prometheus_rule, rule_groups
-from iotenant.render.workloads import SMALL, config_map, container, pod_template, service, stateful_set
+from iotenant.render.builders import SMALL, config_map, container, pod_template, resources, service, stateful_set
 
 Manifest = dict[str, Any]
 

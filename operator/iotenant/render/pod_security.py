@@ -22,14 +22,3 @@ def container_security_context(read_only_root: bool = True) -> dict[str, Any]:
         "readOnlyRootFilesystem": read_only_root,
         "capabilities": {"drop": ["ALL"]},
     }
-
-
-def resources(spec: dict[str, Any] | None, default: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """Container resources: the user's values over the component's defaults."""
-    spec = spec or {}
-    merged: dict[str, Any] = {}
-    for section in ("requests", "limits"):
-        values = {**default.get(section, {}), **{k: str(v) for k, v in (spec.get(section) or {}).items()}}
-        if values:
-            merged[section] = values
-    return merged

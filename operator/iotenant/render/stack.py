@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant.render import guardrails, monitoring, workloads
+from iotenant.render import broker, database, guardrails, ingest_and_api, licence, monitoring
 from iotenant.render.inputs import StackInput
 
 Manifest = dict[str, Any]
@@ -17,10 +17,10 @@ def render_customer_stack(stack: StackInput) -> list[Manifest]:
         objects.append(guardrails.resource_quota(stack.owner, stack.quota))
     objects.append(guardrails.limit_range(stack.owner))
     objects += guardrails.network_policies(stack)
-    objects += workloads.licence_objects(stack)
-    objects += workloads.broker(stack)
-    objects += workloads.database(stack)
-    objects += workloads.ingest(stack)
-    objects += workloads.api(stack)
+    objects += licence.licence_objects(stack)
+    objects += broker.broker(stack)
+    objects += database.database(stack)
+    objects += ingest_and_api.ingest(stack)
+    objects += ingest_and_api.api(stack)
     objects += monitoring.monitoring(stack)
     return objects

@@ -1,0 +1,1 @@
+"""CustomerInstances: the reconcile, the licence decision, the status rules, and deletion."""

@@ -1,0 +1,266 @@
+"""Reconciling one CustomerInstance: licence, namespace, workloads, fleets, monitoring and honest status.
+
+``reconcile`` is a short list of named steps; the rules live beside it (``licence_decision``,
+``kept_secrets``, ``status``), the manifests in ``iotenant.render``, the writes in ``iotenant.kube``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from iotenant.broker.admin_tls import AdminTLS
+from iotenant.broker.admin_tls import issue as issue_admin_tls
+from iotenant.customer_instance import kept_secrets, status as rules
+from iotenant.customer_instance.finalize import finalize
+from iotenant.customer_instance.licence_decision import (
+    DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate,
+)
+from iotenant.device_fleet.reconciler import DeviceFleetReconciler, FleetsOutcome, TenantAccess
+from iotenant.kube.apply import Convergence, ObjectKey, controlled_by, converge, key_of, list_live
+from iotenant.kube.client import ClusterAPI, Manifest
+from iotenant.kube.conditions import FALSE, UNKNOWN, find
+from iotenant.kube.events import post_event
+from iotenant.kube.kinds import CUSTOMER_INSTANCE, NAMESPACE
+from iotenant.kube.status import write_status
+from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
+from iotenant.licensing.signing_keys import KeyRing
+from iotenant.licensing.trusted_issuers import TrustedIssuers
+from iotenant.render import meta
+from iotenant.render.contract import API_PORT
+from iotenant.render.fleet import FLEET_LABEL
+from iotenant.render.inputs import StackInput
+from iotenant.render.monitoring import SERVICE_MONITOR_CRD
+from iotenant.render.stack import render_customer_stack
+from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD
+from iotenant.settings import OperatorSettings
+
+log = logging.getLogger("iotenant.customer_instance")
+
+PAUSED_ANNOTATION = rules.PAUSED_ANNOTATION
+DEVICE_FLEET_RETRY_SECONDS = 5.0
+
+
+@dataclass
+class Outcome:
+    """What a reconcile found; the handler logs it, tests and benchmarks read it."""
+
+    phase: str
+    applied: list[ObjectKey] = field(default_factory=list)
+    pruned: list[ObjectKey] = field(default_factory=list)
+    status_written: bool = False
+    licence_kid: str | None = None
+    retry_after: float | None = None  # seconds: something (the broker) asked to be tried again soon
+
+
+@dataclass
+class LiveObjects:
+    """One listing of the tenant's namespace: the stack's objects, and the fleets' own (credentials, simulators)."""
+
+    namespace_name: str
+    stack: dict[ObjectKey, Manifest] = field(default_factory=dict)
+    fleets: dict[ObjectKey, Manifest] = field(default_factory=dict)
+
+    def secret(self, name: str) -> Manifest | None:
+        return self.stack.get(("Secret", self.namespace_name, name))
+
+    def workload(self, kind: str, name: str, objects: dict[ObjectKey, Manifest]) -> Manifest | None:
+        return objects.get((kind, self.namespace_name, name))
+
+
+class CustomerInstanceReconciler:
+    def __init__(
+        self,
+        api: ClusterAPI,
+        settings: OperatorSettings,
+        catalogue: dict[str, Plan],
+        keyring: Callable[[], KeyRing],
+        trusted_issuers: TrustedIssuers,
+        monitoring_crds: Callable[[], frozenset[str]],
+        fleets: DeviceFleetReconciler | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.catalogue = catalogue
+        self.monitoring_crds = monitoring_crds
+        self.fleets = fleets or DeviceFleetReconciler(api, settings)
+        self.licences = LicenceDecider(api, settings, catalogue, keyring, trusted_issuers, clock)
+
+    def post_event(self, body: Manifest, event_type: str, reason: str, message: str) -> None:
+        post_event(self.api, {"apiVersion": meta.API_VERSION, "kind": "CustomerInstance", **body}, event_type, reason, message)
+
+    def _write(self, body: Manifest, status: dict[str, Any], events: Callable[[dict[str, Any], dict[str, Any]], list[Any]] = rules.events
+               ) -> bool:
+        return write_status(self.api, CUSTOMER_INSTANCE, body, status, events)
+
+    # ----------------------------------------------------------------------------- reconcile
+
+    def reconcile(self, body: Manifest, customer_id_holder: str | None = None) -> Outcome:
+        """``customer_id_holder``: the oldest CustomerInstance with this one's customerId; any other is refused."""
+        metadata, spec = body["metadata"], body.get("spec") or {}
+        if (metadata.get("annotations") or {}).get(PAUSED_ANNOTATION) == "true":
+            return self._pause(body)
+        owner = meta.Owner(name=metadata["name"], uid=metadata["uid"])
+        namespace = self.api.get(NAMESPACE, owner.namespace)
+        is_duplicate = customer_id_holder is not None and customer_id_holder != owner.name
+        refusal = self._refusal(body, namespace, customer_id_holder if is_duplicate else None)
+        if refusal is not None:
+            return refusal
+        live = self._list_live(owner, namespace)
+        decision = duplicate(spec.get("customerId", ""), str(customer_id_holder)) if is_duplicate else self._decide_licence(spec, live)
+        stack = self._stack_input(body, owner, decision, live)
+        result: Convergence = converge(self.api, render_customer_stack(stack), live.stack, owner.uid)
+        fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects), live.fleets, body)
+        found = self._findings(stack, decision, live, result)
+        phase, conditions = rules.phase_and_conditions(found)
+        written = self._write(body, rules.status_document(body, phase, conditions, self._status_extra(owner, decision, fleets)))
+        if decision.reason in ISSUING_REASONS and decision.verified:
+            self.post_event(body, "Normal", f"Licence{decision.reason}", decision.message)
+        return Outcome(phase=phase, applied=result.applied, pruned=result.pruned, status_written=written,
+                       licence_kid=decision.verified.key_id if decision.verified else None, retry_after=fleets.retry_after)
+
+    # ----------------------------------------------------------------------------- steps
+
+    def _pause(self, body: Manifest) -> Outcome:
+        previous = body.get("status") or {}
+        status = rules.paused_status(body)
+
+        def paused_events(_previous: dict[str, Any], _status: dict[str, Any]) -> list[Any]:
+            if find(previous.get("conditions"), "Paused"):
+                return []
+            return [("Normal", "Paused", f"reconciliation paused: remove annotation {PAUSED_ANNOTATION} to resume")]
+
+        return Outcome(phase=status["phase"], status_written=self._write(body, status, paused_events))
+
+    def _refusal(self, body: Manifest, namespace: Manifest | None, older_holder: str | None) -> Outcome | None:
+        """A duplicate customerId with nothing made yet, or a namespace someone else owns: Failed, nothing served."""
+        name, namespace_name = body["metadata"]["name"], meta.namespace_for(body["metadata"]["name"])
+        if older_holder is not None and namespace is None:  # nothing was made for it: make nothing
+            message = (f"customerId {(body.get('spec') or {}).get('customerId')!r} belongs to CustomerInstance {older_holder}, "
+                       "which is older; one customer, one instance")
+            conditions = rules.refused(DUPLICATE_CUSTOMER_ID, message, FALSE)
+        elif namespace is not None and not controlled_by(namespace, body["metadata"]["uid"]):
+            message = f"namespace {namespace_name} exists and is not owned by this CustomerInstance; iotenant never adopts it"
+            conditions = rules.refused("NamespaceConflict", message, UNKNOWN)
+            self.fleets.refuse_all(namespace_name)
+        else:
+            return None
+        log.debug("%s refused: %s", name, message)
+        return Outcome(phase="Failed", status_written=self._write(body, rules.status_document(body, "Failed", conditions)))
+
+    def _list_live(self, owner: meta.Owner, namespace: Manifest | None) -> LiveObjects:
+        live = LiveObjects(owner.namespace)
+        if namespace is not None:
+            for key, item in list_live(self.api, owner.namespace, f"{meta.CUSTOMER}={owner.name}").items():
+                (live.fleets if FLEET_LABEL in item["metadata"].get("labels", {}) else live.stack)[key] = item
+            live.stack[key_of({**namespace, "kind": "Namespace"})] = {**namespace, "kind": "Namespace", "apiVersion": "v1"}
+        return live
+
+    def _decide_licence(self, spec: dict[str, Any], live: LiveObjects) -> LicenceDecision:
+        if spec.get("licence", {}).get("secretRef"):
+            return self.licences.external(spec)
+        return self.licences.issued(spec, kept_secrets.kept(live.secret("licence"), "licence.jwt"))
+
+    def _broker_admin_tls(self, body: Manifest, live: LiveObjects) -> AdminTLS:
+        """The admin listener's certificates as kept, or new ones (and the broker restarts with them) when
+        either half is lost: the broker is then driven again with a new CA, never with a guessed credential."""
+        server, client = live.secret("broker-admin-listener"), live.secret("broker-admin")
+        kept = AdminTLS.from_secrets(kept_secrets.decoded(server), kept_secrets.decoded(client))
+        if kept is not None:
+            return kept
+        if server is not None or client is not None:
+            self.post_event(body, "Warning", "BrokerAdminReissued",
+                            "the broker's admin certificates were incomplete or lost: new ones are issued and the broker restarts with them")
+        return issue_admin_tls(live.namespace_name)
+
+    def _stack_input(self, body: Manifest, owner: meta.Owner, decision: LicenceDecision, live: LiveObjects) -> StackInput:
+        spec = body.get("spec") or {}
+        claims = decision.claims
+        plan = self.catalogue.get(claims.plan) if claims else None
+        crds = self.monitoring_crds()
+        return StackInput(
+            owner=owner,
+            spec=spec,
+            settings=self.settings,
+            secrets=kept_secrets.generated_secrets(live.secret, self._broker_admin_tls(body, live)),
+            claims=claims,
+            licence_token=decision.verified.token if decision.verified else "",
+            jwks=self.licences.jwks_for(decision, external=bool(spec.get("licence", {}).get("secretRef"))),
+            quota=plan.quota if plan else None,
+            broker_limits=plan.broker if plan else STRICTEST_BROKER_LIMITS,
+            serving=decision.serving and not spec.get("suspended"),
+            service_monitor_crd_present=SERVICE_MONITOR_CRD in crds,
+            prometheus_rule_crd_present=PROMETHEUS_RULE_CRD in crds,
+        )
+
+    def _tenant_access(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects,
+                       objects: dict[ObjectKey, Manifest]) -> TenantAccess:
+        broker_ready, _ = rules.ready_replicas(live.workload("StatefulSet", "broker", objects))
+        return TenantAccess(
+            owner=stack.owner,
+            limits=decision.claims.limits if decision.claims else None,
+            serving=stack.serving,
+            not_serving_reason="Suspended" if decision.verified else "NoValidLicence",
+            not_serving_message=("the customer instance is suspended: no device can connect" if decision.verified
+                                 else f"no valid licence ({decision.message}): no device can connect"),
+            broker_ready=stack.serving and broker_ready,
+            admin_tls=stack.secrets.broker_admin_tls,
+            ingest_password=stack.secrets.ingest_broker_password,
+            api_password=stack.secrets.api_broker_password,
+            share_group=stack.secrets.ingest_share_group,
+            max_packet_bytes=stack.broker_limits.maxPacketBytes,
+        )
+
+    def _reconcile_fleets(self, access: TenantAccess, owned: dict[ObjectKey, Manifest], body: Manifest) -> FleetsOutcome:
+        """The namespace's DeviceFleets; their trouble is reported on them and never fails the instance."""
+        try:
+            return self.fleets.reconcile(access, owned)
+        except Exception as error:
+            log.exception("reconciling the device fleets of %s failed", access.owner.namespace)
+            self.post_event(body, "Warning", "DeviceFleetsFailed", f"reconciling device fleets failed: {type(error).__name__}: {error}")
+            return FleetsOutcome(retry_after=DEVICE_FLEET_RETRY_SECONDS)
+
+    def _findings(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects, result: Convergence) -> rules.Findings:
+        ready: list[str] = []
+        waiting: list[str] = []
+        for kind, workload in rules.REQUIRED_WORKLOADS:
+            ok, detail = rules.ready_replicas(live.workload(kind, workload, result.objects))
+            (ready if ok else waiting).append(f"{workload} {detail}")
+        tier = decision.claims.monitoring.tier if decision.claims else None
+        prometheus = rules.ready_replicas(live.workload("StatefulSet", "prometheus", result.objects))
+        return rules.Findings(
+            decision=decision,
+            suspended_by_spec=bool(stack.spec.get("suspended")),
+            serving=stack.serving,
+            workloads_ready=tuple(ready),
+            workloads_waiting=tuple(waiting),
+            monitoring=rules.monitoring_condition(tier, prometheus, stack.service_monitor_crd_present),
+            applied_anything=bool(result.applied),
+        )
+
+    def _status_extra(self, owner: meta.Owner, decision: LicenceDecision, fleets: FleetsOutcome) -> dict[str, Any]:
+        return {
+            "endpoints": {
+                # What devices connect to: the address their credentials name.
+                "mqtt": "mqtt://" + self.settings.device_broker_address(owner.namespace, owner.name),
+                "api": f"http://api.{owner.namespace}.svc:{API_PORT}",
+            },
+            "devices": {"provisioned": fleets.provisioned, "limit": decision.claims.limits.maxDevices if decision.claims else 0},
+            **rules.licence_status(decision),
+        }
+
+    # ----------------------------------------------------------------------------- failure and deletion
+
+    def report_failure(self, body: Manifest, error: Exception) -> None:
+        """A reconcile that raised: Ready=Unknown and Reconciling=True with the error, and a Warning Event."""
+        message = f"{type(error).__name__}: {error}"[:1000]
+        try:
+            self._write(body, rules.failure_status(body, error), lambda _p, _s: [("Warning", "ReconcileError", message)])
+        except Exception:  # the API itself may be what failed
+            log.exception("could not report the failure of %s", body["metadata"]["name"])
+
+    def finalize(self, body: Manifest) -> None:
+        finalize(self.api, body, self.post_event)

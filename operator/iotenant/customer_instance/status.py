@@ -1,0 +1,187 @@
+"""A CustomerInstance's status, decided from what the reconcile found. Pure: no I/O, no clock but the one given.
+
+The rules: ``Ready=True`` means a valid licence and every required workload available; monitoring
+trouble alone makes the phase ``Degraded`` and never blocks ``Ready``; ``Stalled`` only for what
+retrying cannot fix; ``lastTransitionTime`` moves only when a condition flips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from iotenant.customer_instance.licence_decision import UNFIXABLE_LICENCE_REASONS, LicenceDecision
+from iotenant.kube.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge_conditions
+from iotenant.kube.status import EventNote
+from iotenant.licensing import licence as licences
+from iotenant.timestamps import rfc3339
+from iotenant.render import meta
+
+Manifest = dict[str, Any]
+PAUSED_ANNOTATION = "iotenant.io/paused"
+WARNING_PHASES = ("Degraded", "Failed", "Suspended")
+# Workloads every serving tenant needs: (kind, name).
+REQUIRED_WORKLOADS = (("StatefulSet", "broker"), ("StatefulSet", "database"), ("StatefulSet", "ingest"), ("Deployment", "api"))
+
+
+def ready_replicas(workload: Manifest | None) -> tuple[bool, str]:
+    """Whether a Deployment or StatefulSet has all wanted replicas available at its current generation."""
+    if workload is None:
+        return False, "not created yet"
+    spec, status = workload.get("spec", {}), workload.get("status", {})
+    wanted = int(spec.get("replicas", 1))
+    if status.get("observedGeneration", 0) < workload["metadata"].get("generation", 0):
+        return False, "rollout not yet observed"
+    ready = int(status.get("availableReplicas" if workload["kind"] == "Deployment" else "readyReplicas", 0) or 0)
+    updated = int(status.get("updatedReplicas", 0) or 0)
+    if wanted == 0:
+        return True, "scaled to zero"
+    if ready >= wanted and updated >= wanted:
+        return True, f"{ready}/{wanted} ready"
+    return False, f"{ready}/{wanted} ready"
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What one reconcile found, as the status rules need it."""
+
+    decision: LicenceDecision
+    suspended_by_spec: bool
+    serving: bool
+    workloads_ready: tuple[str, ...]
+    workloads_waiting: tuple[str, ...]
+    monitoring: Condition
+    applied_anything: bool
+
+
+def monitoring_condition(tier: str | None, prometheus: tuple[bool, str], service_monitor_crd: bool) -> Condition:
+    """``prometheus``: the dedicated Prometheus's readiness (used for the dedicated tier only)."""
+    if tier == "dedicated":
+        ok, detail = prometheus
+        return Condition("MonitoringReady", TRUE if ok else FALSE, "PrometheusReady" if ok else "PrometheusNotReady",
+                         f"dedicated Prometheus {detail}")
+    if tier == "shared":
+        if service_monitor_crd:
+            return Condition("MonitoringReady", TRUE, "ServiceMonitorCreated", "ServiceMonitor iotenant scrapes ingest and api")
+        return Condition("MonitoringReady", FALSE, "MonitoringCRDMissing",
+                         "CRD servicemonitors.monitoring.coreos.com is not installed: install the Prometheus Operator; "
+                         "the ServiceMonitor is created as soon as the CRD appears")
+    return Condition("MonitoringReady", FALSE, "NoValidLicence", "no monitoring tier without a verified licence")
+
+
+def _workloads(found: Findings) -> Condition:
+    if not found.serving:
+        return Condition("WorkloadsReady", FALSE, "Suspended" if found.decision.verified else "NoValidLicence",
+                         "broker, ingest and api are scaled to zero; data is kept")
+    if not found.workloads_waiting:
+        return Condition("WorkloadsReady", TRUE, "AllAvailable", "; ".join(found.workloads_ready))
+    return Condition("WorkloadsReady", FALSE, "Provisioning", "waiting for " + "; ".join(found.workloads_waiting))
+
+
+def _phase_and_ready(found: Findings, workloads: Condition, stalled_reason: str | None) -> tuple[str, Condition]:
+    decision = found.decision
+    if found.suspended_by_spec or (decision.verified is not None and not decision.serving):
+        return "Suspended", Condition("Ready", FALSE, "Suspended", "spec.suspended is true" if found.suspended_by_spec else decision.message)
+    if decision.verified is None:
+        return ("Failed" if stalled_reason else "Pending"), Condition("Ready", FALSE, decision.reason, decision.message)
+    if found.workloads_waiting:
+        return "Provisioning", Condition("Ready", FALSE, "Provisioning", workloads.message)
+    if decision.expired_in_grace:
+        return "Degraded", Condition("Ready", FALSE, licences.EXPIRED, decision.message)
+    if found.monitoring.status != TRUE:
+        return "Degraded", Condition("Ready", TRUE, "Ready",
+                                     f"licence valid and every workload available; monitoring degraded: {found.monitoring.message}")
+    return "Ready", Condition("Ready", TRUE, "Ready", "licence valid and every workload available")
+
+
+def phase_and_conditions(found: Findings) -> tuple[str, list[Condition]]:
+    decision = found.decision
+    stalled_reason = decision.reason if decision.verified is None and decision.reason in UNFIXABLE_LICENCE_REASONS else None
+    workloads = _workloads(found)
+    phase, ready = _phase_and_ready(found, workloads, stalled_reason)
+    in_progress = phase == "Provisioning" or found.applied_anything
+    return phase, [
+        ready,
+        Condition("LicenceValid", TRUE if decision.valid else FALSE, "Verified" if decision.valid else decision.reason, decision.message),
+        workloads,
+        found.monitoring,
+        Condition("Reconciling", TRUE if in_progress else FALSE, "Progressing" if in_progress else "Converged",
+                  workloads.message if in_progress else "the namespace matches the desired state"),
+        Condition("Stalled", TRUE if stalled_reason else FALSE, stalled_reason or "NotStalled",
+                  decision.message if stalled_reason else "no failure that retrying cannot fix"),
+    ]
+
+
+def refused(reason: str, message: str, licence_status: str) -> list[Condition]:
+    """Nothing is served and nothing retried: a duplicate customerId, or a namespace someone else owns."""
+    return [
+        Condition("Ready", FALSE, reason, message),
+        Condition("LicenceValid", licence_status, reason, message if licence_status == FALSE else "not evaluated"),
+        Condition("WorkloadsReady", FALSE, reason, message),
+        Condition("MonitoringReady", UNKNOWN, reason, "not evaluated"),
+        Condition("Reconciling", FALSE, reason, message),
+        Condition("Stalled", TRUE, reason, message),
+    ]
+
+
+def kept_conditions(body: Manifest, replaced: tuple[str, ...]) -> list[Condition]:
+    """The current conditions, except the types about to be replaced."""
+    return [Condition(c["type"], c["status"], c["reason"], c["message"])
+            for c in (body.get("status") or {}).get("conditions", []) if c["type"] not in replaced]
+
+
+def status_document(body: Manifest, phase: str, conditions: list[Condition], extra: dict[str, Any] | None = None,
+                    timestamp: str | None = None) -> dict[str, Any]:
+    generation = int(body["metadata"].get("generation", 1))
+    return {
+        "namespace": meta.namespace_for(body["metadata"]["name"]),
+        "phase": phase,
+        "observedGeneration": generation,
+        "conditions": merge_conditions((body.get("status") or {}).get("conditions"), conditions, generation, timestamp),
+        **(extra or {}),
+    }
+
+
+def paused_status(body: Manifest, timestamp: str | None = None) -> dict[str, Any]:
+    """Paused: the phase and the other conditions stay as they were, for the generation they were computed for."""
+    previous = body.get("status") or {}
+    conditions = kept_conditions(body, ("Paused", "Reconciling"))
+    conditions.append(Condition("Paused", TRUE, "Paused", f"reconciliation paused by annotation {PAUSED_ANNOTATION}"))
+    conditions.append(Condition("Reconciling", FALSE, "Paused", "reconciliation is paused"))
+    status = status_document(body, previous.get("phase", "Pending"), conditions, timestamp=timestamp)
+    status["observedGeneration"] = previous.get("observedGeneration", 0)
+    return status
+
+
+def failure_status(body: Manifest, error: Exception, timestamp: str | None = None) -> dict[str, Any]:
+    """A reconcile that raised: Ready=Unknown and Reconciling=True with the error; the rest as it was."""
+    message = f"{type(error).__name__}: {error}"[:1000]
+    conditions = [Condition("Ready", UNKNOWN, "ReconcileError", message), Condition("Reconciling", TRUE, "ReconcileError", message),
+                  *kept_conditions(body, ("Ready", "Reconciling"))]
+    generation = int(body["metadata"].get("generation", 1))
+    return {"conditions": merge_conditions((body.get("status") or {}).get("conditions"), conditions, generation, timestamp)}
+
+
+def licence_status(decision: LicenceDecision) -> dict[str, Any]:
+    """``status.licence``: what the verified licence says (nothing without one)."""
+    if decision.verified is None:
+        return {}
+    claims = decision.verified.claims
+    return {"licence": {
+        "id": claims.jti, "plan": claims.plan, "issuer": claims.iss, "keyId": decision.verified.key_id,
+        "issuedAt": rfc3339(claims.iat), "expiresAt": rfc3339(claims.exp), "monitoringTier": claims.monitoring.tier,
+    }}
+
+
+def events(previous: dict[str, Any], status: dict[str, Any]) -> list[EventNote]:
+    """An Event per phase change and per condition flip (Ready and Reconciling are told by the phase)."""
+    notes: list[EventNote] = []
+    if "phase" in status and previous.get("phase") != status["phase"]:
+        ready = find(status.get("conditions"), "Ready") or {}
+        notes.append(("Warning" if status["phase"] in WARNING_PHASES else "Normal", status["phase"], ready.get("message", status["phase"])))
+    for condition in status.get("conditions", []):
+        before = find(previous.get("conditions"), condition["type"])
+        if before and before.get("status") != condition["status"] and condition["type"] not in ("Ready", "Reconciling"):
+            kind = "Warning" if condition["status"] == FALSE or condition["type"] == "Stalled" else "Normal"
+            notes.append((kind, condition["reason"], f"{condition['type']}={condition['status']}: {condition['message']}"))
+    return notes

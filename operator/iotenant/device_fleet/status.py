@@ -1,0 +1,82 @@
+"""A DeviceFleet's status: Ready with its reason, Reconciling and Stalled, written by the one status writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+from iotenant.kube.client import ClusterAPI, Manifest
+from iotenant.kube.conditions import FALSE, TRUE, Condition, find, merge_conditions
+from iotenant.kube.kinds import DEVICE_FLEET
+from iotenant.kube.status import EventNote, write_status
+
+NOT_IN_CUSTOMER_NAMESPACE = "NotInCustomerNamespace"
+FLEET_TRANSITIONS = Counter(
+    "iotenant_operator_fleet_transitions_total", "DeviceFleet Ready changes by new reason (Admitted, DeviceLimitExceeded, ...)", ["reason"]
+)
+
+
+@dataclass(frozen=True)
+class FleetReport:
+    ready: bool
+    reason: str
+    message: str
+    provisioned: int
+    credentials_secret: str | None = None
+    stalled: bool = False
+    reconciling: bool = False
+
+
+def write_report(api: ClusterAPI, body: Manifest, report: FleetReport) -> bool:
+    return write_fleet_status(api, body, report.ready, report.reason, report.message, report.provisioned,
+                              report.credentials_secret, report.stalled, report.reconciling)
+
+
+def write_fleet_status(
+    api: ClusterAPI,
+    body: Manifest,
+    ready: bool,
+    reason: str,
+    message: str,
+    provisioned: int,
+    credentials_secret: str | None = None,
+    stalled: bool = False,
+    reconciling: bool = False,
+) -> bool:
+    """Patch a fleet's status when it differs; post an Event when its Ready reason changes."""
+    metadata = body["metadata"]
+    generation = int(metadata.get("generation", 1))
+    previous = body.get("status") or {}
+    conditions = [
+        Condition("Ready", TRUE if ready else FALSE, reason, message),
+        Condition("Reconciling", TRUE if reconciling else FALSE, reason if reconciling else "Converged",
+                  message if reconciling else "the fleet matches its desired state"),
+        Condition("Stalled", TRUE if stalled else FALSE, reason if stalled else "NotStalled",
+                  message if stalled else "no failure that retrying cannot fix"),
+    ]
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "provisioned": provisioned,
+        "credentialsSecret": credentials_secret,
+        "conditions": merge_conditions(previous.get("conditions"), conditions, generation),
+    }
+
+    def events(before_status: dict[str, Any], _status: dict[str, Any]) -> list[EventNote]:
+        before = find(before_status.get("conditions"), "Ready") or {}
+        if before.get("reason") == reason:
+            return []
+        FLEET_TRANSITIONS.labels(reason).inc()
+        return [("Normal" if ready else "Warning", reason, message)]
+
+    return write_status(api, DEVICE_FLEET, body, status, events)
+
+
+def report_not_in_customer_namespace(api: ClusterAPI, body: Manifest) -> bool:
+    namespace = body["metadata"]["namespace"]
+    message = (
+        f"namespace {namespace} is not a customer namespace: create the fleet in customer-<name> of a "
+        "CustomerInstance; no device of this fleet can connect"
+    )
+    return write_fleet_status(api, body, False, NOT_IN_CUSTOMER_NAMESPACE, message, 0, stalled=True)

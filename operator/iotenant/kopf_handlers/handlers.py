@@ -1,0 +1,186 @@
+"""Kopf glue, and nothing else: what wakes which reconcile. The loop, the state, the key ring and the
+metrics live beside this module; ``customer_instance`` and ``device_fleet`` decide what is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+
+from iotenant.customer_instance.reconciler import CustomerInstanceReconciler
+from iotenant.device_fleet.status import report_not_in_customer_namespace
+from iotenant.kopf_handlers import instance_loop
+from iotenant.kopf_handlers.keyring_upkeep import maintain_keyring, publish_jwks
+from iotenant.kopf_handlers.state import OperatorState, state
+from iotenant.kube.kinds import CRD, NAMESPACE
+from iotenant.licensing import signing_keys
+from iotenant.licensing.plans import load_catalogue
+from iotenant.licensing.trusted_issuers import TrustedIssuers
+from iotenant.render.meta import API_VERSION, CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF
+from iotenant.render.monitoring import MONITORING_CRDS
+
+log = logging.getLogger("iotenant.operator")
+GROUP, VERSION = API_VERSION.split("/")
+# Reconciles run in threads; a tenant whose broker takes minutes to admit a big fleet must not hold
+# up the others, so there are more threads than the default (cores + 4).
+RECONCILE_THREADS = 32
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    s = state()
+    settings.persistence.finalizer = "iotenant.io/cleanup"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="iotenant.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="iotenant.io", key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=RECONCILE_THREADS, thread_name_prefix="reconcile"))
+
+    catalogue = load_catalogue(s.settings.plan_catalogue)
+    trusted = TrustedIssuers.load(s.settings.trusted_issuers, s.settings.issuer)
+    ring, s.keyring_version = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace, s.settings.create_signing_keys)
+    s.keyring = ring
+    s.monitoring_crds = frozenset(
+        [name for name in MONITORING_CRDS if await asyncio.to_thread(s.api.get, CRD, name) is not None])
+    s.reconciler = CustomerInstanceReconciler(
+        api=s.api,
+        settings=s.settings,
+        catalogue=catalogue,
+        keyring=lambda: s.keyring,  # type: ignore[arg-type, return-value]
+        trusted_issuers=trusted,
+        monitoring_crds=lambda: s.monitoring_crds,
+    )
+    await asyncio.to_thread(publish_jwks, s)
+    s.tasks.append(asyncio.create_task(maintain_keyring(s)))
+    log.info("iotenant operator started: namespace %s, active signing key %s", s.settings.namespace, ring.active_kid)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    for task in state().tasks:
+        task.cancel()
+
+
+@kopf.index(GROUP, VERSION, "customerinstances")
+def customer_ids(body: kopf.Body, **_: Any) -> dict[str, tuple[str, str]]:
+    """Every CustomerInstance by its customerId (Kopf fills the index before any reconcile starts)."""
+    metadata = body.get("metadata", {})
+    return {str((body.get("spec") or {}).get("customerId", "")): (str(metadata.get("creationTimestamp", "")), str(metadata.get("name", "")))}
+
+
+@kopf.daemon(GROUP, VERSION, "customerinstances", cancellation_timeout=10.0)
+async def customer_instance_loop(body: kopf.Body, stopped: kopf.DaemonStopped, customer_ids: kopf.Index[str, tuple[str, str]],
+                                 **_: Any) -> None:
+    await instance_loop.run(state(), body, stopped, lambda customer_id: list(customer_ids.get(customer_id, [])))
+
+
+def _intent(metadata: dict[str, Any]) -> tuple[int, str]:
+    """What a user changes (spec via generation, annotations), not what the operator writes (status)."""
+    return int(metadata.get("generation", 0)), json.dumps(metadata.get("annotations", {}), sort_keys=True)
+
+
+@kopf.on.event(GROUP, VERSION, "customerinstances")
+def customer_instance_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Wake the loop when the spec or the annotations changed (not for our own status writes)."""
+    s = state()
+    metadata = body.get("metadata", {})
+    uid = metadata.get("uid")
+    if not uid:
+        return
+    fingerprint = _intent(metadata)
+    if s.seen.get(uid) != fingerprint:
+        s.seen[uid] = fingerprint
+        s.wake(uid)
+    if type == "DELETED":
+        s.seen.pop(uid, None)
+        s.wake()  # an instance that shared its customerId may now be the one it belongs to
+
+
+@kopf.on.delete(GROUP, VERSION, "customerinstances")
+def customer_instance_deleted(body: kopf.Body, **_: Any) -> None:
+    s = state()
+    assert s.reconciler is not None
+    s.reconciler.finalize(json.loads(json.dumps(dict(body))))
+
+
+def _wake_owner(body: kopf.Body) -> None:
+    """Wake the loop of the CustomerInstance whose object (or whose fleet's object) changed."""
+    s = state()
+    metadata = body.get("metadata", {})
+    labels = metadata.get("labels", {})
+    if labels.get(PART_OF) != "iotenant" or CUSTOMER not in labels:
+        return
+    for references in metadata.get("ownerReferences", []):
+        if references.get("kind") == "CustomerInstance":
+            s.wake(references.get("uid"))
+        elif references.get("kind") == "DeviceFleet" and metadata.get("namespace") in s.namespaces:
+            s.wake(s.namespaces[metadata["namespace"]])
+
+
+def _is_customer_namespace(s: OperatorState, namespace: str) -> bool:
+    if namespace in s.namespaces:
+        return True
+    found = s.api.get(NAMESPACE, namespace)
+    labels = (found or {}).get("metadata", {}).get("labels", {})
+    owned = any(ref.get("kind") == "CustomerInstance" and ref.get("controller") for ref in (found or {}).get("metadata", {}).get("ownerReferences", []))
+    return owned and labels.get(MANAGED_BY) == OPERATOR_NAME and CUSTOMER in labels
+
+
+@kopf.on.event(GROUP, VERSION, "devicefleets")
+def device_fleet_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Admission is decided per namespace: a fleet's spec, annotations or existence wakes its customer's loop.
+
+    A fleet outside every customer namespace is told so in its status."""
+    s = state()
+    metadata = body.get("metadata", {})
+    uid, namespace = metadata.get("uid"), metadata.get("namespace", "")
+    if not uid:
+        return
+    fingerprint = _intent(metadata)
+    changed = type == "DELETED" or s.fleets_seen.get(uid) != fingerprint or metadata.get("deletionTimestamp") is not None
+    if type == "DELETED":
+        s.fleets_seen.pop(uid, None)
+    else:
+        s.fleets_seen[uid] = fingerprint
+    if not changed:
+        return
+    if namespace in s.namespaces:
+        s.wake(s.namespaces[namespace])
+    elif type != "DELETED" and not _is_customer_namespace(s, namespace):
+        report_not_in_customer_namespace(s.api, json.loads(json.dumps(dict(body))))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={PART_OF: "iotenant"})
+def deployment_changed(body: kopf.Body, **_: Any) -> None:
+    _wake_owner(body)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels={PART_OF: "iotenant"})
+def stateful_set_changed(body: kopf.Body, **_: Any) -> None:
+    _wake_owner(body)
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", field="spec.group", value="monitoring.coreos.com")
+def monitoring_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    """The ServiceMonitor and PrometheusRule CRDs: shared-tier objects appear as soon as their CRD does."""
+    s = state()
+    name = body.get("metadata", {}).get("name", "")
+    if name not in MONITORING_CRDS:
+        return
+    present = type != "DELETED" and body.get("metadata", {}).get("deletionTimestamp") is None
+    established = any(
+        c.get("type") == "Established" and c.get("status") == "True" for c in (body.get("status") or {}).get("conditions") or []
+    )
+    now = s.monitoring_crds | {name} if present and established else s.monitoring_crds - {name}
+    if now != s.monitoring_crds:
+        s.monitoring_crds = now
+        log.info("CRD %s %s", name, "available" if name in now else "gone")
+        s.wake()

@@ -1,0 +1,1 @@
+"""Licences: claims, signing and verification, the operator's key ring, trusted billing issuers, the plan catalogue."""

@@ -1,0 +1,53 @@
+"""The tenant's database: PostgreSQL with a volume, and the credentials of its superuser and service roles."""
+
+from __future__ import annotations
+
+from iotenant import tenant_database
+from iotenant.render.builders import Manifest, container, empty_dir, pod_template, resources, secret, service, stateful_set
+from iotenant.render.contract import DATABASE_CREDENTIALS
+from iotenant.render.inputs import StackInput
+
+DATABASE_UID = 70
+DATABASE_DEFAULT = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+
+
+def database(stack: StackInput) -> list[Manifest]:
+    owner, spec = stack.owner, stack.spec.get("database", {})
+    generated, namespace = stack.secrets, owner.namespace
+    env = [
+        {"name": "POSTGRES_USER", "valueFrom": {"secretKeyRef": {"name": DATABASE_CREDENTIALS, "key": "username"}}},
+        {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": DATABASE_CREDENTIALS, "key": "password"}}},
+        {"name": "POSTGRES_DB", "valueFrom": {"secretKeyRef": {"name": DATABASE_CREDENTIALS, "key": "database"}}},
+        {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+    ]
+    ready = {"exec": {"command": ["pg_isready", "-U", tenant_database.SUPERUSER, "-d", tenant_database.NAME]}, "periodSeconds": 5}
+    main = container(
+        "postgres",
+        stack.settings.images.database,
+        env=env,
+        ports=[{"name": "postgres", "containerPort": tenant_database.PORT, "protocol": "TCP"}],
+        volumeMounts=[
+            {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+            {"name": "run", "mountPath": "/var/run/postgresql"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        resources=resources(spec.get("resources"), DATABASE_DEFAULT),
+        readinessProbe=ready,
+        livenessProbe={**ready, "periodSeconds": 20, "failureThreshold": 6},
+    )
+    template = pod_template(owner, "database", DATABASE_UID, [main], [empty_dir("run"), empty_dir("tmp")])
+    credentials = {
+        # The superuser: the image initialises the database with it; only ingest's init container uses it.
+        "username": tenant_database.SUPERUSER, "password": generated.database_password, "database": tenant_database.NAME,
+        "url": tenant_database.url(tenant_database.SUPERUSER, generated.database_password, namespace),
+        # The roles the services use.
+        "ingest-password": generated.database_ingest_password,
+        "ingest-url": tenant_database.url(tenant_database.INGEST_ROLE, generated.database_ingest_password, namespace),
+        "api-password": generated.database_api_password,
+        "api-url": tenant_database.url(tenant_database.API_ROLE, generated.database_api_password, namespace),
+    }
+    return [
+        secret(owner, DATABASE_CREDENTIALS, "database", credentials),
+        stateful_set(owner, "database", "database", 1, template, spec.get("storage", "5Gi")),
+        service(owner, "database", "database", [("postgres", tenant_database.PORT)]),
+    ]

@@ -1,0 +1,122 @@
+"""The tenant's ingest and api: our image, configured through the contract with their command lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotenant.broker.identities import API, INGEST
+from iotenant.render.builders import (
+    SMALL, Manifest, container, deployment, empty_dir, http_probe, pod_template, resources, secret, service, stateful_set,
+)
+from iotenant.render.contract import (
+    API_PORT, API_TOKEN_FILE, API_TOKEN_KEY, API_TOKEN_MOUNT, API_TOKEN_SECRET, BROKER_SERVICE_CREDENTIALS, DATABASE_CREDENTIALS, JWKS_CONFIG_MAP,
+    JWKS_FILE, JWKS_MOUNT, LICENCE_FILE, LICENCE_MOUNT, LICENCE_SECRET, METRICS_PORT, MQTT_PASSWORD_FILE, MQTT_PASSWORD_MOUNT, MQTT_PORT,
+    SHARE_GROUP_KEY, Env,
+)
+from iotenant.render.inputs import StackInput
+
+IOTENANT_UID = 10001
+
+
+def _from_database_credentials(name: str, key: str) -> Manifest:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": DATABASE_CREDENTIALS, "key": key}}}
+
+
+def database_setup(stack: StackInput) -> Manifest:
+    """Ingest's init container: the database's roles made or mended, then migrated, with the superuser."""
+    return container(
+        "database-setup",
+        stack.settings.images.iotenant,
+        args=["database-setup"],
+        env=[
+            _from_database_credentials(Env.DATABASE_ADMIN_URL, "url"),
+            _from_database_credentials(Env.INGEST_DATABASE_PASSWORD, "ingest-password"),
+            _from_database_credentials(Env.API_DATABASE_PASSWORD, "api-password"),
+            {"name": Env.LOG_FORMAT, "value": "json"},
+        ],
+        volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}],
+        resources=resources(None, SMALL),
+    )
+
+
+def _iotenant_container(stack: StackInput, command: str, extra_ports: list[Manifest], resource_spec: Any) -> Manifest:
+    namespace = stack.owner.namespace
+    env = [
+        _from_database_credentials(Env.DATABASE_URL, f"{command}-url"),
+        {"name": Env.MQTT_HOST, "value": f"broker.{namespace}.svc"},
+        {"name": Env.MQTT_PORT, "value": str(MQTT_PORT)},
+        {"name": Env.CUSTOMER_ID, "value": str(stack.spec["customerId"])},
+        {"name": Env.LICENCE_FILE, "value": LICENCE_FILE},
+        {"name": Env.JWKS_FILE, "value": JWKS_FILE},
+        {"name": Env.METRICS_PORT, "value": str(METRICS_PORT)},
+        {"name": Env.LOG_FORMAT, "value": "json"},
+        {"name": Env.MQTT_USERNAME, "value": INGEST if command == "ingest" else API},
+        {"name": Env.MQTT_PASSWORD_FILE, "value": MQTT_PASSWORD_FILE},
+    ]
+    env.append({"name": Env.LICENCE_GRACE_SECONDS, "value": str(int(stack.settings.expiry_grace_seconds))})
+    if command == "ingest":
+        env.append({"name": Env.INGEST_REPLICAS, "value": str(int(stack.spec.get("ingest", {}).get("replicas", 1)))})
+        env.append({"name": Env.SHARE_GROUP,
+                    "valueFrom": {"secretKeyRef": {"name": BROKER_SERVICE_CREDENTIALS, "key": SHARE_GROUP_KEY}}})
+    mounts = [
+        {"name": "mqtt", "mountPath": MQTT_PASSWORD_MOUNT, "readOnly": True},
+        {"name": "licence", "mountPath": LICENCE_MOUNT, "readOnly": True},
+        {"name": JWKS_CONFIG_MAP, "mountPath": JWKS_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if command == "api":
+        env.append({"name": Env.API_TOKEN_FILE, "value": API_TOKEN_FILE})
+        env.append({"name": Env.API_PORT, "value": str(API_PORT)})
+        mounts.append({"name": "api-token", "mountPath": API_TOKEN_MOUNT, "readOnly": True})
+    return container(
+        command,
+        stack.settings.images.iotenant,
+        args=[command],
+        env=env,
+        ports=[*extra_ports, {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        volumeMounts=mounts,
+        resources=resources(resource_spec, SMALL),
+        readinessProbe=http_probe("/readyz", "metrics"),
+        livenessProbe=http_probe("/healthz", "metrics"),
+    )
+
+
+def _iotenant_volumes(service: str) -> list[Manifest]:
+    volumes = [
+        {
+            "name": "mqtt",
+            "secret": {"secretName": BROKER_SERVICE_CREDENTIALS, "items": [{"key": f"{service}-password", "path": "password"}]},
+        },
+        {"name": "licence", "secret": {"secretName": LICENCE_SECRET}},
+        {"name": JWKS_CONFIG_MAP, "configMap": {"name": JWKS_CONFIG_MAP}},
+        empty_dir("tmp"),
+    ]
+    if service == "api":
+        volumes.append({"name": "api-token", "secret": {"secretName": API_TOKEN_SECRET}})
+    return volumes
+
+
+def ingest(stack: StackInput) -> list[Manifest]:
+    owner, spec = stack.owner, stack.spec.get("ingest", {})
+    main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
+    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes("ingest"), init_containers=[database_setup(stack)])
+    replicas = int(spec.get("replicas", 1)) if stack.serving else 0
+    # Stable pod names give each replica the same MQTT client id after a restart, so its persistent
+    # session (and the messages queued for it in the shared subscription) is picked up again.
+    return [
+        stateful_set(owner, "ingest", "ingest", replicas, template, storage=None),
+        service(owner, "ingest", "ingest", [("metrics", METRICS_PORT)]),
+    ]
+
+
+def api(stack: StackInput) -> list[Manifest]:
+    owner, spec = stack.owner, stack.spec.get("api", {})
+    http = [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
+    main = _iotenant_container(stack, "api", http, spec.get("resources"))
+    template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes("api"))
+    replicas = int(spec.get("replicas", 1)) if stack.serving else 0
+    return [
+        secret(owner, API_TOKEN_SECRET, "api", {API_TOKEN_KEY: stack.secrets.api_token}),
+        deployment(owner, "api", "api", replicas, template),
+        service(owner, "api", "api", [("http", API_PORT), ("metrics", METRICS_PORT)]),
+    ]

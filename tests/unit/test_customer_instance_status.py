@@ -1,0 +1,120 @@
+"""The CustomerInstance status rules without a cluster: phase, conditions, Events, paused and failure statuses."""
+
+from __future__ import annotations
+
+from iotenant.customer_instance import status as rules
+from iotenant.customer_instance.licence_decision import DUPLICATE_CUSTOMER_ID, LicenceDecision
+from iotenant.kube.conditions import FALSE, TRUE, UNKNOWN, Condition, find
+from iotenant.licensing import licence as licences
+from iotenant.licensing.plans import load_catalogue
+
+STAMP = "2026-11-25T10:00:00Z"
+CLAIMS = load_catalogue()["professional"].claims("acme-0001", "iotenant-operator", 86400, now=1_790_000_000)
+VERIFIED = licences.VerifiedLicence("token", CLAIMS, "kid-1")
+VALID = LicenceDecision(VERIFIED, "Verified", "licence verified", serving=True)
+MONITORED = rules.monitoring_condition("shared", (False, "unused"), service_monitor_crd=True)
+
+
+def findings(decision: LicenceDecision = VALID, waiting: tuple[str, ...] = (), monitoring: Condition = MONITORED,
+             suspended: bool = False, applied: bool = False) -> rules.Findings:
+    return rules.Findings(decision=decision, suspended_by_spec=suspended, serving=decision.serving and not suspended,
+                          workloads_ready=("broker 1/1 ready",), workloads_waiting=waiting, monitoring=monitoring,
+                          applied_anything=applied)
+
+
+def by_type(conditions: list[Condition]) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in conditions}
+
+
+def test_a_valid_licence_and_available_workloads_are_ready_and_converged() -> None:
+    phase, conditions = rules.phase_and_conditions(findings())
+    assert phase == "Ready"
+    assert by_type(conditions) == {"Ready": (TRUE, "Ready"), "LicenceValid": (TRUE, "Verified"), "WorkloadsReady": (TRUE, "AllAvailable"),
+                                   "MonitoringReady": (TRUE, "ServiceMonitorCreated"), "Reconciling": (FALSE, "Converged"),
+                                   "Stalled": (FALSE, "NotStalled")}
+
+
+def test_monitoring_trouble_degrades_but_never_blocks_ready() -> None:
+    missing = rules.monitoring_condition("shared", (False, ""), service_monitor_crd=False)
+    phase, conditions = rules.phase_and_conditions(findings(monitoring=missing))
+    assert phase == "Degraded" and by_type(conditions)["Ready"] == (TRUE, "Ready")
+    assert by_type(conditions)["MonitoringReady"] == (FALSE, "MonitoringCRDMissing")
+    dedicated = rules.monitoring_condition("dedicated", (False, "0/1 ready"), service_monitor_crd=True)
+    assert (dedicated.status, dedicated.reason, dedicated.message) == (FALSE, "PrometheusNotReady", "dedicated Prometheus 0/1 ready")
+
+
+def test_waiting_workloads_are_provisioning_and_reconciling() -> None:
+    phase, conditions = rules.phase_and_conditions(findings(waiting=("api 0/1 ready",)))
+    assert phase == "Provisioning"
+    assert by_type(conditions)["Ready"] == (FALSE, "Provisioning") and by_type(conditions)["Reconciling"] == (TRUE, "Progressing")
+    assert rules.phase_and_conditions(findings(applied=True))[1][4].status == TRUE
+
+
+def test_no_licence_is_pending_and_an_unfixable_one_is_failed_and_stalled() -> None:
+    missing = LicenceDecision(None, licences.MISSING, "Secret billing/x does not exist", serving=False)
+    phase, conditions = rules.phase_and_conditions(findings(missing))
+    assert phase == "Pending" and by_type(conditions)["Stalled"] == (FALSE, "NotStalled")
+    assert by_type(conditions)["WorkloadsReady"] == (FALSE, "NoValidLicence")
+    forged = LicenceDecision(None, licences.BAD_SIGNATURE, "signature does not verify", serving=False)
+    phase, conditions = rules.phase_and_conditions(findings(forged))
+    assert phase == "Failed" and by_type(conditions)["Stalled"] == (TRUE, licences.BAD_SIGNATURE)
+    assert by_type(conditions)["LicenceValid"] == (FALSE, licences.BAD_SIGNATURE)
+
+
+def test_suspension_and_expiry() -> None:
+    phase, conditions = rules.phase_and_conditions(findings(suspended=True))
+    assert phase == "Suspended" and find([vars(c) for c in conditions], "Ready")["message"] == "spec.suspended is true"
+    grace = LicenceDecision(VERIFIED, licences.EXPIRED, "expired; service continues", serving=True, expired_in_grace=True)
+    phase, conditions = rules.phase_and_conditions(findings(grace))
+    assert phase == "Degraded" and by_type(conditions)["Ready"] == (FALSE, licences.EXPIRED)
+    over = LicenceDecision(VERIFIED, licences.EXPIRED, "grace period over", serving=False)
+    phase, conditions = rules.phase_and_conditions(findings(over))
+    assert phase == "Suspended" and by_type(conditions)["WorkloadsReady"] == (FALSE, "Suspended")
+
+
+def test_refusals_say_what_was_not_evaluated() -> None:
+    duplicate = by_type(rules.refused(DUPLICATE_CUSTOMER_ID, "older instance", FALSE))
+    conflict = {c.type: c for c in rules.refused("NamespaceConflict", "not ours", UNKNOWN)}
+    assert duplicate["Stalled"] == (TRUE, DUPLICATE_CUSTOMER_ID) and duplicate["LicenceValid"] == (FALSE, DUPLICATE_CUSTOMER_ID)
+    assert conflict["LicenceValid"].message == "not evaluated" and conflict["MonitoringReady"].status == UNKNOWN
+
+
+def body(status: dict | None = None, generation: int = 3) -> dict:
+    return {"metadata": {"name": "acme", "uid": "u", "generation": generation}, **({"status": status} if status else {})}
+
+
+def test_status_documents_keep_transition_times_and_paused_keeps_the_generation_acted_on() -> None:
+    first = rules.status_document(body(), "Ready", rules.phase_and_conditions(findings())[1], timestamp=STAMP)
+    assert first["observedGeneration"] == 3 and first["namespace"] == "customer-acme"
+    later = rules.status_document(body(first), "Ready", rules.phase_and_conditions(findings())[1], timestamp="2027-01-01T00:00:00Z")
+    assert [c["lastTransitionTime"] for c in later["conditions"]] == [STAMP] * 6
+    paused = rules.paused_status(body({**first, "observedGeneration": 2}, generation=5), timestamp=STAMP)
+    assert paused["observedGeneration"] == 2 and paused["phase"] == "Ready"
+    assert find(paused["conditions"], "Paused")["status"] == TRUE and find(paused["conditions"], "Reconciling")["reason"] == "Paused"
+    failed = rules.failure_status(body(first), RuntimeError("boom"), timestamp=STAMP)
+    assert find(failed["conditions"], "Ready")["message"] == "RuntimeError: boom" and find(failed["conditions"], "Stalled")
+
+
+def test_events_tell_phase_changes_and_condition_flips_once() -> None:
+    ready = rules.status_document(body(), "Ready", rules.phase_and_conditions(findings())[1], timestamp=STAMP)
+    missing = LicenceDecision(None, licences.MISSING, "gone", serving=False)
+    pending = rules.status_document(body(ready), "Pending", rules.phase_and_conditions(findings(missing))[1], timestamp=STAMP)
+    notes = rules.events(ready, pending)
+    assert notes[0] == ("Normal", "Pending", "gone")
+    assert ("Warning", licences.MISSING, "LicenceValid=False: gone") in notes
+    assert all(reason not in ("Ready", "Reconciling") for _, reason, _ in notes[1:])
+    assert rules.events(pending, pending) == []
+
+
+def test_ready_replicas_reads_the_rollout_honestly() -> None:
+    def workload(kind: str, wanted: int, ready: int, observed: int = 1, updated: int | None = None) -> dict:
+        count = "availableReplicas" if kind == "Deployment" else "readyReplicas"
+        return {"kind": kind, "metadata": {"generation": 1}, "spec": {"replicas": wanted},
+                "status": {"observedGeneration": observed, count: ready, "updatedReplicas": ready if updated is None else updated}}
+
+    assert rules.ready_replicas(None) == (False, "not created yet")
+    assert rules.ready_replicas(workload("Deployment", 2, 2)) == (True, "2/2 ready")
+    assert rules.ready_replicas(workload("StatefulSet", 2, 1)) == (False, "1/2 ready")
+    assert rules.ready_replicas(workload("StatefulSet", 1, 1, observed=0)) == (False, "rollout not yet observed")
+    assert rules.ready_replicas(workload("Deployment", 1, 1, updated=0)) == (False, "1/1 ready")
+    assert rules.ready_replicas(workload("Deployment", 0, 0)) == (True, "scaled to zero")

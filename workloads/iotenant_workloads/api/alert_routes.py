@@ -1,0 +1,140 @@
+"""The API's alert routes (``features.alerts``): rules a tenant keeps, and the alerts ingest raises.
+
+Rules are bounded by the licence's ``limits.maxAlertRules``; a deleted rule stops at once and its
+firing alerts resolve, while its alerts stay listed (history keeps the rule's name).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from psycopg import AsyncCursor
+
+from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.alert_rules import FIRING, RESOLVED, AlertRule, InvalidRule, judge_rule
+from iotenant_workloads.alert_rules import COMPARISONS, KINDS, MAX_FOR_SECONDS, MAX_NAME, MAX_SILENCE_SECONDS, MIN_SILENCE_SECONDS
+from iotenant_workloads.api.requests import ApiError, Route
+
+if TYPE_CHECKING:
+    from iotenant_workloads.api.customer_api import CustomerApi
+
+FEATURE = "alerts"
+RULES_LOCK = 4242101  # serialises rule creation: the licence's bound holds under concurrent requests
+
+RULE_COLUMNS = "id, name, kind, device_id, type, operator, threshold, for_seconds, silence_seconds, created_at"
+ALERT_COLUMNS = """a.id, a.rule_id, r.name AS rule_name, a.device_id, a.state, a.value, a.fired_at, a.resolved_at,
+a.resolved_value, a.acknowledged_at"""
+ALERT_SELECT = f"SELECT {ALERT_COLUMNS} FROM alerts a JOIN alert_rules r ON r.id = a.rule_id"
+# The first acknowledgement's time stays: acknowledging again (a retry) changes nothing.
+ACKNOWLEDGE = f"""
+WITH a AS (UPDATE alerts SET acknowledged_at = COALESCE(acknowledged_at, now()) WHERE id = %s RETURNING *)
+SELECT {ALERT_COLUMNS} FROM a JOIN alert_rules r ON r.id = a.rule_id
+"""
+
+
+def _rule(row: dict[str, Any]) -> dict[str, Any]:
+    rule = AlertRule(row["id"], row["name"], row["kind"], row["device_id"], row["type"], row["operator"], row["threshold"],
+                     row["for_seconds"], row["silence_seconds"])
+    return rule.to_json() | {"createdAt": api_requests.iso(row["created_at"])}
+
+
+def _alert(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "ruleId": row["rule_id"], "ruleName": row["rule_name"], "deviceId": row["device_id"],
+            "state": row["state"], "value": row["value"], "firedAt": api_requests.iso(row["fired_at"]),
+            "resolvedAt": api_requests.iso(row["resolved_at"]), "resolvedValue": row["resolved_value"],
+            "acknowledgedAt": api_requests.iso(row["acknowledged_at"])}
+
+
+async def list_rules(api: CustomerApi, request: web.Request) -> Any:
+    api.require_feature(FEATURE)
+    rows = await api.query(f"SELECT {RULE_COLUMNS} FROM alert_rules WHERE deleted_at IS NULL ORDER BY id")
+    return {"rules": [_rule(row) for row in rows], "count": len(rows), "limit": api.claims().limits.maxAlertRules}
+
+
+async def create_rule(api: CustomerApi, request: web.Request) -> Any:
+    api.require_feature(FEATURE)
+    body = await api_requests.json_object(request)
+    try:
+        rule = judge_rule(body)
+    except InvalidRule as error:
+        raise ApiError(422, "invalid_body", str(error)) from None
+    most = api.claims().limits.maxAlertRules
+
+    async def insert(cursor: AsyncCursor[dict[str, Any]]) -> dict[str, Any]:
+        await cursor.execute("SELECT pg_advisory_xact_lock(%s)", (RULES_LOCK,))
+        await cursor.execute("SELECT count(*) AS n FROM alert_rules WHERE deleted_at IS NULL")
+        row = await cursor.fetchone()
+        if row is not None and row["n"] >= most:
+            raise ApiError(409, "alert_rule_limit", f"the licence allows {most} alert rules; delete one first")
+        await cursor.execute(
+            "INSERT INTO alert_rules (name, kind, device_id, type, operator, threshold, for_seconds, silence_seconds) "
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {RULE_COLUMNS}",
+            (rule.name, rule.kind, rule.device_id, rule.type, rule.operator, rule.threshold, rule.for_seconds, rule.silence_seconds),
+        )
+        created = await cursor.fetchone()
+        assert created is not None
+        return created
+
+    return web.json_response(_rule(await api.transaction(insert)), status=201)
+
+
+async def delete_rule(api: CustomerApi, request: web.Request) -> Any:
+    api.require_feature(FEATURE)
+    rule_id = api_requests.integer_id(request, "rule_id")
+
+    async def delete(cursor: AsyncCursor[dict[str, Any]]) -> bool:
+        await cursor.execute("UPDATE alert_rules SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL RETURNING id", (rule_id,))
+        if await cursor.fetchone() is None:
+            return False
+        await cursor.execute("UPDATE alerts SET state = 'resolved', resolved_at = now() WHERE rule_id = %s AND state = 'firing'", (rule_id,))
+        return True
+
+    if not await api.transaction(delete):
+        raise ApiError(404, "alert_rule_not_found", f"no alert rule {rule_id}")
+    return web.Response(status=204)
+
+
+async def list_alerts(api: CustomerApi, request: web.Request) -> Any:
+    api.require_feature(FEATURE)
+    state = api_requests.choice(request, "state", (FIRING, RESOLVED))
+    device_id = api_requests.device_parameter(request)
+    clauses, parameters = api_requests.where(("a.state = %s", state), ("a.device_id = %s", device_id))
+    rows = await api.query(f"{ALERT_SELECT} WHERE {clauses} ORDER BY a.fired_at DESC, a.id DESC LIMIT %s",
+                           (*parameters, api_requests.limit(request)))
+    return {"alerts": [_alert(row) for row in rows], "count": len(rows)}
+
+
+async def acknowledge(api: CustomerApi, request: web.Request) -> Any:
+    api.require_feature(FEATURE)
+    alert_id = api_requests.integer_id(request, "alert_id")
+    rows = await api.query(ACKNOWLEDGE, (alert_id,))
+    if not rows:
+        raise ApiError(404, "alert_not_found", f"no alert {alert_id}")
+    return _alert(rows[0])
+
+
+RULE_BODY: dict[str, Any] = {
+    "type": "object", "required": ["name"], "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
+        "kind": {"type": "string", "enum": list(KINDS), "default": KINDS[0]},
+        "deviceId": {"type": "string", "nullable": True, "description": "one device; absent or null: every device"},
+        "type": {"type": "string", "description": "threshold: the measurement type"},
+        "operator": {"type": "string", "enum": list(COMPARISONS)},
+        "threshold": {"type": "number"},
+        "forSeconds": {"type": "integer", "minimum": 0, "maximum": MAX_FOR_SECONDS, "default": 0},
+        "silenceSeconds": {"type": "integer", "minimum": MIN_SILENCE_SECONDS, "maximum": MAX_SILENCE_SECONDS,
+                           "description": "silence: seconds without telemetry"},
+    },
+}
+
+ROUTES = [
+    Route("GET", "/api/v1/alert-rules", list_rules, "Alert rules and the licence's bound on them (needs features.alerts)."),
+    Route("POST", "/api/v1/alert-rules", create_rule, "Create a threshold or silence rule (needs features.alerts).",
+          body=RULE_BODY, success="201"),
+    Route("DELETE", "/api/v1/alert-rules/{rule_id}", delete_rule, "Delete a rule; its firing alerts resolve (needs features.alerts).",
+          success="204"),
+    Route("GET", "/api/v1/alerts", list_alerts, "Alerts, newest first (needs features.alerts).", ("state", "device", "limit")),
+    Route("POST", "/api/v1/alerts/{alert_id}/acknowledge", acknowledge, "Acknowledge an alert (needs features.alerts)."),
+]

@@ -1,0 +1,111 @@
+"""The API's core: who may ask (bearer token, request rate), what the licence allows, and the database."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+from aiohttp import web
+from prometheus_client import Gauge
+from psycopg import AsyncCursor
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from iotenant_workloads.api import export_routes
+from iotenant_workloads.api.requests import ApiError
+from iotenant_workloads.mounted_licence import MountedLicence
+from iotenant_workloads.rate_limits import KeyedBuckets
+
+if TYPE_CHECKING:
+    from iotenant_workloads.api.command_routes import CommandPublisher
+
+T = TypeVar("T")
+DATABASE_UP = Gauge("iotenant_api_database_up", "1 when the last database query succeeded")
+
+
+class CustomerApi:
+    def __init__(self, pool: AsyncConnectionPool, licence: MountedLicence, token_file: Path, publisher: CommandPublisher | None, rate: KeyedBuckets) -> None:
+        self.pool = pool
+        self.licence = licence
+        self.token_file = token_file
+        self.publisher = publisher
+        self.rate = rate
+        self.exports = export_routes.Exports()
+        self._token = b""
+        self._token_stamp = 0.0
+        self._token_checked = 0.0
+
+    # ------------------------------------------------------------ auth, features, errors
+
+    def _expected_token(self) -> bytes:
+        """The mounted token, re-read when the file changes (looked at once a second at most)."""
+        now = time.monotonic()
+        if now - self._token_checked < MountedLicence.RECHECK_SECONDS and self._token:
+            return self._token
+        self._token_checked = now
+        stamp = self.token_file.stat().st_mtime
+        if stamp != self._token_stamp:
+            self._token, self._token_stamp = self.token_file.read_text().strip().encode(), stamp
+        return self._token
+
+    def authorise(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        expected = self._expected_token()
+        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(presented.strip().encode(), expected):
+            raise ApiError(401, "unauthorized", "a valid bearer token is required")
+
+    def claims(self) -> Any:
+        verified = self.licence.refresh()
+        if verified is None:
+            raise ApiError(503, "licence_invalid", f"no valid licence: {self.licence.problem}")
+        return verified.claims
+
+    def require_feature(self, feature: str) -> None:
+        if not getattr(self.claims().features, feature):
+            raise ApiError(403, "feature_not_licensed", f"the licence does not include {feature}")
+
+    async def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        async def one_statement(cursor: AsyncCursor[dict[str, Any]]) -> list[dict[str, Any]]:
+            await cursor.execute(sql, parameters)
+            return await cursor.fetchall() if cursor.description else []
+
+        return await self.transaction(one_statement)
+
+    async def transaction(self, work: Callable[[AsyncCursor[dict[str, Any]]], Awaitable[T]]) -> T:
+        """``work`` in one transaction (committed when it returns); database trouble becomes an ``ApiError``."""
+        try:
+            async with self.pool.connection(timeout=5) as connection:
+                async with connection.transaction(), connection.cursor(row_factory=dict_row) as cursor:
+                    result = await work(cursor)
+            DATABASE_UP.set(1)
+            return result
+        except (psycopg.OperationalError, TimeoutError) as error:
+            DATABASE_UP.set(0)
+            raise ApiError(503, "database_unavailable", "the database is not reachable; retry later") from error
+        except (psycopg.DataError, UnicodeError) as error:  # a value the checks above let through
+            raise ApiError(422, "invalid_parameter", "a parameter holds a value the database cannot take") from error
+
+    async def send(self, device_id: str, cmd_id: str, name: str, args: dict[str, Any]) -> None:
+        """Publish a command that is already recorded to ``iot/<device_id>/command`` (QoS 1)."""
+        if self.publisher is None:
+            raise ApiError(503, "broker_unavailable", "the broker is not reachable; retry later")
+        message = {"cmd_id": cmd_id, "name": name, "args": args, "ts": time.time()}
+        await asyncio.to_thread(self.publisher.publish, device_id, message)
+
+    def require_broker(self) -> None:
+        if self.publisher is None or not self.publisher.connected.is_set():
+            raise ApiError(503, "broker_unavailable", "the broker is not reachable; retry later")
+
+    async def device_or_404(self, device_id: str) -> dict[str, Any]:
+        rows = await self.query("SELECT * FROM devices WHERE device_id = %s", (device_id,))
+        if not rows:
+            raise ApiError(404, "device_not_found", f"no device {device_id!r} has reported")
+        return rows[0]
+
+    # ------------------------------------------------------------ routes
