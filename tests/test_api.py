@@ -244,3 +244,26 @@ def test_simulated_devices_are_stored_and_their_last_will_marks_them_offline(
             simulator.kill()
         stack.api.stop()
         stack.ingest.stop()
+
+
+def test_a_simulated_device_the_broker_refuses_retries_and_the_others_go_on(
+    api_stack: Callable[..., Stack], broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    stack = api_stack("professional")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "dev-020").write_text(DeviceCredentials("dev-020", "dev-020-password", "127.0.0.1", broker.port).url())
+    (credentials / "dev-021").write_text(DeviceCredentials("dev-021", "not-its-password", "127.0.0.1", broker.port).url())
+    log = tmp_path / "simulate.log"
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "iotenant", "simulate", "--credentials-dir", str(credentials), "--interval", "0.2",
+         "--metrics-port", "0", "--log-format", "text"], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: log.read_text().count("dev-021: connection refused") >= 3, timeout=30, what="three refused attempts")
+        assert simulator.poll() is None, log.read_text()[-2000:]
+        wait_for(lambda: len(stack.api.request("GET", "/api/v1/devices/dev-020/telemetry?limit=20", token=TOKEN)[1].get("measurements", [])) == 20,
+                 timeout=20, what="the admitted device's telemetry")
+    finally:
+        simulator.kill()
+        simulator.wait()

@@ -47,8 +47,9 @@ def rejection(kube: Cluster, body: dict) -> str:
 
 @pytest.fixture(scope="module")
 def namespaces(kube: Cluster, crds: list[dict]) -> Iterator[None]:
-    """Namespaces for the fleets; afterwards every object these tests made is deleted."""
-    names = ("crd-tests", "customer-acme")
+    """Namespaces for the fleets (the tests' own and each example's); afterwards every object these tests made is deleted."""
+    examples = {load_yaml(path)["metadata"].get("namespace") for path in EXAMPLES_DIR.glob("*.yaml")}
+    names = ("crd-tests", *sorted(name for name in examples if name))
     for name in names:
         kube.kubectl("create", "namespace", name, check=False)
     yield

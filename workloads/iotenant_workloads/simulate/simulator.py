@@ -39,6 +39,7 @@ PUBLISHED = Counter("iotenant_simulator_published_total", "Messages published", 
 REBOOTS = Counter("iotenant_simulator_reboots_total", "Simulated device reboots")
 CONNECTED = Gauge("iotenant_simulator_connected_devices", "Devices connected to the broker")
 REFUSED = Counter("iotenant_simulator_refused_total", "Connections the broker refused")
+RETRY_SECONDS = 2.0
 COMMANDS = Counter("iotenant_simulator_commands_total", "Commands received", ["name"])
 
 
@@ -72,6 +73,7 @@ class SimulatedDevice:
     # Messages due later (OTA progress): (monotonic time, topic kind, payload), kept in time order.
     scheduled: list[tuple[float, str, dict[str, object]]] = field(default_factory=list)
     phase: float = field(default_factory=lambda: random.uniform(0, 2 * math.pi))
+    registered: object | None = None  # the socket the selector watches for this device
     client: mqtt.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,9 +96,10 @@ class SimulatedDevice:
         return client
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        if getattr(reason, "is_failure", False):
+        if getattr(reason, "is_failure", False):  # not (yet) admitted, say: try again a little later
             REFUSED.inc()
-            log.warning("%s: connection refused: %s", self.credentials.device_id, reason)
+            log.warning("%s: connection refused: %s; retrying in %.0f s", self.credentials.device_id, reason, RETRY_SECONDS)
+            self.next_at = time.monotonic() + RETRY_SECONDS
             return
         self.connected = True
         CONNECTED.inc()
@@ -181,21 +184,23 @@ class Simulator:
         self.selector = selectors.DefaultSelector()
 
     def _connect(self, device: SimulatedDevice) -> None:
+        self._drop(device)  # a connection the broker closed leaves its socket registered
         try:
             device.client.connect(device.credentials.host, device.credentials.port, keepalive=device.keepalive)
         except OSError as error:
             log.warning("%s: cannot reach the broker: %s", device.credentials.device_id, error)
-            device.next_at = time.monotonic() + 2
+            device.next_at = time.monotonic() + RETRY_SECONDS
             return
-        self.selector.register(device.client.socket(), selectors.EVENT_READ, device)
+        device.registered = device.client.socket()
+        self.selector.register(device.registered, selectors.EVENT_READ, device)
 
     def _drop(self, device: SimulatedDevice) -> None:
-        sock = device.client.socket()
-        if sock is not None:
+        if device.registered is not None:
             try:
-                self.selector.unregister(sock)
+                self.selector.unregister(device.registered)
             except (KeyError, ValueError):
                 pass
+            device.registered = None
 
     def reboot(self, device: SimulatedDevice) -> None:
         """Power cycle: the connection dies without a goodbye (the broker sends the last will), seq restarts."""
