@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import subprocess
@@ -24,6 +26,11 @@ def helm(binaries: Binaries, *arguments: str) -> subprocess.CompletedProcess[str
 
 def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
+
+
+def pod_labels(deployment: dict) -> dict:
+    """The Deployment's selector: what selects its pods."""
+    return deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_helm_lint_passes_strictly(binaries: Binaries) -> None:
@@ -76,7 +83,23 @@ def test_the_deployment_runs_two_replicas_with_one_leader_and_passes_pod_securit
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert by_kind(render_chart(binaries), "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    (budget,) = by_kind(render_chart(binaries), "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1 and budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    (policy,) = by_kind(render_chart(binaries), "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and policy["spec"]["podSelector"]["matchLabels"] == pod_labels(deployment)
+    assert policy["spec"]["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                                          "ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    assert by_kind(render_chart(binaries, "--set", "networkPolicy.enabled=false"), "NetworkPolicy") == []
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert (env["IOTENANT_DNS_NAMESPACE"], env["IOTENANT_DNS_POD_SELECTOR"], env["IOTENANT_DNS_PORTS"], env["IOTENANT_DNS_CIDRS"]) == (
+        "kube-system", "", "53", "")
+    (openshift,) = by_kind(render_chart(binaries, "--set", "operator.dns.namespace=openshift-dns", "--set", "operator.dns.ports={5353}",
+                                        "--set", "operator.dns.podSelector.dns\\.operator\\.openshift\\.io/daemonset-dns=default",
+                                        "--set", "operator.dns.cidrs={169.254.20.10/32}"), "Deployment")
+    env = {item["name"]: item.get("value") for item in openshift["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["IOTENANT_DNS_NAMESPACE"], env["IOTENANT_DNS_POD_SELECTOR"], env["IOTENANT_DNS_PORTS"], env["IOTENANT_DNS_CIDRS"]) == (
+        "openshift-dns", "dns.operator.openshift.io/daemonset-dns=default", "5353", "169.254.20.10/32")
     (single,) = by_kind(render_chart(binaries, "--set", "replicaCount=1"), "Deployment")
     assert {i["name"]: i.get("value") for i in single["spec"]["template"]["spec"]["containers"][0]["env"]}["IOTENANT_LEADER_ELECTION"] == "false"
 
@@ -134,6 +157,23 @@ def test_monitoring_objects_are_optional_and_the_alert_rules_pass_promtool(binar
     result = subprocess.run([str(binaries.path("promtool")), "check", "rules", str(rules)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"SUCCESS: 4 rules found", result.stdout), result.stdout
+
+
+def test_dns_settings_render_network_policies_the_apiserver_accepts(kube: Cluster) -> None:
+    from iotenant.render.guardrails import network_policies
+    from iotenant.settings import OperatorSettings
+    from stacks import fixture_stack
+
+    kube.kubectl("create", "namespace", "customer-acme", check=False)
+    for settings in (OperatorSettings(dns_namespace="openshift-dns", dns_pod_selector=("dns.operator.openshift.io/daemonset-dns=default",),
+                                      dns_ports=(5353,)),
+                     OperatorSettings(dns_cidrs=("169.254.20.10/32", "fd00::10/128"), dns_ports=(53, 5353))):
+        policies = network_policies(dataclasses.replace(fixture_stack("starter"), settings=settings))
+        result = kube.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=iotenant-tests", "-o", "json", "-f", "-",
+                              stdin=yaml.safe_dump_all(policies))
+        applied = {item["metadata"]["name"]: item for item in json.loads(result.stdout)["items"]}
+        egress = applied["allow-egress-dns-and-namespace"]["spec"]["egress"][0]
+        assert egress["ports"] == [{"protocol": protocol, "port": port} for port in settings.dns_ports for protocol in ("UDP", "TCP")]
 
 
 def test_the_rendered_chart_is_accepted_by_the_apiserver(kube: Cluster, binaries: Binaries, crds: list[dict], tmp_path: Path) -> None:

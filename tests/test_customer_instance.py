@@ -268,6 +268,20 @@ def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, o
     assert not exists(lambda: kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors", "iotenant"))
 
 
+def test_replicas_of_ingest_and_api_spread_over_nodes(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
+    name, namespace = "spread", "customer-spread"
+    create_instance(kube, name, plan="starter", ingest={"replicas": 2}, api={"replicas": 2})
+    wait_phase(kube, name, "Ready", timeout=90)
+    for workload in (kube.apps.read_namespaced_stateful_set("ingest", namespace), kube.apps.read_namespaced_deployment("api", namespace)):
+        (spread,) = workload.spec.template.spec.topology_spread_constraints
+        assert (spread.topology_key, spread.max_skew, spread.when_unsatisfiable) == ("kubernetes.io/hostname", 1, "ScheduleAnyway")
+        assert spread.label_selector.match_labels.items() <= workload.spec.template.metadata.labels.items()
+    patch_instance(kube, name, {"spec": {"api": {"replicas": 1}}})
+    wait_for(lambda: not kube.apps.read_namespaced_deployment("api", namespace).spec.template.spec.topology_spread_constraints,
+             timeout=30, what="one api replica without a spread")
+    delete_instance(kube, name)
+
+
 def test_professional_gets_a_service_monitor(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     ready_instance(kube, "plan-professional", "professional")
     monitor = kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "customer-plan-professional", "servicemonitors", "iotenant")
@@ -396,12 +410,17 @@ def test_pause_stops_reconciliation_and_resume_catches_up(kube: Cluster, operato
     create_instance(kube, name, plan="starter")
     wait_phase(kube, name, "Ready")
     patch_instance(kube, name, {"metadata": {"annotations": {"iotenant.io/paused": "true"}}})
-    wait_condition(kube, name, "Paused", "True")
+    acted_on = wait_condition(kube, name, "Paused", "True")["metadata"]["generation"]
+    patch_instance(kube, name, {"spec": {"displayName": "changed while paused"}})
     kube.apps.delete_namespaced_deployment("api", namespace)
     time.sleep(RESYNC_SECONDS * 2)
     assert not exists(lambda: kube.apps.read_namespaced_deployment("api", namespace))
     events = kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
     assert "Paused" in {event.reason for event in events}
+    paused = instance(kube, name)
+    assert paused["metadata"]["generation"] == acted_on + 1
+    assert paused["status"]["observedGeneration"] == acted_on, "a paused instance claims a generation it never acted on"
+    assert {c["observedGeneration"] for c in paused["status"]["conditions"]} == {acted_on}
 
     patch_instance(kube, name, {"metadata": {"annotations": {"iotenant.io/paused": None}}})
     wait_for(lambda: exists(lambda: kube.apps.read_namespaced_deployment("api", namespace)), timeout=30, what="api to be recreated")

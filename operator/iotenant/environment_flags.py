@@ -33,7 +33,10 @@ def flag(
 ) -> None:
     """Add ``--name``; its default comes from ``variable`` when set, else ``default``."""
     from_environment = os.environ.get(variable)
-    value = kind(from_environment) if from_environment is not None else default
+    try:
+        value = kind(from_environment) if from_environment is not None else default
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        parser.error(f"{variable}={from_environment!r}: {error}")
     suffix = f" [{variable}]" + (f" (default: {default})" if default not in (None, "") else "")
     parser.add_argument(
         name,

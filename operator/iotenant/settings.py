@@ -40,6 +40,12 @@ class OperatorSettings:
     broker_addresses_file: Path | None = None
     device_broker_address_template: str = "broker.{namespace}.svc:1883"
     create_signing_keys: bool = True
+    # Where the tenants' pods resolve names: the cluster DNS's namespace (and pods, when a selector is
+    # given) on these ports, plus addresses outside any pod network (NodeLocal DNSCache's link-local one).
+    dns_namespace: str = "kube-system"
+    dns_pod_selector: tuple[str, ...] = ()
+    dns_ports: tuple[int, ...] = (53,)
+    dns_cidrs: tuple[str, ...] = ()
     images: Images = Images()
 
     def device_broker_address(self, namespace: str, customer: str) -> str:
@@ -51,6 +57,24 @@ def comma_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(value, tuple):
         return value
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def label_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated key=value labels."""
+    labels = comma_list(value)
+    if any("=" not in label or not label.split("=", 1)[0] for label in labels):
+        raise ValueError(f"labels must be key=value, comma-separated: {value!r}")
+    return labels
+
+
+def port_list(value: str | tuple[int, ...]) -> tuple[int, ...]:
+    """Comma-separated ports, each 1..65535."""
+    if isinstance(value, tuple):
+        return value
+    ports = tuple(int(item) for item in comma_list(value))
+    if not ports or any(not 1 <= port <= 65535 for port in ports):
+        raise ValueError(f"ports must be 1..65535, comma-separated: {value!r}")
+    return ports
 
 
 # (attribute, environment variable, type, help); the flag is --<attribute with dashes>.
@@ -73,6 +97,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "JSON file {namespace: host:port} taking precedence over the template (an operator outside the cluster, port-forwards); re-read when it changes"),
     ("device_broker_address_template", "IOTENANT_DEVICE_BROKER_ADDRESS_TEMPLATE", str,
      "host:port written into device credentials (what devices connect to); {namespace} and {customer} are replaced"),
+    ("dns_namespace", "IOTENANT_DNS_NAMESPACE", str, "namespace of the cluster DNS that tenant pods may query (openshift-dns on OpenShift)"),
+    ("dns_pod_selector", "IOTENANT_DNS_POD_SELECTOR", label_list,
+     "labels (key=value, comma-separated) of the DNS pods in that namespace; empty: any pod there"),
+    ("dns_ports", "IOTENANT_DNS_PORTS", port_list, "DNS ports tenant pods may use, UDP and TCP, comma-separated (5353 on OpenShift)"),
+    ("dns_cidrs", "IOTENANT_DNS_CIDRS", comma_list,
+     "addresses outside the pod network that serve DNS (NodeLocal DNSCache: 169.254.20.10/32), comma-separated"),
     ("create_signing_keys", "IOTENANT_CREATE_SIGNING_KEYS", boolean,
      "create the licence signing key ring on first start when its Secret is absent (false: it must be restored or provided)"),
 ]

@@ -88,8 +88,10 @@ def test_status_documents_keep_transition_times_and_paused_keeps_the_generation_
     assert first["observedGeneration"] == 3 and first["namespace"] == "customer-acme"
     later = rules.status_document(body(first), "Ready", rules.phase_and_conditions(findings())[1], timestamp="2027-01-01T00:00:00Z")
     assert [c["lastTransitionTime"] for c in later["conditions"]] == [STAMP] * 6
-    paused = rules.paused_status(body({**first, "observedGeneration": 2}, generation=5), timestamp=STAMP)
+    acted_on = {**first, "observedGeneration": 2, "conditions": [{**c, "observedGeneration": 2} for c in first["conditions"]]}
+    paused = rules.paused_status(body(acted_on, generation=5), timestamp=STAMP)
     assert paused["observedGeneration"] == 2 and paused["phase"] == "Ready"
+    assert {c["observedGeneration"] for c in paused["conditions"]} == {2}, "conditions re-stamped with a generation never acted on"
     assert find(paused["conditions"], "Paused")["status"] == TRUE and find(paused["conditions"], "Reconciling")["reason"] == "Paused"
     failed = rules.failure_status(body(first), RuntimeError("boom"), timestamp=STAMP)
     assert find(failed["conditions"], "Ready")["message"] == "RuntimeError: boom" and find(failed["conditions"], "Stalled")

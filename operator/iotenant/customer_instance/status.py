@@ -143,14 +143,19 @@ def status_document(body: Manifest, phase: str, conditions: list[Condition], ext
 
 
 def paused_status(body: Manifest, timestamp: str | None = None) -> dict[str, Any]:
-    """Paused: the phase and the other conditions stay as they were, for the generation they were computed for."""
+    """Paused: the phase and the conditions stay as they were, stamped with the generation they were computed
+    for (a spec changed while paused was never acted on, and kstatus readers must see that)."""
     previous = body.get("status") or {}
+    acted_on = int(previous.get("observedGeneration", 0))
     conditions = kept_conditions(body, ("Paused", "Reconciling"))
     conditions.append(Condition("Paused", TRUE, "Paused", f"reconciliation paused by annotation {PAUSED_ANNOTATION}"))
     conditions.append(Condition("Reconciling", FALSE, "Paused", "reconciliation is paused"))
-    status = status_document(body, previous.get("phase", "Pending"), conditions, timestamp=timestamp)
-    status["observedGeneration"] = previous.get("observedGeneration", 0)
-    return status
+    return {
+        "namespace": meta.namespace_for(body["metadata"]["name"]),
+        "phase": previous.get("phase", "Pending"),
+        "observedGeneration": acted_on,
+        "conditions": merge_conditions(previous.get("conditions"), conditions, acted_on, timestamp),
+    }
 
 
 def failure_status(body: Manifest, error: Exception, timestamp: str | None = None) -> dict[str, Any]:

@@ -69,6 +69,13 @@ def pod_template(
     return {"metadata": {"labels": owner.labels(component)}, "spec": spec}
 
 
+def spread_over_nodes(owner: Owner, component: str) -> list[Manifest]:
+    """Replicas of a component on different nodes where the cluster allows (one node must not hold them all);
+    soft, so a one-node cluster still runs them."""
+    return [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": {"matchLabels": owner.selector(component)}}]
+
+
 def container(name: str, image: str, **fields: Any) -> Manifest:
     return {
         "name": name,

@@ -10,6 +10,7 @@ from iotenant.licensing.plans import Quota
 from iotenant.render.contract import API_PORT, METRICS_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import COMPONENT, Owner
+from iotenant.settings import OperatorSettings
 
 Manifest = dict[str, Any]
 
@@ -82,6 +83,17 @@ def _ports(*numbers: int) -> list[Manifest]:
     return [{"protocol": "TCP", "port": number} for number in numbers]
 
 
+def _dns_egress(settings: OperatorSettings) -> Manifest:
+    """Egress to the cluster DNS as the operator's settings place it (kube-system:53 by default)."""
+    peer = _from_namespace(settings.dns_namespace)
+    if settings.dns_pod_selector:
+        peer["podSelector"] = {"matchLabels": dict(item.split("=", 1) for item in settings.dns_pod_selector)}
+    return {
+        "to": [peer, *({"ipBlock": {"cidr": cidr}} for cidr in settings.dns_cidrs)],
+        "ports": [{"protocol": protocol, "port": port} for port in settings.dns_ports for protocol in ("UDP", "TCP")],
+    }
+
+
 def network_policies(stack: StackInput) -> list[Manifest]:
     owner, settings = stack.owner, stack.settings
     policies = [
@@ -93,10 +105,7 @@ def network_policies(stack: StackInput) -> list[Manifest]:
             {
                 "policyTypes": ["Egress"],
                 "egress": [
-                    {
-                        "to": [_from_namespace("kube-system")],
-                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                    },
+                    _dns_egress(settings),
                     {"to": [{"podSelector": {}}]},
                 ],
             },

@@ -6,7 +6,8 @@ from typing import Any
 
 from iotenant.broker.identities import API, INGEST
 from iotenant.render.builders import (
-    SMALL, Manifest, container, deployment, empty_dir, http_probe, pod_template, resources, secret, service, stateful_set,
+    SMALL, Manifest, container, deployment, empty_dir, http_probe, pod_template, resources, secret, service, spread_over_nodes,
+    stateful_set,
 )
 from iotenant.render.contract import (
     API_PORT, API_TOKEN_FILE, API_TOKEN_KEY, API_TOKEN_MOUNT, API_TOKEN_SECRET, BROKER_SERVICE_CREDENTIALS, DATABASE_CREDENTIALS, JWKS_CONFIG_MAP,
@@ -101,6 +102,8 @@ def ingest(stack: StackInput) -> list[Manifest]:
     main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
     template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes("ingest"), init_containers=[database_setup(stack)])
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
+    if replicas > 1:
+        template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, "ingest")
     # Stable pod names give each replica the same MQTT client id after a restart, so its persistent
     # session (and the messages queued for it in the shared subscription) is picked up again.
     return [
@@ -115,6 +118,8 @@ def api(stack: StackInput) -> list[Manifest]:
     main = _iotenant_container(stack, "api", http, spec.get("resources"))
     template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes("api"))
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
+    if replicas > 1:
+        template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, "api")
     return [
         secret(owner, API_TOKEN_SECRET, "api", {API_TOKEN_KEY: stack.secrets.api_token}),
         deployment(owner, "api", "api", replicas, template),

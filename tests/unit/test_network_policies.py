@@ -1,0 +1,44 @@
+"""Tenant NetworkPolicies without a cluster: where DNS is, as the operator's settings say."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from iotenant.render.guardrails import network_policies
+from iotenant.settings import OperatorSettings, label_list, port_list
+from stacks import fixture_stack
+
+
+def dns_rule(settings: OperatorSettings) -> dict:
+    stack = dataclasses.replace(fixture_stack("starter"), settings=settings)
+    (policy,) = [p for p in network_policies(stack) if p["metadata"]["name"] == "allow-egress-dns-and-namespace"]
+    return policy["spec"]["egress"][0]
+
+
+def test_the_default_is_kube_system_on_port_53() -> None:
+    assert dns_rule(OperatorSettings()) == {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+
+
+def test_openshift_and_node_local_dns() -> None:
+    openshift = OperatorSettings(dns_namespace="openshift-dns", dns_pod_selector=("dns.operator.openshift.io/daemonset-dns=default",),
+                                 dns_ports=(5353,))
+    assert dns_rule(openshift) == {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}},
+                "podSelector": {"matchLabels": {"dns.operator.openshift.io/daemonset-dns": "default"}}}],
+        "ports": [{"protocol": "UDP", "port": 5353}, {"protocol": "TCP", "port": 5353}],
+    }
+    node_local = dns_rule(OperatorSettings(dns_cidrs=("169.254.20.10/32",), dns_ports=(53, 5353)))
+    assert node_local["to"][1] == {"ipBlock": {"cidr": "169.254.20.10/32"}} and len(node_local["ports"]) == 4
+
+
+@pytest.mark.parametrize(("parse", "text"), [(port_list, "0"), (port_list, "53,70000"), (port_list, "dns"), (port_list, ""),
+                                             (label_list, "k8s-app"), (label_list, "=x")])
+def test_bad_dns_settings_are_refused(parse, text: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError):
+        parse(text)
+    assert port_list("53, 5353") == (53, 5353) and label_list("a=b,c=d") == ("a=b", "c=d")
