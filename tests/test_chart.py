@@ -94,6 +94,9 @@ def test_the_deployment_runs_two_replicas_with_one_leader_and_passes_pod_securit
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert (env["IOTENANT_DNS_NAMESPACE"], env["IOTENANT_DNS_POD_SELECTOR"], env["IOTENANT_DNS_PORTS"], env["IOTENANT_DNS_CIDRS"]) == (
         "kube-system", "", "53", "")
+    assert env["IOTENANT_STORAGE_CLASS"] == ""
+    (classed,) = by_kind(render_chart(binaries, "--set", "operator.storageClassName=fast-ssd"), "Deployment")
+    assert {i["name"]: i.get("value") for i in classed["spec"]["template"]["spec"]["containers"][0]["env"]}["IOTENANT_STORAGE_CLASS"] == "fast-ssd"
     (openshift,) = by_kind(render_chart(binaries, "--set", "operator.dns.namespace=openshift-dns", "--set", "operator.dns.ports={5353}",
                                         "--set", "operator.dns.podSelector.dns\\.operator\\.openshift\\.io/daemonset-dns=default",
                                         "--set", "operator.dns.cidrs={169.254.20.10/32}"), "Deployment")

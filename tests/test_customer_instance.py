@@ -282,6 +282,23 @@ def test_replicas_of_ingest_and_api_spread_over_nodes(kube: Cluster, operator: R
     delete_instance(kube, name)
 
 
+def test_volumes_use_the_storage_class_the_spec_names_which_cannot_change(kube: Cluster, operator: RunningOperator) -> None:
+    name, namespace = "classy", "customer-classy"
+    create_instance(kube, name, plan="starter", database={"storageClassName": "fast-ssd"})
+    wait_for(lambda: exists(lambda: kube.apps.read_namespaced_stateful_set("database", namespace)), timeout=60,
+             what="the database StatefulSet")
+    database = kube.apps.read_namespaced_stateful_set("database", namespace)
+    assert database.spec.volume_claim_templates[0].spec.storage_class_name == "fast-ssd"
+    broker = kube.apps.read_namespaced_stateful_set("broker", namespace)
+    assert broker.spec.volume_claim_templates[0].spec.storage_class_name is None  # the cluster's default class
+    for change in ({"database": {"storageClassName": "slow-hdd"}}, {"database": {"storageClassName": None}},
+                   {"broker": {"storageClassName": "fast-ssd"}}):
+        with pytest.raises(ApiException) as refused:
+            patch_instance(kube, name, {"spec": change})
+        assert refused.value.status == 422 and "storageClassName cannot be added, changed or removed" in refused.value.body
+    delete_instance(kube, name)
+
+
 def test_professional_gets_a_service_monitor(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
     ready_instance(kube, "plan-professional", "professional")
     monitor = kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "customer-plan-professional", "servicemonitors", "iotenant")

@@ -46,6 +46,8 @@ class OperatorSettings:
     dns_pod_selector: tuple[str, ...] = ()
     dns_ports: tuple[int, ...] = (53,)
     dns_cidrs: tuple[str, ...] = ()
+    # The StorageClass of tenant volumes whose spec names none (empty: the cluster's default class).
+    storage_class: str = ""
     images: Images = Images()
 
     def device_broker_address(self, namespace: str, customer: str) -> str:
@@ -103,6 +105,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("dns_ports", "IOTENANT_DNS_PORTS", port_list, "DNS ports tenant pods may use, UDP and TCP, comma-separated (5353 on OpenShift)"),
     ("dns_cidrs", "IOTENANT_DNS_CIDRS", comma_list,
      "addresses outside the pod network that serve DNS (NodeLocal DNSCache: 169.254.20.10/32), comma-separated"),
+    ("storage_class", "IOTENANT_STORAGE_CLASS", str,
+     "StorageClass of new tenant volumes whose spec names none (empty: the cluster's default); volumes keep the class they were made in"),
     ("create_signing_keys", "IOTENANT_CREATE_SIGNING_KEYS", boolean,
      "create the licence signing key ring on first start when its Secret is absent (false: it must be restored or provided)"),
 ]

@@ -34,3 +34,18 @@ def test_the_stack_of_each_plan_matches_its_reviewed_manifests(plan_name: str) -
     if text != expected:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), f"golden/{path.name}", "rendered", n=2))
         pytest.fail(f"the {plan_name} stack differs from golden/{path.name} (IOTENANT_UPDATE_GOLDEN=1 make unit writes it):\n{diff[:6000]}")
+
+
+def test_volumes_are_made_in_the_class_asked_for_and_keep_the_one_they_were_made_in() -> None:
+    import dataclasses
+
+    from iotenant.customer_instance.reconciler import volume_class
+
+    stack = dataclasses.replace(fixture_stack("enterprise"), storage_classes={"database": "fast-ssd", "prometheus": "bulk"})
+    templates = {o["metadata"]["name"]: o["spec"].get("volumeClaimTemplates", [{}])[0].get("spec", {})
+                 for o in render_customer_stack(stack) if o["kind"] == "StatefulSet"}
+    assert templates["database"]["storageClassName"] == "fast-ssd" and templates["prometheus"]["storageClassName"] == "bulk"
+    assert "storageClassName" not in templates["broker"]
+    made_with = {"spec": {"volumeClaimTemplates": [{"spec": {"storageClassName": "old"}}]}}
+    assert volume_class(None, "new") == "new" and volume_class(made_with, "new") == "old"
+    assert volume_class({"spec": {"volumeClaimTemplates": [{"spec": {}}]}}, "new") is None, "made in the default class: kept there"

@@ -41,6 +41,17 @@ log = logging.getLogger("iotenant.customer_instance")
 
 PAUSED_ANNOTATION = rules.PAUSED_ANNOTATION
 DEVICE_FLEET_RETRY_SECONDS = 5.0
+# The StatefulSets with a volume, by the spec section that may name its class (None: only the operator's default).
+VOLUMES = (("broker", "broker"), ("database", "database"), ("prometheus", None))
+
+
+def volume_class(live: Manifest | None, wanted: str | None) -> str | None:
+    """The StorageClass of a StatefulSet's volume: the one it was made with (volume claim templates cannot
+    change, so a new operator default never breaks a tenant), else ``wanted``."""
+    if live is None:
+        return wanted
+    templates = (live.get("spec") or {}).get("volumeClaimTemplates") or []
+    return templates[0].get("spec", {}).get("storageClassName") if templates else wanted
 
 
 @dataclass
@@ -191,10 +202,20 @@ class CustomerInstanceReconciler:
             jwks=self.licences.jwks_for(decision, external=bool(spec.get("licence", {}).get("secretRef"))),
             quota=plan.quota if plan else None,
             broker_limits=plan.broker if plan else STRICTEST_BROKER_LIMITS,
+            storage_classes=self._storage_classes(spec, live),
             serving=decision.serving and not spec.get("suspended"),
             service_monitor_crd_present=SERVICE_MONITOR_CRD in crds,
             prometheus_rule_crd_present=PROMETHEUS_RULE_CRD in crds,
         )
+
+    def _storage_classes(self, spec: dict[str, Any], live: LiveObjects) -> dict[str, str]:
+        classes = {}
+        for workload, section in VOLUMES:
+            wanted = ((spec.get(section) or {}).get("storageClassName") if section else None) or self.settings.storage_class or None
+            chosen = volume_class(live.workload("StatefulSet", workload, live.stack), wanted)
+            if chosen:
+                classes[workload] = chosen
+        return classes
 
     def _tenant_access(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects,
                        objects: dict[ObjectKey, Manifest]) -> TenantAccess:

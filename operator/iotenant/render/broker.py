@@ -68,6 +68,7 @@ def broker(stack: StackInput) -> list[Manifest]:
                 SHARE_GROUP_KEY: generated.ingest_share_group}),
         secret(owner, "broker-dynamic-security", "broker", {"dynamic-security.json": seed}),
         config_map(owner, "broker-config", "broker", {"mosquitto.conf": mosquitto_conf(bool(tls_secret), stack.broker_limits)}),
-        stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi")),
+        stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi"),
+                     storage_class=stack.storage_classes.get("broker")),
         service(owner, "broker", "broker", service_ports),
     ]

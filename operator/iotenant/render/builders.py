@@ -95,9 +95,11 @@ def empty_dir(name: str) -> Manifest:
 
 
 def stateful_set(
-    owner: Owner, name: str, component: str, replicas: int, template: Manifest, storage: str | None, mount_path_volume: str = "data"
+    owner: Owner, name: str, component: str, replicas: int, template: Manifest, storage: str | None, mount_path_volume: str = "data",
+    storage_class: str | None = None,
 ) -> Manifest:
-    """A StatefulSet: stable pod names, and a volume per pod when ``storage`` is given."""
+    """A StatefulSet: stable pod names, and a volume per pod when ``storage`` is given (in ``storage_class``,
+    or the cluster's default class)."""
     spec: Manifest = {
         "replicas": replicas,
         "serviceName": name,
@@ -110,7 +112,8 @@ def stateful_set(
         spec["volumeClaimTemplates"] = [
             {
                 "metadata": {"name": mount_path_volume, "labels": owner.labels(component)},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}},
+                         **({"storageClassName": storage_class} if storage_class else {})},
             }
         ]
     return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": owner.metadata(name, component), "spec": spec}

@@ -48,6 +48,7 @@ def database(stack: StackInput) -> list[Manifest]:
     }
     return [
         secret(owner, DATABASE_CREDENTIALS, "database", credentials),
-        stateful_set(owner, "database", "database", 1, template, spec.get("storage", "5Gi")),
+        stateful_set(owner, "database", "database", 1, template, spec.get("storage", "5Gi"),
+                     storage_class=stack.storage_classes.get("database")),
         service(owner, "database", "database", [("postgres", tenant_database.PORT)]),
     ]

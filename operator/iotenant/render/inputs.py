@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from iotenant.broker.admin_tls import AdminTLS
@@ -43,6 +43,8 @@ class StackInput:
     prometheus_rule_crd_present: bool = False
     # From the plan of the verified licence; the strictest without one.
     broker_limits: BrokerLimits = STRICTEST_BROKER_LIMITS
+    # The StorageClass of each StatefulSet's volume (broker, database, prometheus); absent: the cluster's default.
+    storage_classes: dict[str, str] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:

@@ -103,7 +103,8 @@ def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
         binding,
         config_map(owner, "prometheus-config", "monitoring",
                    {"prometheus.yml": config_text, RULES_FILE: yaml.safe_dump({"groups": rule_groups(namespace)}, sort_keys=True)}),
-        stateful_set(owner, "prometheus", "monitoring", 1, template, f"{claims.monitoring.storageGb}Gi"),
+        stateful_set(owner, "prometheus", "monitoring", 1, template, f"{claims.monitoring.storageGb}Gi",
+                     storage_class=stack.storage_classes.get("prometheus")),
         service(owner, "prometheus", "monitoring", [("web", PROMETHEUS_PORT)]),
     ]
 
