@@ -138,4 +138,8 @@ def test_rules_are_bounded_by_the_licence_and_judged_as_hostile(stack: Stack) ->
         assert (status, answer["error"]) == (422, "invalid_body"), (body, answer)
     for query in ("?state=open", "?device=a/b", "?limit=0", "?device=%00"):
         assert api.request("GET", f"/api/v1/alerts{query}", token=TOKEN)[0] == 422, query
+    for bad in ("abc", "0", "-1", "99999999999999999999", "1%00", "1e3"):
+        assert api.request("DELETE", f"/api/v1/alert-rules/{bad}", token=TOKEN)[0] == 422, bad
+    oversized = {"name": "x" * 100_000, "kind": "silence", "silenceSeconds": 60}
+    assert api.request("POST", "/api/v1/alert-rules", token=TOKEN, body=oversized)[1]["error"] == "invalid_body"
     assert api.request("GET", "/api/v1/alert-rules", token=TOKEN)[1]["count"] == 4

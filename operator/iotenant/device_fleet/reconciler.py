@@ -24,7 +24,7 @@ from iotenant.broker.identities import Identity, service_identities
 from iotenant.broker.sync_plan import SyncResult
 from iotenant.device_fleet.admission import ADMITTED, Admission, Fleet, admit
 from iotenant.device_fleet.credentials import fleet_credentials
-from iotenant.device_fleet.status import FleetReport, report_not_in_customer_namespace, write_report
+from iotenant.device_fleet.status import FleetReport, report_not_in_customer_namespace, write_fleet_status
 from iotenant.kube.apply import ObjectKey, apply_if_changed
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.events import post_event
@@ -251,6 +251,6 @@ class DeviceFleetReconciler:
             self.api.delete(DEPLOYMENT, name, namespace)
 
     def _report(self, fleet: Fleet, report: FleetReport) -> None:
-        write_report(self.api, fleet.body, report)
+        write_fleet_status(self.api, fleet.body, report)
 
 

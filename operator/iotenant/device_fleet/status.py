@@ -29,37 +29,23 @@ class FleetReport:
     reconciling: bool = False
 
 
-def write_report(api: ClusterAPI, body: Manifest, report: FleetReport) -> bool:
-    return write_fleet_status(api, body, report.ready, report.reason, report.message, report.provisioned,
-                              report.credentials_secret, report.stalled, report.reconciling)
-
-
-def write_fleet_status(
-    api: ClusterAPI,
-    body: Manifest,
-    ready: bool,
-    reason: str,
-    message: str,
-    provisioned: int,
-    credentials_secret: str | None = None,
-    stalled: bool = False,
-    reconciling: bool = False,
-) -> bool:
+def write_fleet_status(api: ClusterAPI, body: Manifest, report: FleetReport) -> bool:
     """Patch a fleet's status when it differs; post an Event when its Ready reason changes."""
     metadata = body["metadata"]
     generation = int(metadata.get("generation", 1))
     previous = body.get("status") or {}
+    ready, reason, message = report.ready, report.reason, report.message
     conditions = [
         Condition("Ready", TRUE if ready else FALSE, reason, message),
-        Condition("Reconciling", TRUE if reconciling else FALSE, reason if reconciling else "Converged",
-                  message if reconciling else "the fleet matches its desired state"),
-        Condition("Stalled", TRUE if stalled else FALSE, reason if stalled else "NotStalled",
-                  message if stalled else "no failure that retrying cannot fix"),
+        Condition("Reconciling", TRUE if report.reconciling else FALSE, reason if report.reconciling else "Converged",
+                  message if report.reconciling else "the fleet matches its desired state"),
+        Condition("Stalled", TRUE if report.stalled else FALSE, reason if report.stalled else "NotStalled",
+                  message if report.stalled else "no failure that retrying cannot fix"),
     ]
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "provisioned": provisioned,
-        "credentialsSecret": credentials_secret,
+        "provisioned": report.provisioned,
+        "credentialsSecret": report.credentials_secret,
         "conditions": merge_conditions(previous.get("conditions"), conditions, generation),
     }
 
@@ -79,4 +65,4 @@ def report_not_in_customer_namespace(api: ClusterAPI, body: Manifest) -> bool:
         f"namespace {namespace} is not a customer namespace: create the fleet in customer-<name> of a "
         "CustomerInstance; no device of this fleet can connect"
     )
-    return write_fleet_status(api, body, False, NOT_IN_CUSTOMER_NAMESPACE, message, 0, stalled=True)
+    return write_fleet_status(api, body, FleetReport(False, NOT_IN_CUSTOMER_NAMESPACE, message, 0, stalled=True))

@@ -57,6 +57,11 @@ class MessageJudge:
             self.bucket = TokenBucket(rate)
             self.device_buckets = KeyedBuckets(max(1.0, rate * DEVICE_SHARE_OF_RATE), limits.maxDevices, DEVICE_BURST_SECONDS)
 
+    def _take_device_share(self, device_id: str) -> None:
+        """One message of this device's share of the tenant's rate, or a refusal."""
+        if self.device_buckets is not None and not self.device_buckets.take(device_id):
+            raise Unacceptable(datagram.DEVICE_RATE_LIMITED, f"over this device's {self.device_buckets.rate:g} msg/s")
+
     def judge(self, item: Incoming, verified: VerifiedLicence | None, window: tuple[datetime, datetime],
               accepted: list[Accepted], refused: list[RefusedMessage]) -> None:
         """Accept or refuse one message; whatever it holds, nothing escapes."""
@@ -74,14 +79,12 @@ class MessageJudge:
                 message = datagram.parse_telemetry(device_id, item.payload)
                 if not window[0] <= message.ts < window[1]:
                     raise Unacceptable(datagram.TIMESTAMP_OUT_OF_RANGE, message.ts.isoformat())
-                if self.device_buckets is not None and not self.device_buckets.take(device_id):
-                    raise Unacceptable(datagram.DEVICE_RATE_LIMITED, f"over this device's {self.device_buckets.rate:g} msg/s")
+                self._take_device_share(device_id)
                 if self.bucket is not None and not self.bucket.take():
                     raise Unacceptable(datagram.RATE_LIMITED, f"over {limits.maxMessagesPerSecond} msg/s")
             elif kind == topics.OTA_STATUS:  # each report is a row: the device's own rate bounds them
                 message = ota.parse_report(device_id, item.payload, item.received)
-                if self.device_buckets is not None and not self.device_buckets.take(device_id):
-                    raise Unacceptable(datagram.DEVICE_RATE_LIMITED, f"over this device's {self.device_buckets.rate:g} msg/s")
+                self._take_device_share(device_id)
             else:
                 message = datagram.parse_event(device_id, kind, item.payload, item.received)
             self.known_devices.add(device_id)
