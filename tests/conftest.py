@@ -174,8 +174,7 @@ OPERATOR_IDENTITY = "pytest-operator"
 def render_chart(binaries: Binaries, *arguments: str) -> list[dict]:
     """``helm template`` of the chart (release iotenant in the operator namespace), parsed."""
     result = subprocess.run(
-        [str(binaries.path("helm")), "template", "iotenant", str(CHART), "--namespace", OPERATOR_NAMESPACE,
-         "--kube-version", binaries.kubernetes_version.lstrip("v"), *arguments],
+        [str(binaries.path("helm")), "template", "iotenant", str(CHART), "--namespace", OPERATOR_NAMESPACE, *arguments],
         capture_output=True, text=True,
     )
     if result.returncode != 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from iotenant.broker.admin_tls import AdminTLS
+from iotenant.broker.device_endpoint import DeviceEndpoint
 from iotenant.licensing.plans import load_catalogue
 from iotenant.render.inputs import GeneratedSecrets, StackInput
 from iotenant.render.meta import Owner
@@ -18,9 +19,20 @@ def fixture_stack(plan_name: str) -> StackInput:
     tls = AdminTLS("CA-CERT", "SERVER-CERT", "SERVER-KEY", "CLIENT-CERT", "CLIENT-KEY")
     secrets = GeneratedSecrets("db-pw", "db-ingest-pw", "db-api-pw", "api-token", tls, "broker-ingest-pw", "broker-api-pw", "share-group-x")
     spec: dict = {"customerId": "acme-0001", "plan": plan_name}
-    if plan_name == "enterprise":
-        spec |= {"ingest": {"replicas": 2}, "broker": {"tls": {"secretName": "broker-tls"}}}
+    exposure: dict = {}
+    if plan_name == "professional":  # a load balancer the cloud has not addressed yet, and the customer's own certificate
+        spec |= {"broker": {"service": {"type": "LoadBalancer", "annotations": {"cloud.example/internal": "true"},
+                                        "loadBalancerSourceRanges": ["203.0.113.0/24"]},
+                            "tls": {"secretName": "acme-broker-cert"}}}
+        exposure = {"device_endpoint": DeviceEndpoint("mqtt", "broker.customer-acme.svc", 1883, assigned=False), "broker_tls_hash": "cert-1"}
+    if plan_name == "enterprise":  # TLS only from cert-manager, a node port behind a DNS name, and an API Ingress
+        spec |= {"ingest": {"replicas": 2},
+                 "broker": {"service": {"type": "NodePort"}, "externalHost": "mqtt.acme.example",
+                            "tls": {"issuerRef": {"name": "public-ca", "kind": "ClusterIssuer"}, "only": True}},
+                 "api": {"ingress": {"className": "nginx", "host": "api.acme.example", "tls": {"issuerRef": {"name": "public-ca"}}}}}
+        exposure = {"device_endpoint": DeviceEndpoint("mqtts", "mqtt.acme.example", 30883), "broker_tls_hash": "cert-2",
+                    "certificate_crd_present": True}
     return StackInput(owner=Owner("acme", "uid-acme"), spec=spec, settings=OperatorSettings(), secrets=secrets, claims=claims,
                       licence_token="licence-token-" + plan_name, jwks={"keys": [{"kid": "k1", "kty": "RSA", "n": "n", "e": "AQAB"}]},
                       quota=plan.quota, serving=True, service_monitor_crd_present=True, prometheus_rule_crd_present=True,
-                      broker_limits=plan.broker)
+                      broker_limits=plan.broker, **exposure)

@@ -8,12 +8,12 @@ import yaml
 from iotenant.broker.admin_tls import ADMIN_PORT, AdminTLS, issue
 from iotenant.broker.identities import ADMIN, Identity, device_role, dynamic_security_config, service_identities
 from iotenant.licensing.plans import CatalogueError, load_catalogue
-from iotenant.broker.config import mosquitto_conf
+from iotenant.broker.config import Listeners, mosquitto_conf
 
 
 def test_the_configuration_carries_the_plan_limits_and_the_admin_listener() -> None:
     starter = load_catalogue()["starter"].broker
-    lines = mosquitto_conf(tls=False, limits=starter).splitlines()
+    lines = mosquitto_conf(Listeners(), limits=starter).splitlines()
     assert f"max_packet_size {starter.maxPacketBytes}" in lines
     assert f"max_queued_messages {starter.maxQueuedMessages}" in lines
     assert f"max_queued_bytes {starter.maxQueuedBytes}" in lines
@@ -25,6 +25,20 @@ def test_the_configuration_carries_the_plan_limits_and_the_admin_listener() -> N
     ]
     assert not any(line.startswith("acl_file") for line in lines)
     assert "allow_anonymous false" in lines
+
+
+@pytest.mark.parametrize(("listeners", "expected", "absent"), [
+    (Listeners(), ["listener 1883"], ["listener 1884", "listener 8883"]),
+    (Listeners(tls=True), ["listener 1883", "listener 8883", "certfile /mosquitto/tls/tls.crt", "keyfile /mosquitto/tls/tls.key"],
+     ["listener 1884"]),
+    # TLS only: devices lose plaintext; our clients keep the internal listener, even before the certificate exists.
+    (Listeners(device_plaintext=False, tls=True), ["listener 1884", "listener 8883"], ["listener 1883"]),
+    (Listeners(device_plaintext=False), ["listener 1884"], ["listener 1883", "listener 8883"]),
+])
+def test_the_listeners_follow_the_tls_settings(listeners: Listeners, expected: list[str], absent: list[str]) -> None:
+    lines = mosquitto_conf(listeners, limits=load_catalogue()["starter"].broker).splitlines()
+    assert all(line in lines for line in expected), lines
+    assert not any(line in lines for line in absent), lines
 
 
 def test_a_device_role_allows_only_its_own_topics() -> None:

@@ -5,12 +5,29 @@ Tests run this very configuration, with local paths, on Debian's Mosquitto.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from iotenant.broker.admin_tls import ADMIN_PORT, CA_CERT, CERT, KEY
 from iotenant.licensing.plans import BrokerLimits
-from iotenant.render.contract import MQTT_PORT, MQTTS_PORT
+from iotenant.render.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
+
+TLS_MOUNT = "/mosquitto/tls"
 
 
-def mosquitto_conf(tls: bool, limits: BrokerLimits) -> str:
+@dataclass(frozen=True)
+class Listeners:
+    """Which listeners the broker opens besides the operator's admin listener.
+
+    ``device_plaintext``: MQTT on 1883 for devices and our own clients; when False (``tls.only``) our
+    clients use the internal listener on 1884 instead, which only their pods may reach. ``tls``: MQTT
+    over TLS on 8883, once its certificate exists.
+    """
+
+    device_plaintext: bool = True
+    tls: bool = False
+
+
+def mosquitto_conf(listeners: Listeners, limits: BrokerLimits) -> str:
     """The broker configuration (tests run this very file, with local paths, on Debian's Mosquitto).
 
     Nothing is allowed without a dynamic-security role (``iotenant.broker.identities``); ``limits`` come from
@@ -38,7 +55,7 @@ def mosquitto_conf(tls: bool, limits: BrokerLimits) -> str:
         "max_inflight_messages 65534",
         "plugin /usr/lib/mosquitto_dynamic_security.so",
         f"plugin_opt_config_file {data_dir}/dynamic-security.json",
-        f"listener {MQTT_PORT}",
+        f"listener {MQTT_PORT if listeners.device_plaintext else MQTT_INTERNAL_PORT}",
         # The operator's admin identity: a client certificate from the tenant's private CA, no password.
         f"listener {ADMIN_PORT}",
         f"cafile {ADMIN_TLS_MOUNT}/{CA_CERT}",
@@ -47,8 +64,8 @@ def mosquitto_conf(tls: bool, limits: BrokerLimits) -> str:
         "require_certificate true",
         "use_identity_as_username true",
     ]
-    if tls:
-        lines += [f"listener {MQTTS_PORT}", "certfile /mosquitto/tls/tls.crt", "keyfile /mosquitto/tls/tls.key"]
+    if listeners.tls:
+        lines += [f"listener {MQTTS_PORT}", f"certfile {TLS_MOUNT}/tls.crt", f"keyfile {TLS_MOUNT}/tls.key"]
     return "\n".join(lines) + "\n"
 
 

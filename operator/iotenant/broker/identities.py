@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from iotenant import topics
+from iotenant.render.contract import MQTT_PORT, MQTTS_PORT
 
 ITERATIONS = 101
 
@@ -179,19 +180,25 @@ def dynamic_security_config(identities: list[Identity], share_group: str) -> dic
     }
 
 
+# Ports of the URL schemes when a credential names none.
+DEFAULT_PORTS = {"mqtt": MQTT_PORT, "mqtts": MQTTS_PORT}
+
+
 @dataclass(frozen=True)
 class DeviceCredentials:
     """What one device needs to connect; stored as a URL under its id in ``devicefleet-<name>-credentials``.
 
-    ``mqtt://<device id>:<password>@<host>:<port>``: the username is the device id, the MQTT client id
-    must be the device id too, and the device may use the topics under ``iot/<device id>/``. A URL
-    keeps a 10,000-device fleet well inside a Secret's 1 MiB.
+    ``mqtt://<device id>:<password>@<host>:<port>`` (``mqtts://`` when the broker takes devices over TLS
+    only): the username is the device id, the MQTT client id must be the device id too, and the device
+    may use the topics under ``iot/<device id>/``. A URL keeps a 10,000-device fleet well inside a
+    Secret's 1 MiB.
     """
 
     device_id: str
     password: str
     host: str
     port: int
+    scheme: str = "mqtt"
 
     @property
     def username(self) -> str:
@@ -205,14 +212,20 @@ class DeviceCredentials:
     def topic_prefix(self) -> str:
         return topics.device_topic(self.device_id, "")
 
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "mqtts"
+
     def url(self) -> str:
-        return f"mqtt://{self.device_id}:{self.password}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{self.device_id}:{self.password}@{host}:{self.port}"
 
     @classmethod
     def from_url(cls, value: str) -> "DeviceCredentials":
         parts = urlsplit(value.strip())
-        if parts.scheme != "mqtt" or not parts.username or not parts.password or not parts.hostname:
-            raise ValueError("device credentials must look like mqtt://<device id>:<password>@<host>:<port>")
+        if parts.scheme not in DEFAULT_PORTS or not parts.username or not parts.password or not parts.hostname:
+            raise ValueError("device credentials must look like mqtt[s]://<device id>:<password>@<host>:<port>")
         if not topics.is_device_id(parts.username):
             raise ValueError(f"{parts.username!r} is not a device id")
-        return cls(device_id=parts.username, password=parts.password, host=parts.hostname, port=parts.port or 1883)
+        return cls(device_id=parts.username, password=parts.password, host=parts.hostname,
+                   port=parts.port or DEFAULT_PORTS[parts.scheme], scheme=parts.scheme)

@@ -13,6 +13,9 @@ from typing import Any, Callable
 
 from iotenant.broker.admin_tls import AdminTLS
 from iotenant.broker.admin_tls import issue as issue_admin_tls
+from iotenant.broker.addresses import split_address
+from iotenant.broker.device_endpoint import DEVICE_SERVICE, BrokerExposure, DeviceEndpoint, device_endpoint
+from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance import kept_secrets, status as rules
 from iotenant.customer_instance.finalize import finalize
 from iotenant.customer_instance.licence_decision import (
@@ -23,13 +26,14 @@ from iotenant.kube.apply import Convergence, ObjectKey, controlled_by, converge,
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.conditions import FALSE, UNKNOWN, find
 from iotenant.kube.events import post_event
-from iotenant.kube.kinds import CUSTOMER_INSTANCE, NAMESPACE
+from iotenant.kube.kinds import CUSTOMER_INSTANCE, NAMESPACE, SECRET
 from iotenant.kube.status import write_status
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
 from iotenant.render import meta
-from iotenant.render.contract import API_PORT
+from iotenant.render.broker import CERTIFICATE_CRD, broker_tls_secret
+from iotenant.render.ingest_and_api import api_url
 from iotenant.render.fleet import FLEET_LABEL
 from iotenant.render.inputs import StackInput
 from iotenant.render.monitoring import SERVICE_MONITOR_CRD
@@ -41,6 +45,8 @@ log = logging.getLogger("iotenant.customer_instance")
 
 PAUSED_ANNOTATION = rules.PAUSED_ANNOTATION
 DEVICE_FLEET_RETRY_SECONDS = 5.0
+# Secrets are not watched: while the broker's TLS Secret is awaited, look for it this often.
+TLS_RECHECK_SECONDS = 10.0
 # The StatefulSets with a volume, by the spec section that may name its class (None: only the operator's default).
 VOLUMES = (("broker", "broker"), ("database", "database"), ("prometheus", None))
 
@@ -89,14 +95,14 @@ class CustomerInstanceReconciler:
         catalogue: dict[str, Plan],
         keyring: Callable[[], KeyRing],
         trusted_issuers: TrustedIssuers,
-        monitoring_crds: Callable[[], frozenset[str]],
+        optional_crds: Callable[[], frozenset[str]],
         fleets: DeviceFleetReconciler | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
         self.settings = settings
         self.catalogue = catalogue
-        self.monitoring_crds = monitoring_crds
+        self.optional_crds = optional_crds
         self.fleets = fleets or DeviceFleetReconciler(api, settings)
         self.licences = LicenceDecider(api, settings, catalogue, keyring, trusted_issuers, clock)
 
@@ -122,16 +128,18 @@ class CustomerInstanceReconciler:
             return refusal
         live = self._list_live(owner, namespace)
         decision = duplicate(spec.get("customerId", ""), str(customer_id_holder)) if is_duplicate else self._decide_licence(spec, live)
-        stack = self._stack_input(body, owner, decision, live)
+        tls = self._broker_tls(spec, owner)
+        stack = self._stack_input(body, owner, decision, live, tls)
         result: Convergence = converge(self.api, render_customer_stack(stack), live.stack, owner.uid)
         fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects), live.fleets, body)
-        found = self._findings(stack, decision, live, result)
+        found = self._findings(stack, decision, live, result, tls)
         phase, conditions = rules.phase_and_conditions(found)
-        written = self._write(body, rules.status_document(body, phase, conditions, self._status_extra(owner, decision, fleets)))
+        written = self._write(body, rules.status_document(body, phase, conditions, self._status_extra(stack, decision, fleets)))
         if decision.reason in ISSUING_REASONS and decision.verified:
             self.post_event(body, "Normal", f"Licence{decision.reason}", decision.message)
+        retry = [delay for delay in (fleets.retry_after, TLS_RECHECK_SECONDS if tls.pending else None) if delay is not None]
         return Outcome(phase=phase, applied=result.applied, pruned=result.pruned, status_written=written,
-                       licence_kid=decision.verified.key_id if decision.verified else None, retry_after=fleets.retry_after)
+                       licence_kid=decision.verified.key_id if decision.verified else None, retry_after=min(retry, default=None))
 
     # ----------------------------------------------------------------------------- steps
 
@@ -187,11 +195,24 @@ class CustomerInstanceReconciler:
                             "the broker's admin certificates were incomplete or lost: new ones are issued and the broker restarts with them")
         return issue_admin_tls(live.namespace_name)
 
-    def _stack_input(self, body: Manifest, owner: meta.Owner, decision: LicenceDecision, live: LiveObjects) -> StackInput:
+    def _broker_tls(self, spec: dict[str, Any], owner: meta.Owner) -> BrokerTLS:
+        """The broker's TLS Secret is read by name: the customer's own carries none of our labels."""
+        broker_spec = spec.get("broker") or {}
+        secret_name = broker_tls_secret(broker_spec)
+        secret = self.api.get(SECRET, secret_name, owner.namespace) if secret_name else None
+        return broker_tls(broker_spec.get("tls"), secret_name, CERTIFICATE_CRD in self.optional_crds(), secret)
+
+    def _device_endpoint(self, spec: dict[str, Any], owner: meta.Owner, live: LiveObjects) -> DeviceEndpoint:
+        in_cluster = split_address(self.settings.device_broker_address(owner.namespace, owner.name))
+        exposure = BrokerExposure.from_spec(spec.get("broker") or {})
+        return device_endpoint(exposure, in_cluster, live.stack.get(("Service", owner.namespace, DEVICE_SERVICE)))
+
+    def _stack_input(self, body: Manifest, owner: meta.Owner, decision: LicenceDecision, live: LiveObjects,
+                     tls: BrokerTLS) -> StackInput:
         spec = body.get("spec") or {}
         claims = decision.claims
         plan = self.catalogue.get(claims.plan) if claims else None
-        crds = self.monitoring_crds()
+        crds = self.optional_crds()
         return StackInput(
             owner=owner,
             spec=spec,
@@ -206,6 +227,9 @@ class CustomerInstanceReconciler:
             serving=decision.serving and not spec.get("suspended"),
             service_monitor_crd_present=SERVICE_MONITOR_CRD in crds,
             prometheus_rule_crd_present=PROMETHEUS_RULE_CRD in crds,
+            certificate_crd_present=CERTIFICATE_CRD in crds,
+            device_endpoint=self._device_endpoint(spec, owner, live),
+            broker_tls_hash=tls.certificate_hash,
         )
 
     def _storage_classes(self, spec: dict[str, Any], live: LiveObjects) -> dict[str, str]:
@@ -233,6 +257,8 @@ class CustomerInstanceReconciler:
             api_password=stack.secrets.api_broker_password,
             share_group=stack.secrets.ingest_share_group,
             max_packet_bytes=stack.broker_limits.maxPacketBytes,
+            device_endpoint=stack.device_endpoint or self._device_endpoint(stack.spec, stack.owner, live),
+            simulators_internal=stack.exposure.tls_only,
         )
 
     def _reconcile_fleets(self, access: TenantAccess, owned: dict[ObjectKey, Manifest], body: Manifest) -> FleetsOutcome:
@@ -244,7 +270,8 @@ class CustomerInstanceReconciler:
             self.post_event(body, "Warning", "DeviceFleetsFailed", f"reconciling device fleets failed: {type(error).__name__}: {error}")
             return FleetsOutcome(retry_after=DEVICE_FLEET_RETRY_SECONDS)
 
-    def _findings(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects, result: Convergence) -> rules.Findings:
+    def _findings(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects, result: Convergence,
+                  tls: BrokerTLS) -> rules.Findings:
         ready: list[str] = []
         waiting: list[str] = []
         for kind, workload in rules.REQUIRED_WORKLOADS:
@@ -260,14 +287,16 @@ class CustomerInstanceReconciler:
             workloads_waiting=tuple(waiting),
             monitoring=rules.monitoring_condition(tier, prometheus, stack.service_monitor_crd_present),
             applied_anything=bool(result.applied),
+            tls=tls.condition,
         )
 
-    def _status_extra(self, owner: meta.Owner, decision: LicenceDecision, fleets: FleetsOutcome) -> dict[str, Any]:
+    def _status_extra(self, stack: StackInput, decision: LicenceDecision, fleets: FleetsOutcome) -> dict[str, Any]:
+        endpoint = stack.device_endpoint
         return {
             "endpoints": {
                 # What devices connect to: the address their credentials name.
-                "mqtt": "mqtt://" + self.settings.device_broker_address(owner.namespace, owner.name),
-                "api": f"http://api.{owner.namespace}.svc:{API_PORT}",
+                "mqtt": endpoint.url if endpoint else "",
+                "api": api_url(stack.namespace, stack.spec.get("api") or {}),
             },
             "devices": {"provisioned": fleets.provisioned, "limit": decision.claims.limits.maxDevices if decision.claims else 0},
             **rules.licence_status(decision),

@@ -1,7 +1,7 @@
 """A CustomerInstance's status, decided from what the reconcile found. Pure: no I/O, no clock but the one given.
 
 The rules: ``Ready=True`` means a valid licence and every required workload available; monitoring
-trouble alone makes the phase ``Degraded`` and never blocks ``Ready``; ``Stalled`` only for what
+or device-TLS trouble alone makes the phase ``Degraded`` and never blocks ``Ready``; ``Stalled`` only for what
 retrying cannot fix; ``lastTransitionTime`` moves only when a condition flips.
 """
 
@@ -52,6 +52,7 @@ class Findings:
     workloads_waiting: tuple[str, ...]
     monitoring: Condition
     applied_anything: bool
+    tls: Condition | None = None  # TLSReady, when spec.broker.tls asks for TLS
 
 
 def monitoring_condition(tier: str | None, prometheus: tuple[bool, str], service_monitor_crd: bool) -> Condition:
@@ -91,6 +92,9 @@ def _phase_and_ready(found: Findings, workloads: Condition, stalled_reason: str 
     if found.monitoring.status != TRUE:
         return "Degraded", Condition("Ready", TRUE, "Ready",
                                      f"licence valid and every workload available; monitoring degraded: {found.monitoring.message}")
+    if found.tls is not None and found.tls.status != TRUE:
+        return "Degraded", Condition("Ready", TRUE, "Ready",
+                                     f"licence valid and every workload available; no device TLS yet: {found.tls.message}")
     return "Ready", Condition("Ready", TRUE, "Ready", "licence valid and every workload available")
 
 
@@ -105,6 +109,7 @@ def phase_and_conditions(found: Findings) -> tuple[str, list[Condition]]:
         Condition("LicenceValid", TRUE if decision.valid else FALSE, "Verified" if decision.valid else decision.reason, decision.message),
         workloads,
         found.monitoring,
+        *([found.tls] if found.tls is not None else []),
         Condition("Reconciling", TRUE if in_progress else FALSE, "Progressing" if in_progress else "Converged",
                   workloads.message if in_progress else "the namespace matches the desired state"),
         Condition("Stalled", TRUE if stalled_reason else FALSE, stalled_reason or "NotStalled",

@@ -1,8 +1,9 @@
 """The local control plane's binaries: built from pinned Go modules, cached per machine.
 
 The wrapper modules in ``controlplane/`` (go.mod and go.sum in the repository) pin etcd,
-Kubernetes, kwok, promtool and helm. A build's outputs land in a cache folder named by a fingerprint of those
-files and of the Go toolchain, so a warm run reuses them and a change of pin rebuilds.
+Kubernetes, kwok, promtool, helm and actionlint. Each component's outputs land in a cache folder named by a
+fingerprint of its pins, its linker flags and the Go toolchain, so a warm run reuses them and a change of
+one pin rebuilds that component alone.
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-ETCD_COMMANDS = ("etcd",)
-KWOK_COMMANDS = ("kwok", "kwokctl")
-PROMETHEUS_COMMANDS = ("promtool",)
-HELM_COMMANDS = ("helm",)
-ALL_COMMANDS = KUBERNETES_COMMANDS + ETCD_COMMANDS + KWOK_COMMANDS + PROMETHEUS_COMMANDS + HELM_COMMANDS
 
 # A fixed date keeps builds reproducible; it is what `kube-apiserver --version -v` reports.
 BUILD_DATE = "2026-01-01T00:00:00Z"
@@ -35,13 +29,16 @@ class MissingPart(RuntimeError):
 
 @dataclass(frozen=True)
 class Binaries:
-    """Paths of the built commands, all in one folder."""
+    """Paths of the built commands; each component has its own cache folder."""
 
-    bin_dir: Path
+    commands: dict[str, Path]
     kubernetes_version: str
 
     def path(self, command: str) -> Path:
-        return self.bin_dir / command
+        return self.commands[command]
+
+    def folders(self) -> list[Path]:
+        return sorted({path.parent for path in self.commands.values()})
 
 
 def source_dir() -> Path:
@@ -84,125 +81,133 @@ def go_version(go: str) -> str:
     return subprocess.run([go, "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def fingerprint(src: Path, go_release: str) -> str:
-    digest = hashlib.sha256(go_release.encode())
-    for name in sorted(src.glob("*/go.*")) + sorted(src.glob("*/tools.go")):
-        digest.update(str(name.relative_to(src)).encode())
-        digest.update(name.read_bytes())
-    digest.update(BUILD_DATE.encode())
-    return digest.hexdigest()[:16]
+@dataclass(frozen=True)
+class Component:
+    """One wrapper module under ``controlplane/`` and the commands built from it."""
+
+    folder: str
+    module: str
+    commands: tuple[str, ...]
+    packages: tuple[str, ...]
+
+    def go_mod(self, src: Path) -> Path:
+        return src / self.folder / "go.mod"
+
+    def version(self, src: Path) -> str:
+        return required_version(self.go_mod(src), self.module)
 
 
-def kubernetes_ldflags(version: str) -> str:
+KUBERNETES = Component(
+    "kubernetes", "k8s.io/kubernetes", ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+    ("k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
+     "k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kubectl"),
+)
+ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", ("etcd",), ("go.etcd.io/etcd/server/v3",))
+KWOK = Component("kwok", "sigs.k8s.io/kwok", ("kwok", "kwokctl"), ("sigs.k8s.io/kwok/cmd/kwok", "sigs.k8s.io/kwok/cmd/kwokctl"))
+PROMETHEUS = Component("prometheus", "github.com/prometheus/prometheus", ("promtool",), ("github.com/prometheus/prometheus/cmd/promtool",))
+HELM = Component("helm", "helm.sh/helm/v3", ("helm",), ("helm.sh/helm/v3/cmd/helm",))
+ACTIONLINT = Component("actionlint", "github.com/rhysd/actionlint", ("actionlint",), ("github.com/rhysd/actionlint/cmd/actionlint",))
+COMPONENTS = (KUBERNETES, ETCD, KWOK, PROMETHEUS, HELM, ACTIONLINT)
+
+
+def _kubernetes_release(version: str) -> tuple[str, str]:
     match = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", version)
     if not match:
         raise MissingPart(f"unexpected Kubernetes version {version!r} in controlplane/kubernetes/go.mod")
-    major, minor = match.group(1), match.group(2)
+    return match.group(1), match.group(2)
+
+
+def prometheus_release(module_version: str) -> str:
+    """Prometheus 2.N.P is published as Go module v0.N.P."""
+    return "2." + module_version.removeprefix("v0.")
+
+
+def ldflags(component: Component, src: Path) -> str:
+    """The linker flags of one component: stripped, and version-stamped where the tool reports one."""
     flags = ["-s", "-w"]
-    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+    version = component.version(src)
+    if component is KUBERNETES:
+        major, minor = _kubernetes_release(version)
+        for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+            flags += [
+                f"-X {package}.gitVersion={version}",
+                f"-X {package}.gitMajor={major}",
+                f"-X {package}.gitMinor={minor}",
+                f"-X {package}.gitTreeState=clean",
+                f"-X {package}.buildDate={BUILD_DATE}",
+            ]
+    elif component is PROMETHEUS:
+        flags.append(f"-X github.com/prometheus/common/version.Version={prometheus_release(version)}")
+    elif component is HELM:
+        # Without the cluster version, `helm template` assumes Kubernetes 1.20 and refuses the chart's kubeVersion.
+        major, minor = _kubernetes_release(KUBERNETES.version(src))
         flags += [
-            f"-X {package}.gitVersion={version}",
-            f"-X {package}.gitMajor={major}",
-            f"-X {package}.gitMinor={minor}",
-            f"-X {package}.gitTreeState=clean",
-            f"-X {package}.buildDate={BUILD_DATE}",
+            f"-X helm.sh/helm/v3/internal/version.version={version}",
+            f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor={major}",
+            f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={minor}",
         ]
+    elif component is ACTIONLINT:
+        flags.append(f"-X github.com/rhysd/actionlint.version={version}")
     return " ".join(flags)
 
 
-BUILD_STEPS = 5
+def fingerprint(component: Component, src: Path, go_release: str) -> str:
+    """Pins, Go version and linker flags of one component: a change of any rebuilds that component alone."""
+    digest = hashlib.sha256(go_release.encode())
+    folder = src / component.folder
+    for name in sorted(folder.glob("go.*")) + sorted(folder.glob("tools.go")):
+        digest.update(name.name.encode())
+        digest.update(name.read_bytes())
+    digest.update(ldflags(component, src).encode())
+    return digest.hexdigest()[:16]
 
 
-@dataclass
-class BuildProgress:
-    """One line per component with its time; Go's own output (module downloads) goes to ``log``."""
-
-    log: Path
-    started: float = field(default_factory=time.monotonic)
-    step: int = 0
-
-
-def _go_build(go: str, module_dir: Path, out: Path, packages: list[str], names: list[str], ldflags: str,
-              progress: BuildProgress) -> None:
+def _go_build(go: str, component: Component, src: Path, out: Path, log: Path) -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local")
-    target = f"{out}/" if len(packages) > 1 else str(out)
-    command = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", target, *packages]
-    progress.step += 1
-    began = time.monotonic()
-    print(f"iotenant: [{progress.step}/{BUILD_STEPS}] building {', '.join(names)} (Go output: {progress.log})", file=sys.stderr)
-    with progress.log.open("ab") as log:
-        result = subprocess.run(command, cwd=module_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    target = f"{out}/" if len(component.packages) > 1 else str(out / component.commands[0])
+    command = [go, "build", "-trimpath", "-ldflags", ldflags(component, src), "-o", target, *component.packages]
+    with log.open("wb") as output:
+        result = subprocess.run(command, cwd=src / component.folder, env=env, stdout=output, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        tail = progress.log.read_text(errors="replace").splitlines()[-30:]
-        raise MissingPart(f"building {', '.join(names)} failed ({result.returncode}); the end of {progress.log}:\n" + "\n".join(tail))
-    print(f"iotenant: [{progress.step}/{BUILD_STEPS}] {', '.join(names)} built in {time.monotonic() - began:.0f} s "
-          f"({time.monotonic() - progress.started:.0f} s so far)", file=sys.stderr)
+        tail = log.read_text(errors="replace").splitlines()[-30:]
+        raise MissingPart(f"building {', '.join(component.commands)} failed ({result.returncode}); the end of {log}:\n" + "\n".join(tail))
 
 
-def ensure_binaries(log_progress: bool = True) -> Binaries:
-    """Return the cached binaries, building them first if this pin has not been built here."""
-    src = source_dir()
-    go = go_executable()
-    kubernetes_version = required_version(src / "kubernetes" / "go.mod", "k8s.io/kubernetes")
-    target = cache_dir() / "controlplane" / fingerprint(src, go_version(go))
+def _ensure_component(go: str, go_release: str, component: Component, src: Path) -> Path:
+    """The folder holding this component's commands, built first if this pin is not in the cache."""
+    target = cache_dir() / "controlplane" / f"{component.folder}-{fingerprint(component, src, go_release)}"
     bin_dir = target / "bin"
     stamp = target / "build.json"
-    binaries = Binaries(bin_dir=bin_dir, kubernetes_version=kubernetes_version)
-    if stamp.is_file() and all(binaries.path(c).is_file() for c in ALL_COMMANDS):
-        return binaries
-
-    started = time.monotonic()
+    if stamp.is_file() and all((bin_dir / c).is_file() for c in component.commands):
+        return bin_dir
+    names = ", ".join(component.commands)
+    log = target.with_name(target.name + ".build.log")
+    print(f"iotenant: building {names} (Go output: {log})", file=sys.stderr)
+    began = time.monotonic()
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "bin").mkdir(parents=True)
-    progress = BuildProgress(log=target.with_name(target.name + ".build.log"))
-    progress.log.write_text("")
-    _go_build(
-        go,
-        src / "kubernetes",
-        staging / "bin",
-        [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS],
-        list(KUBERNETES_COMMANDS),
-        kubernetes_ldflags(kubernetes_version),
-        progress,
-    )
-    _go_build(go, src / "etcd", staging / "bin" / "etcd", ["go.etcd.io/etcd/server/v3"], ["etcd"], "-s -w", progress)
-    _go_build(
-        go, src / "kwok", staging / "bin", [f"sigs.k8s.io/kwok/cmd/{c}" for c in KWOK_COMMANDS], list(KWOK_COMMANDS), "-s -w", progress
-    )
-    prometheus_module = required_version(src / "prometheus" / "go.mod", "github.com/prometheus/prometheus")
-    # Prometheus 2.N.P is published as Go module v0.N.P.
-    prometheus_version = "2." + prometheus_module.removeprefix("v0.")
-    _go_build(
-        go, src / "prometheus", staging / "bin" / "promtool", ["github.com/prometheus/prometheus/cmd/promtool"], ["promtool"],
-        f"-s -w -X github.com/prometheus/common/version.Version={prometheus_version}", progress,
-    )
-    helm_version = required_version(src / "helm" / "go.mod", "helm.sh/helm/v3")
-    _go_build(
-        go, src / "helm", staging / "bin" / "helm", ["helm.sh/helm/v3/cmd/helm"], ["helm"],
-        f"-s -w -X helm.sh/helm/v3/internal/version.version={helm_version}", progress,
-    )
-    reported = subprocess.run(
-        [str(staging / "bin" / "kube-apiserver"), "--version"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    if kubernetes_version not in reported:
-        raise MissingPart(f"kube-apiserver reports {reported!r}, expected {kubernetes_version}: version stamping failed")
-    (staging / "build.json").write_text(
-        json.dumps(
-            {
-                "kubernetes": kubernetes_version,
-                "etcd": required_version(src / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3"),
-                "kwok": required_version(src / "kwok" / "go.mod", "sigs.k8s.io/kwok"),
-                "prometheus": prometheus_version,
-                "helm": helm_version,
-                "go": go_version(go),
-                "seconds": round(time.monotonic() - started, 1),
-            },
-            indent=2,
-        )
-    )
+    _go_build(go, component, src, staging / "bin", log)
+    seconds = round(time.monotonic() - began, 1)
+    stamp_text = json.dumps({"module": component.module, "version": component.version(src), "go": go_release, "seconds": seconds}, indent=2)
+    (staging / "build.json").write_text(stamp_text)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    if log_progress:
-        print(f"iotenant: control plane built in {time.monotonic() - started:.0f} s into {bin_dir}", file=sys.stderr)
-    return binaries
+    print(f"iotenant: {names} built in {seconds:.0f} s into {bin_dir}", file=sys.stderr)
+    return bin_dir
+
+
+def ensure_binaries() -> Binaries:
+    """Return the cached binaries, building first each component whose pin has not been built here."""
+    src = source_dir()
+    go = go_executable()
+    go_release = go_version(go)
+    commands: dict[str, Path] = {}
+    for component in COMPONENTS:
+        bin_dir = _ensure_component(go, go_release, component, src)
+        commands.update({command: bin_dir / command for command in component.commands})
+    kubernetes_version = KUBERNETES.version(src)
+    reported = subprocess.run([str(commands["kube-apiserver"]), "--version"], check=True, capture_output=True, text=True).stdout.strip()
+    if kubernetes_version not in reported:
+        raise MissingPart(f"kube-apiserver reports {reported!r}, expected {kubernetes_version}: version stamping failed")
+    return Binaries(commands=commands, kubernetes_version=kubernetes_version)

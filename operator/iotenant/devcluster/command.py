@@ -50,8 +50,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    binaries = ensure_binaries()
-    print(binaries.bin_dir)
+    for folder in ensure_binaries().folders():
+        print(folder)
     return 0
 
 
@@ -88,5 +88,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     down.add_argument("--keep-data", action="store_true", help="only stop the processes; `up` resumes with the same data")
     add("demo", _demo, "the main job: cluster, CRDs, the operator and the examples, status shown until Ctrl-C")
     add("status", _status, "print the cluster's kubeconfig path and running components as JSON")
-    build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries and print their folder")
+    build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries and print their folders")
     build.set_defaults(run=_guarded(_build))

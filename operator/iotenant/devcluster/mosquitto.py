@@ -24,29 +24,44 @@ from iotenant.broker.admin_tls import issue as issue_admin_tls
 from iotenant.broker.identities import Identity, dynamic_security_config
 from iotenant.devcluster.binaries import MissingPart
 from iotenant.licensing.plans import BrokerLimits, load_catalogue
-from iotenant.broker.config import ADMIN_TLS_MOUNT, mosquitto_conf
+from iotenant.broker.config import ADMIN_TLS_MOUNT, TLS_MOUNT, Listeners, mosquitto_conf
+from iotenant.render.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant.devcluster.loopback import free_port, wait_port
 
 
 DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 
-def localise_broker_conf(conf: str, data_dir: Path, admin_tls_dir: Path, port: int, admin_port: int) -> str:
+def localise_broker_conf(conf: str, data_dir: Path, admin_tls_dir: Path, port: int, admin_port: int,
+                         tls_dir: Path | None = None, tls_port: int | None = None) -> str:
     """The operator-generated mosquitto.conf with this machine's paths and loopback listeners.
 
     Only paths, the plugin location and the listeners change; every other line runs as generated.
-    A generated file without the expected lines fails here, so the test follows the real file.
+    The plaintext listener (1883, or the internal 1884 of a TLS-only broker) takes ``port``; a TLS
+    device listener takes ``tls_port`` and the certificate files in ``tls_dir``. A generated file
+    without the expected lines fails here, so the test follows the real file.
     """
+    lines = conf.splitlines()
+    plaintext = next((line for line in (f"listener {MQTT_PORT}", f"listener {MQTT_INTERNAL_PORT}") if line in lines), None)
+    if plaintext is None:
+        raise AssertionError(f"the generated mosquitto.conf has no plaintext listener:\n{conf}")
     replacements = {
         "persistence_location /mosquitto/data/": f"persistence_location {data_dir}/",
         "plugin /usr/lib/mosquitto_dynamic_security.so": f"plugin {DEBIAN_DYNSEC_PLUGIN}",
         "plugin_opt_config_file /mosquitto/data/dynamic-security.json": f"plugin_opt_config_file {data_dir}/dynamic-security.json",
-        "listener 1883": f"listener {port} 127.0.0.1",
+        plaintext: f"listener {port} 127.0.0.1",
         f"listener {ADMIN_PORT}": f"listener {admin_port} 127.0.0.1",
         **{f"{option} {ADMIN_TLS_MOUNT}/{name}": f"{option} {admin_tls_dir}/{name}"
            for option, name in (("cafile", "ca.crt"), ("certfile", "tls.crt"), ("keyfile", "tls.key"))},
     }
-    lines = conf.splitlines()
+    if f"listener {MQTTS_PORT}" in lines:
+        if tls_dir is None or tls_port is None:
+            raise AssertionError("the generated mosquitto.conf has a TLS listener: give its certificate and a port")
+        replacements.update({
+            f"listener {MQTTS_PORT}": f"listener {tls_port} 127.0.0.1",
+            f"certfile {TLS_MOUNT}/tls.crt": f"certfile {tls_dir}/tls.crt",
+            f"keyfile {TLS_MOUNT}/tls.key": f"keyfile {tls_dir}/tls.key",
+        })
     for generated, local in replacements.items():
         if generated not in lines:
             raise AssertionError(f"the generated mosquitto.conf has no line {generated!r}:\n{conf}")
@@ -69,6 +84,7 @@ class MosquittoBroker:
     admin_tls: AdminTLS = field(default_factory=lambda: issue_admin_tls("local"))
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,27 +96,31 @@ class MosquittoBroker:
         return self.root / "data"
 
     def write_configuration(self) -> None:
-        conf = mosquitto_conf(tls=False, limits=self.limits)
+        conf = mosquitto_conf(Listeners(), limits=self.limits)
         seed = json.dumps(dynamic_security_config(self.identities, self.share_group))
         self.write_generated(conf, seed, self.admin_tls.server_secret())
 
-    def write_generated(self, conf: str, dynamic_security: str, admin_listener: dict[str, str]) -> None:
+    def write_generated(self, conf: str, dynamic_security: str, admin_listener: dict[str, str],
+                        device_tls: dict[str, str] | None = None) -> None:
+        """``device_tls``: the device listener's ``tls.crt`` and ``tls.key`` when the configuration has one."""
         if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
             raise MissingPart("Mosquitto is missing: apt-get install mosquitto mosquitto-clients (or run scripts/install-prerequisites.sh)")
         if not Path(DEBIAN_DYNSEC_PLUGIN).exists():
             raise MissingPart(f"the dynamic-security plugin is missing at {DEBIAN_DYNSEC_PLUGIN}: apt-get install mosquitto")
-        config, data, admin_tls = self.config_dir, self.data_dir, self.config_dir / "admin-tls"
-        admin_tls.mkdir(parents=True, exist_ok=True)
-        data.mkdir(parents=True, exist_ok=True)
-        (config / "mosquitto.conf").write_text(localise_broker_conf(conf, data, admin_tls, self.port, self.admin_port))
-        for name, text in admin_listener.items():
-            (admin_tls / name).write_text(text)
+        config, data, admin_tls, device_tls_dir = self.config_dir, self.data_dir, self.config_dir / "admin-tls", self.config_dir / "tls"
+        for folder in (admin_tls, device_tls_dir, data):
+            folder.mkdir(parents=True, exist_ok=True)
+        (config / "mosquitto.conf").write_text(
+            localise_broker_conf(conf, data, admin_tls, self.port, self.admin_port, device_tls_dir, self.tls_port))
+        for folder, files in ((admin_tls, admin_listener), (device_tls_dir, device_tls or {})):
+            for name, text in files.items():
+                (folder / name).write_text(text)
         seeded = data / "dynamic-security.json"
         if not seeded.exists():  # as the broker pod's init container: seed once, then the broker owns it
             seeded.write_text(dynamic_security)
         if os.geteuid() == 0:  # mosquitto drops to its own user: it must read the files and write its data
             user = pwd.getpwnam("mosquitto")
-            for path in [self.root, config, data, *config.iterdir(), *data.iterdir(), *admin_tls.iterdir()]:
+            for path in [self.root, config, data, *config.iterdir(), *data.iterdir(), *admin_tls.iterdir(), *device_tls_dir.iterdir()]:
                 os.chown(path, user.pw_uid, user.pw_gid)
                 path.chmod(0o750 if path.is_dir() else 0o600 if path == seeded else 0o640)
 
@@ -112,6 +132,8 @@ class MosquittoBroker:
         )
         wait_port(self.port)
         wait_port(self.admin_port)
+        if f"listener {self.tls_port} 127.0.0.1" in (self.config_dir / "mosquitto.conf").read_text().splitlines():
+            wait_port(self.tls_port)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+from iotenant.broker.device_endpoint import DeviceEndpoint
 from iotenant.broker.identities import DeviceCredentials, new_password
 from iotenant.device_fleet.admission import Fleet
 from iotenant.kube.client import Manifest
@@ -11,9 +12,10 @@ from iotenant.render import fleet as fleet_objects
 
 
 def fleet_credentials(
-    fleet: Fleet, live: Manifest | None, host: str, port: int
+    fleet: Fleet, live: Manifest | None, endpoint: DeviceEndpoint
 ) -> tuple[list[DeviceCredentials], str, bool]:
-    """Each device's credentials: kept from the live Secret, new for new devices, all new on rotation."""
+    """Each device's credentials: kept from the live Secret, new for new devices, all new on rotation;
+    every one names ``endpoint`` (its address follows what the cluster assigned, the password stays)."""
     request = fleet.rotation_request
     handled = ((live or {}).get("metadata", {}).get("annotations") or {}).get(fleet_objects.ROTATED_FOR_ANNOTATION, "")
     rotated = live is not None and handled != request
@@ -24,5 +26,6 @@ def fleet_credentials(
                 passwords[device_id] = DeviceCredentials.from_url(base64.b64decode(value).decode()).password
             except ValueError:
                 continue  # edited by hand into something unusable: a new password heals it
-    credentials = [DeviceCredentials(d, passwords.get(d) or new_password(), host, port) for d in fleet.devices]
+    credentials = [DeviceCredentials(d, passwords.get(d) or new_password(), endpoint.host, endpoint.port, endpoint.scheme)
+                   for d in fleet.devices]
     return credentials, request, rotated

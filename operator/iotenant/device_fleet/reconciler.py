@@ -17,8 +17,9 @@ from typing import Callable
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Histogram
 
-from iotenant.broker.addresses import BrokerAddresses, split_address
+from iotenant.broker.addresses import BrokerAddresses
 from iotenant.broker.admin_tls import AdminTLS
+from iotenant.broker.device_endpoint import DeviceEndpoint
 from iotenant.broker.dynamic_security import BrokerCommandFailed, BrokerUnavailable, DynamicSecurity
 from iotenant.broker.identities import Identity, service_identities
 from iotenant.broker.sync_plan import SyncResult
@@ -67,6 +68,8 @@ class TenantAccess:
     api_password: str
     share_group: str
     max_packet_bytes: int  # the broker's packet limit (the plan's): no control message may pass it
+    device_endpoint: DeviceEndpoint  # what every credential names
+    simulators_internal: bool = False  # devices take TLS only: simulators use the broker's internal listener
 
 
 @dataclass
@@ -105,7 +108,7 @@ class DeviceFleetReconciler:
         live_secrets = {name: item for (kind, _ns, name), item in owned.items() if kind == "Secret"}
         live_simulators = {name: item for (kind, _ns, name), item in owned.items() if kind == "Deployment"}
         if not access.serving or access.limits is None:
-            self._converge_simulators(access.owner, [], {}, live_simulators)
+            self._converge_simulators(access, [], {}, live_simulators)
             for fleet in fleets:
                 self._report(fleet, FleetReport(False, access.not_serving_reason, access.not_serving_message, 0))
             return FleetsOutcome(fleets=len(fleets))
@@ -117,7 +120,7 @@ class DeviceFleetReconciler:
         if broker_error and fleets:
             outcome.retry_after = BROKER_RETRY_SECONDS
         self._converge_simulators(
-            access.owner,
+            access,
             [admission.fleet for admission, _ in provisioned if admission.fleet.simulator_enabled],
             {admission.fleet.uid: rotated_for for admission, rotated_for in provisioned},
             live_simulators,
@@ -131,7 +134,6 @@ class DeviceFleetReconciler:
                    desired: dict[str, Identity]) -> tuple[list[tuple[Admission, str]], dict[str, FleetReport]]:
         """Each admitted fleet's credentials Secret, and its devices added to ``desired``; returns the
         provisioned fleets (with their handled rotation request) and the refused ones' reports by uid."""
-        host, port = split_address(self.settings.device_broker_address(access.owner.namespace, access.owner.name))
         provisioned: list[tuple[Admission, str]] = []
         refused: dict[str, FleetReport] = {}
         for admission in admissions:
@@ -140,7 +142,7 @@ class DeviceFleetReconciler:
                 refused[fleet.uid] = FleetReport(False, admission.reason, admission.message, 0, stalled=True)
                 continue
             secret_name = fleet_objects.credentials_secret_name(fleet.name)
-            credentials, rotated_for, rotated = fleet_credentials(fleet, live_secrets.get(secret_name), host, port)
+            credentials, rotated_for, rotated = fleet_credentials(fleet, live_secrets.get(secret_name), access.device_endpoint)
             size = fleet_objects.credentials_data_size(credentials)
             if size > fleet_objects.SECRET_DATA_LIMIT:
                 message = (
@@ -238,12 +240,13 @@ class DeviceFleetReconciler:
         return result
 
     def _converge_simulators(
-        self, owner: Owner, fleets: list[Fleet], rotations: dict[str, str], live: dict[str, Manifest]
+        self, access: TenantAccess, fleets: list[Fleet], rotations: dict[str, str], live: dict[str, Manifest]
     ) -> None:
-        namespace = owner.namespace
+        namespace = access.owner.namespace
         wanted = set()
         for fleet in fleets:
-            manifest = fleet_objects.simulator(owner, fleet, self.settings, rotations.get(fleet.uid, ""))
+            manifest = fleet_objects.simulator(access.owner, fleet, self.settings, rotations.get(fleet.uid, ""),
+                                               internal_listener=access.simulators_internal)
             name = manifest["metadata"]["name"]
             wanted.add(name)
             apply_if_changed(self.api, manifest, live.get(name))

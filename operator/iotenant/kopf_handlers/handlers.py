@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from iotenant.broker.device_endpoint import DEVICE_SERVICE
 from iotenant.customer_instance.reconciler import CustomerInstanceReconciler
 from iotenant.device_fleet.status import report_not_in_customer_namespace
 from iotenant.kopf_handlers import instance_loop
@@ -22,7 +23,7 @@ from iotenant.licensing import signing_keys
 from iotenant.licensing.plans import load_catalogue
 from iotenant.licensing.trusted_issuers import TrustedIssuers
 from iotenant.render.meta import API_VERSION, CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF
-from iotenant.render.monitoring import MONITORING_CRDS
+from iotenant.render.stack import OPTIONAL_CRDS
 
 log = logging.getLogger("iotenant.operator")
 GROUP, VERSION = API_VERSION.split("/")
@@ -48,15 +49,15 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     trusted = TrustedIssuers.load(s.settings.trusted_issuers, s.settings.issuer)
     ring, s.keyring_version = await asyncio.to_thread(signing_keys.load_or_create, s.api, s.settings.namespace, s.settings.create_signing_keys)
     s.keyring = ring
-    s.monitoring_crds = frozenset(
-        [name for name in MONITORING_CRDS if await asyncio.to_thread(s.api.get, CRD, name) is not None])
+    s.optional_crds = frozenset(
+        [name for name in OPTIONAL_CRDS if await asyncio.to_thread(s.api.get, CRD, name) is not None])
     s.reconciler = CustomerInstanceReconciler(
         api=s.api,
         settings=s.settings,
         catalogue=catalogue,
         keyring=lambda: s.keyring,  # type: ignore[arg-type, return-value]
         trusted_issuers=trusted,
-        monitoring_crds=lambda: s.monitoring_crds,
+        optional_crds=lambda: s.optional_crds,
     )
     await asyncio.to_thread(publish_jwks, s)
     s.tasks.append(asyncio.create_task(maintain_keyring(s)))
@@ -168,19 +169,32 @@ def stateful_set_changed(body: kopf.Body, **_: Any) -> None:
     _wake_owner(body)
 
 
-@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", field="spec.group", value="monitoring.coreos.com")
-def monitoring_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
-    """The ServiceMonitor and PrometheusRule CRDs: shared-tier objects appear as soon as their CRD does."""
+def _is_device_service(name: str, **_: Any) -> bool:
+    return name == DEVICE_SERVICE
+
+
+@kopf.on.event("", "v1", "services", labels={PART_OF: "iotenant"}, when=_is_device_service)
+def device_service_changed(body: kopf.Body, **_: Any) -> None:
+    """A cloud assigned (or changed) the broker's load balancer or node port: credentials follow it."""
+    _wake_owner(body)
+
+
+def _is_optional_crd(name: str, **_: Any) -> bool:
+    return name in OPTIONAL_CRDS
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_optional_crd)
+def optional_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    """The ServiceMonitor, PrometheusRule and cert-manager Certificate CRDs: the objects that need them
+    appear as soon as their CRD does (and their conditions say so until then)."""
     s = state()
     name = body.get("metadata", {}).get("name", "")
-    if name not in MONITORING_CRDS:
-        return
     present = type != "DELETED" and body.get("metadata", {}).get("deletionTimestamp") is None
     established = any(
         c.get("type") == "Established" and c.get("status") == "True" for c in (body.get("status") or {}).get("conditions") or []
     )
-    now = s.monitoring_crds | {name} if present and established else s.monitoring_crds - {name}
-    if now != s.monitoring_crds:
-        s.monitoring_crds = now
+    now = s.optional_crds | {name} if present and established else s.optional_crds - {name}
+    if now != s.optional_crds:
+        s.optional_crds = now
         log.info("CRD %s %s", name, "available" if name in now else "gone")
         s.wake()

@@ -20,7 +20,7 @@ class OperatorState:
     reconciler: CustomerInstanceReconciler | None = None
     keyring: signing_keys.KeyRing | None = None
     keyring_version: str = ""
-    monitoring_crds: frozenset[str] = frozenset()  # the Prometheus Operator CRDs that are established
+    optional_crds: frozenset[str] = frozenset()  # the established CRDs of render.stack.OPTIONAL_CRDS
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     namespaces: dict[str, str] = field(default_factory=dict)  # customer namespace -> CustomerInstance uid
     fleets_seen: dict[str, tuple[int, str]] = field(default_factory=dict)

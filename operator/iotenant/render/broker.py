@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+from typing import Any
 
 from iotenant.broker.admin_tls import ADMIN_PORT
-from iotenant.broker.config import ADMIN_TLS_MOUNT, DYNSEC_SEED, mosquitto_conf
+from iotenant.broker.config import ADMIN_TLS_MOUNT, DYNSEC_SEED, TLS_MOUNT, Listeners, mosquitto_conf
+from iotenant.broker.device_endpoint import DEVICE_SERVICE
 from iotenant.broker.identities import ADMIN, dynamic_security_config, service_identities
 from iotenant.render.builders import SMALL, Manifest, config_map, container, empty_dir, pod_template, resources, secret, service, stateful_set
-from iotenant.render.contract import BROKER_SERVICE_CREDENTIALS, MQTT_PORT, MQTTS_PORT, SHARE_GROUP_KEY
+from iotenant.render.contract import (
+    BROKER_SERVICE_CREDENTIALS, BROKER_TLS_SECRET, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT, SHARE_GROUP_KEY,
+)
 from iotenant.render.inputs import StackInput
 
 BROKER_UID = 1883
-# The broker restarts when its admin listener's certificates change (they are read at start only).
+# The broker restarts when its listeners' certificates change (they are read at start only): the admin
+# listener's, and the device listener's when cert-manager renews it.
 ADMIN_TLS_ANNOTATION = "iotenant.io/admin-tls"
+DEVICE_TLS_ANNOTATION = "iotenant.io/device-tls"
+CERTIFICATE_API_VERSION = "cert-manager.io/v1"
+CERTIFICATE_CRD = "certificates.cert-manager.io"
+
+
+def broker_tls_secret(broker_spec: dict[str, Any]) -> str | None:
+    """The Secret holding the broker's certificate: the customer's own, or the one cert-manager issues."""
+    tls = broker_spec.get("tls") or {}
+    return tls.get("secretName") or (BROKER_TLS_SECRET if tls.get("issuerRef") else None)
 
 
 def broker(stack: StackInput) -> list[Manifest]:
-    owner, spec = stack.owner, stack.spec.get("broker", {})
-    tls_secret = (spec.get("tls") or {}).get("secretName")
+    owner, spec, exposure = stack.owner, stack.spec.get("broker", {}), stack.exposure
+    tls_secret = broker_tls_secret(spec) if stack.broker_tls_hash else None
     volumes = [
         {"name": "config", "configMap": {"name": "broker-config"}},
         empty_dir("tmp"),
@@ -27,12 +42,16 @@ def broker(stack: StackInput) -> list[Manifest]:
     volumes.append({"name": "admin-tls", "secret": {"secretName": "broker-admin-listener"}})
     mounts = [{"name": "config", "mountPath": "/mosquitto/config", "readOnly": True}, {"name": "data", "mountPath": "/mosquitto/data"},
               {"name": "admin-tls", "mountPath": ADMIN_TLS_MOUNT, "readOnly": True}]
-    ports = [{"name": "mqtt", "containerPort": MQTT_PORT, "protocol": "TCP"}, {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
-    service_ports = [("mqtt", MQTT_PORT), ("admin", ADMIN_PORT)]
+    # With TLS only, the plaintext listener is the internal one (ingest, api, simulators), never the devices'.
+    plaintext = ("mqtt-internal", MQTT_INTERNAL_PORT) if exposure.tls_only else ("mqtt", MQTT_PORT)
+    ports = [{"name": plaintext[0], "containerPort": plaintext[1], "protocol": "TCP"},
+             {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
+    service_ports = [plaintext, ("admin", ADMIN_PORT)]
     if tls_secret:
         volumes.append({"name": "tls", "secret": {"secretName": tls_secret}})
-        mounts.append({"name": "tls", "mountPath": "/mosquitto/tls", "readOnly": True})
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
         ports.append({"name": "mqtts", "containerPort": MQTTS_PORT, "protocol": "TCP"})
+    if broker_tls_secret(spec):
         service_ports.append(("mqtts", MQTTS_PORT))
     volumes.append({"name": "seed", "secret": {"secretName": "broker-dynamic-security"}})
     init = container(
@@ -51,24 +70,94 @@ def broker(stack: StackInput) -> list[Manifest]:
         ports=ports,
         volumeMounts=mounts,
         resources=resources(spec.get("resources"), SMALL),
-        readinessProbe={"tcpSocket": {"port": "mqtt"}, "periodSeconds": 5},
-        livenessProbe={"tcpSocket": {"port": "mqtt"}, "periodSeconds": 20},
+        readinessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 5},
+        livenessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 20},
     )
     template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init])
     generated = stack.secrets
-    template["metadata"].setdefault("annotations", {})[ADMIN_TLS_ANNOTATION] = hashlib.sha256(
-        generated.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
+    annotations = template["metadata"].setdefault("annotations", {})
+    annotations[ADMIN_TLS_ANNOTATION] = hashlib.sha256(generated.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
+    if tls_secret and stack.broker_tls_hash:
+        annotations[DEVICE_TLS_ANNOTATION] = stack.broker_tls_hash
     services = service_identities(generated.ingest_broker_password, generated.api_broker_password)
     seed = json.dumps(dynamic_security_config(services, generated.ingest_share_group), sort_keys=True)
-    return [
+    listeners = Listeners(device_plaintext=not exposure.tls_only, tls=bool(tls_secret))
+    objects = [
         secret(owner, "broker-admin", "broker", {"username": ADMIN, **generated.broker_admin_tls.client_secret()}),
         secret(owner, "broker-admin-listener", "broker", generated.broker_admin_tls.server_secret()),
         secret(owner, BROKER_SERVICE_CREDENTIALS, "broker",
                {"ingest-password": generated.ingest_broker_password, "api-password": generated.api_broker_password,
                 SHARE_GROUP_KEY: generated.ingest_share_group}),
         secret(owner, "broker-dynamic-security", "broker", {"dynamic-security.json": seed}),
-        config_map(owner, "broker-config", "broker", {"mosquitto.conf": mosquitto_conf(bool(tls_secret), stack.broker_limits)}),
+        config_map(owner, "broker-config", "broker", {"mosquitto.conf": mosquitto_conf(listeners, stack.broker_limits)}),
         stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi"),
                      storage_class=stack.storage_classes.get("broker")),
         service(owner, "broker", "broker", service_ports),
     ]
+    if exposure.exposed:
+        objects.append(device_service(stack))
+    if (spec.get("tls") or {}).get("issuerRef") and stack.certificate_crd_present:
+        objects.append(certificate(stack))
+    return objects
+
+
+def device_service(stack: StackInput) -> Manifest:
+    """``broker-devices``: the device ports alone, as the spec exposes them (NodePort or LoadBalancer)."""
+    spec, exposure = stack.spec.get("broker") or {}, stack.exposure
+    service_spec = spec.get("service") or {}
+    ports = [] if exposure.tls_only else [("mqtt", MQTT_PORT)]
+    if broker_tls_secret(spec):
+        ports.append(("mqtts", MQTTS_PORT))
+    manifest = service(stack.owner, DEVICE_SERVICE, "broker", ports)
+    manifest["spec"]["type"] = exposure.service_type
+    if service_spec.get("annotations"):
+        manifest["metadata"]["annotations"] = dict(service_spec["annotations"])
+    if exposure.service_type == "LoadBalancer" and service_spec.get("loadBalancerSourceRanges"):
+        manifest["spec"]["loadBalancerSourceRanges"] = list(service_spec["loadBalancerSourceRanges"])
+    return manifest
+
+
+def certificate_names(stack: StackInput) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) of the broker's certificate: its in-cluster names, then where devices reach it."""
+    namespace = stack.owner.namespace
+    dns = [f"broker.{namespace}.svc", f"broker.{namespace}.svc.cluster.local"]
+    ips: list[str] = []
+    endpoint = stack.device_endpoint
+    for host in (stack.exposure.external_host, endpoint.host if endpoint and endpoint.assigned else None):
+        if not host:
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host not in dns:
+                dns.append(host)
+        else:
+            if host not in ips:
+                ips.append(host)
+    return dns, ips
+
+
+def certificate(stack: StackInput) -> Manifest:
+    """A cert-manager Certificate for the broker; cert-manager writes Secret broker-tls, labelled as ours
+    so the reconcile sees it arrive and starts the TLS listener."""
+    issuer = (stack.spec.get("broker") or {})["tls"]["issuerRef"]
+    dns, ips = certificate_names(stack)
+    spec: Manifest = {
+        "secretName": BROKER_TLS_SECRET,
+        "secretTemplate": {"labels": stack.owner.labels("broker")},
+        "issuerRef": {"name": issuer["name"], "kind": issuer.get("kind", "ClusterIssuer"), "group": issuer.get("group", "cert-manager.io")},
+        "commonName": dns[0],
+        "dnsNames": dns,
+        "duration": "2160h",
+        "renewBefore": "720h",
+        "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        "usages": ["server auth", "digital signature"],
+    }
+    if ips:
+        spec["ipAddresses"] = ips
+    return {
+        "apiVersion": CERTIFICATE_API_VERSION,
+        "kind": "Certificate",
+        "metadata": stack.owner.metadata(BROKER_TLS_SECRET, "broker"),
+        "spec": spec,
+    }

@@ -8,6 +8,9 @@ from __future__ import annotations
 # Ports.
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
+# With spec.broker.tls.only the device plaintext listener closes; ingest, api and simulators use this
+# one, which the namespace's NetworkPolicies open to their pods alone.
+MQTT_INTERNAL_PORT = 1884
 API_PORT = 8080
 METRICS_PORT = 9100
 
@@ -17,6 +20,8 @@ JWKS_CONFIG_MAP, JWKS_KEY = "licence-keys", "jwks.json"
 API_TOKEN_SECRET, API_TOKEN_KEY = "api-token", "token"
 DATABASE_CREDENTIALS = "database-credentials"
 BROKER_SERVICE_CREDENTIALS = "broker-service-credentials"
+# The broker's TLS certificate when cert-manager issues it (Certificate and Secret of this name).
+BROKER_TLS_SECRET = "broker-tls"
 SHARE_GROUP_KEY = "ingest-share-group"
 
 # Where they are mounted, and the files the services' flags name by default.
@@ -40,6 +45,7 @@ class Env:
     API_DATABASE_PASSWORD = "IOTENANT_API_DATABASE_PASSWORD"
     MQTT_HOST = "IOTENANT_MQTT_HOST"
     MQTT_PORT = "IOTENANT_MQTT_PORT"
+    MQTT_SCHEME = "IOTENANT_MQTT_SCHEME"
     MQTT_USERNAME = "IOTENANT_MQTT_USERNAME"
     MQTT_PASSWORD_FILE = "IOTENANT_MQTT_PASSWORD_FILE"
     CUSTOMER_ID = "IOTENANT_CUSTOMER_ID"
@@ -54,3 +60,8 @@ class Env:
     API_PORT = "IOTENANT_API_PORT"
     CREDENTIALS_DIR = "IOTENANT_CREDENTIALS_DIR"
     TELEMETRY_INTERVAL_SECONDS = "IOTENANT_TELEMETRY_INTERVAL_SECONDS"
+
+
+def broker_host(namespace: str) -> str:
+    """The broker Service's name inside the cluster."""
+    return f"broker.{namespace}.svc"

@@ -14,7 +14,7 @@ from iotenant.broker.identities import DeviceCredentials
 from iotenant.device_fleet.admission import Fleet
 from iotenant.render.meta import API_VERSION, Owner
 from iotenant.render.builders import container, deployment, empty_dir, http_probe, pod_template
-from iotenant.render.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, Env
+from iotenant.render.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, MQTT_INTERNAL_PORT, Env, broker_host
 from iotenant.render.ingest_and_api import IOTENANT_UID
 from iotenant.settings import OperatorSettings
 
@@ -80,8 +80,11 @@ def simulator_resources(devices: int) -> dict[str, Any]:
     }
 
 
-def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_for: str) -> Manifest:
+def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_for: str, internal_listener: bool = False) -> Manifest:
     """A Deployment playing every device of the fleet with its own credentials (``iotenant simulate``).
+
+    ``internal_listener``: devices take TLS only, so the simulator (a pod of ours) connects to the
+    broker's internal plaintext listener, which the namespace's policies open to our pods alone.
 
     The pod template carries a hash of the device ids and of the handled rotation request, so the
     simulator restarts with the current credentials whenever either changes.
@@ -92,6 +95,12 @@ def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_fo
         {"name": Env.METRICS_PORT, "value": str(METRICS_PORT)},
         {"name": Env.LOG_FORMAT, "value": "json"},
     ]
+    if internal_listener:
+        env += [
+            {"name": Env.MQTT_HOST, "value": broker_host(owner.namespace)},
+            {"name": Env.MQTT_PORT, "value": str(MQTT_INTERNAL_PORT)},
+            {"name": Env.MQTT_SCHEME, "value": "mqtt"},
+        ]
     main = container(
         "simulator",
         settings.images.iotenant,

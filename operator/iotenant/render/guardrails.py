@@ -7,7 +7,7 @@ from typing import Any
 from iotenant import tenant_database
 from iotenant.broker.admin_tls import ADMIN_PORT
 from iotenant.licensing.plans import Quota
-from iotenant.render.contract import API_PORT, METRICS_PORT, MQTT_PORT, MQTTS_PORT
+from iotenant.render.contract import API_PORT, METRICS_PORT, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import COMPONENT, Owner
 from iotenant.settings import OperatorSettings
@@ -22,6 +22,8 @@ POD_SECURITY_LABELS = {
 }
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 MQTT_PORTS = (MQTT_PORT, MQTTS_PORT)
+# The pods that use the broker's internal listener when devices take TLS only.
+INTERNAL_MQTT_CLIENTS = ("ingest", "api", "simulator")
 
 
 def namespace(owner: Owner) -> Manifest:
@@ -114,7 +116,8 @@ def network_policies(stack: StackInput) -> list[Manifest]:
             owner,
             "allow-mqtt-from-devices",
             {COMPONENT: "broker"},
-            {"policyTypes": ["Ingress"], "ingress": [{"ports": _ports(*MQTT_PORTS)}]},
+            # TLS only: 8883 alone; the plaintext listener is then the internal one below.
+            {"policyTypes": ["Ingress"], "ingress": [{"ports": _ports(*((MQTTS_PORT,) if stack.exposure.tls_only else MQTT_PORTS))}]},
         ),
         _policy(
             owner,
@@ -169,6 +172,19 @@ def network_policies(stack: StackInput) -> list[Manifest]:
             },
         ),
     ]
+    if stack.exposure.tls_only:
+        policies.append(
+            _policy(
+                owner,
+                "allow-internal-mqtt-from-our-pods",
+                {COMPONENT: "broker"},
+                {
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {COMPONENT: component}}} for component in INTERNAL_MQTT_CLIENTS],
+                                 "ports": _ports(MQTT_INTERNAL_PORT)}],
+                },
+            )
+        )
     if stack.claims is not None and stack.claims.monitoring.tier == "dedicated":
         policies.append(
             _policy(

@@ -11,10 +11,11 @@ from iotenant.render.builders import (
 )
 from iotenant.render.contract import (
     API_PORT, API_TOKEN_FILE, API_TOKEN_KEY, API_TOKEN_MOUNT, API_TOKEN_SECRET, BROKER_SERVICE_CREDENTIALS, DATABASE_CREDENTIALS, JWKS_CONFIG_MAP,
-    JWKS_FILE, JWKS_MOUNT, LICENCE_FILE, LICENCE_MOUNT, LICENCE_SECRET, METRICS_PORT, MQTT_PASSWORD_FILE, MQTT_PASSWORD_MOUNT, MQTT_PORT,
-    SHARE_GROUP_KEY, Env,
+    JWKS_FILE, JWKS_MOUNT, LICENCE_FILE, LICENCE_MOUNT, LICENCE_SECRET, METRICS_PORT, MQTT_PASSWORD_FILE, MQTT_PASSWORD_MOUNT, MQTT_INTERNAL_PORT, MQTT_PORT,
+    SHARE_GROUP_KEY, Env, broker_host,
 )
 from iotenant.render.inputs import StackInput
+from iotenant.render.meta import Owner
 
 IOTENANT_UID = 10001
 
@@ -44,8 +45,8 @@ def _iotenant_container(stack: StackInput, command: str, extra_ports: list[Manif
     namespace = stack.owner.namespace
     env = [
         _from_database_credentials(Env.DATABASE_URL, f"{command}-url"),
-        {"name": Env.MQTT_HOST, "value": f"broker.{namespace}.svc"},
-        {"name": Env.MQTT_PORT, "value": str(MQTT_PORT)},
+        {"name": Env.MQTT_HOST, "value": broker_host(namespace)},
+        {"name": Env.MQTT_PORT, "value": str(MQTT_INTERNAL_PORT if stack.exposure.tls_only else MQTT_PORT)},
         {"name": Env.CUSTOMER_ID, "value": str(stack.spec["customerId"])},
         {"name": Env.LICENCE_FILE, "value": LICENCE_FILE},
         {"name": Env.JWKS_FILE, "value": JWKS_FILE},
@@ -120,8 +121,47 @@ def api(stack: StackInput) -> list[Manifest]:
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     if replicas > 1:
         template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, "api")
-    return [
+    objects = [
         secret(owner, API_TOKEN_SECRET, "api", {API_TOKEN_KEY: stack.secrets.api_token}),
         deployment(owner, "api", "api", replicas, template),
         service(owner, "api", "api", [("http", API_PORT), ("metrics", METRICS_PORT)]),
     ]
+    if spec.get("ingress"):
+        objects.append(api_ingress(owner, spec["ingress"]))
+    return objects
+
+
+# cert-manager's ingress-shim issues the certificate of an Ingress annotated with its issuer.
+ISSUER_ANNOTATIONS = {"Issuer": "cert-manager.io/issuer", "ClusterIssuer": "cert-manager.io/cluster-issuer"}
+API_TLS_SECRET = "api-tls"
+
+
+def api_ingress(owner: Owner, ingress: dict[str, Any]) -> Manifest:
+    """``spec.api.ingress``: the API's HTTP port on ``host``, with TLS from a Secret or a cert-manager issuer."""
+    host = str(ingress["host"])
+    metadata = owner.metadata("api", "api")
+    spec: Manifest = {
+        "rules": [{"host": host, "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"name": "http"}}}},
+        ]}}],
+    }
+    if ingress.get("className"):
+        spec["ingressClassName"] = ingress["className"]
+    tls = ingress.get("tls") or {}
+    if tls:
+        spec["tls"] = [{"hosts": [host], "secretName": tls.get("secretName") or API_TLS_SECRET}]
+        issuer = tls.get("issuerRef")
+        if issuer:
+            kind = issuer.get("kind", "ClusterIssuer")
+            metadata["annotations"] = {ISSUER_ANNOTATIONS[kind]: issuer["name"]}
+            if issuer.get("group", "cert-manager.io") != "cert-manager.io":
+                metadata["annotations"].update({"cert-manager.io/issuer-kind": kind, "cert-manager.io/issuer-group": issuer["group"]})
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
+
+
+def api_url(namespace: str, api_spec: dict[str, Any]) -> str:
+    """Where the customer's applications reach the API: the Ingress host, else the in-cluster Service."""
+    ingress = api_spec.get("ingress") or {}
+    if ingress:
+        return f"{'https' if ingress.get('tls') else 'http'}://{ingress['host']}"
+    return f"http://api.{namespace}.svc:{API_PORT}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iotenant.broker.admin_tls import AdminTLS
+from iotenant.broker.device_endpoint import BrokerExposure, DeviceEndpoint
 from iotenant.licensing.licence import Claims
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, BrokerLimits, Quota
 from iotenant.render.meta import Owner
@@ -45,6 +46,16 @@ class StackInput:
     broker_limits: BrokerLimits = STRICTEST_BROKER_LIMITS
     # The StorageClass of each StatefulSet's volume (broker, database, prometheus); absent: the cluster's default.
     storage_classes: dict[str, str] = field(default_factory=dict)
+    # Where devices reach the broker (None: its in-cluster name); it goes into the certificate's names.
+    device_endpoint: DeviceEndpoint | None = None
+    # A hash of the broker's TLS certificate when its Secret holds a certificate and key (the 8883
+    # listener starts, and restarts when it changes); None: no device TLS yet.
+    broker_tls_hash: str | None = None
+    certificate_crd_present: bool = False
+
+    @property
+    def exposure(self) -> BrokerExposure:
+        return BrokerExposure.from_spec(self.spec.get("broker") or {})
 
     @property
     def namespace(self) -> str:

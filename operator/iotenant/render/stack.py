@@ -8,6 +8,8 @@ from iotenant.render import broker, database, guardrails, ingest_and_api, licenc
 from iotenant.render.inputs import StackInput
 
 Manifest = dict[str, Any]
+# Other projects' CRDs the stack uses when they are installed (the operator watches them come and go).
+OPTIONAL_CRDS = (*monitoring.MONITORING_CRDS, broker.CERTIFICATE_CRD)
 
 
 def render_customer_stack(stack: StackInput) -> list[Manifest]:

@@ -43,8 +43,9 @@ RETRY_SECONDS = 2.0
 COMMANDS = Counter("iotenant_simulator_commands_total", "Commands received", ["name"])
 
 
-def read_credentials(folder: Path, host: str | None, port: int | None) -> list[DeviceCredentials]:
-    """One file per device id (a mounted DeviceFleet credentials Secret), each an mqtt:// URL."""
+def read_credentials(folder: Path, host: str | None, port: int | None, scheme: str | None = None) -> list[DeviceCredentials]:
+    """One file per device id (a mounted DeviceFleet credentials Secret), each an mqtt:// or mqtts:// URL;
+    the overrides point the simulator at another listener of the same broker (the internal one)."""
     found = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
@@ -52,7 +53,8 @@ def read_credentials(folder: Path, host: str | None, port: int | None) -> list[D
         credentials = DeviceCredentials.from_url(path.read_text())
         if credentials.device_id != path.name:
             raise ValueError(f"{path}: the credentials are for {credentials.device_id!r}, not {path.name!r}")
-        found.append(replace(credentials, host=host or credentials.host, port=port or credentials.port))
+        found.append(replace(credentials, host=host or credentials.host, port=port or credentials.port,
+                             scheme=scheme or credentials.scheme))
     return found
 
 
@@ -74,6 +76,7 @@ class SimulatedDevice:
     scheduled: list[tuple[float, str, dict[str, object]]] = field(default_factory=list)
     phase: float = field(default_factory=lambda: random.uniform(0, 2 * math.pi))
     registered: object | None = None  # the socket the selector watches for this device
+    tls_ca_file: str | None = None  # for mqtts:// credentials: the CA to trust (None: the system's)
     client: mqtt.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,8 @@ class SimulatedDevice:
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.credentials.client_id, protocol=mqtt.MQTTv311)
         client.username_pw_set(self.credentials.username, self.credentials.password)
+        if self.credentials.tls:
+            client.tls_set(ca_certs=self.tls_ca_file)
         # "online" and the will both carry the time of the connection they belong to: the will wins over
         # its own connection's "online" (it comes later), and a later connection's "online" wins over it.
         self.connection_ts = time.time()
@@ -257,12 +262,13 @@ class Simulator:
 
 def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
-    credentials = read_credentials(Path(args.credentials_dir), args.mqtt_host_override, args.mqtt_port_override)
+    credentials = read_credentials(Path(args.credentials_dir), args.mqtt_host_override, args.mqtt_port_override,
+                                   args.mqtt_scheme_override)
     if not credentials:
         log.error("no device credentials in %s", args.credentials_dir)
         return 2
     devices = [SimulatedDevice(c, args.interval, args.measurements, args.keepalive, wave_seconds=args.wave_seconds,
-                               ota_failure_probability=args.ota_failure_probability) for c in credentials]
+                               ota_failure_probability=args.ota_failure_probability, tls_ca_file=args.tls_ca_file) for c in credentials]
     simulator = Simulator(devices, args.reboot_probability, args.messages)
     service_endpoints.serve(args.metrics_address, args.metrics_port, lambda: (True, "ok"))
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -279,6 +285,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
          default="/etc/iotenant/devices")
     flag(parser, "--mqtt-host-override", "IOTENANT_MQTT_HOST", "broker host instead of the one in the credentials")
     flag(parser, "--mqtt-port-override", "IOTENANT_MQTT_PORT", "broker port instead of the one in the credentials", kind=int)
+    flag(parser, "--mqtt-scheme-override", "IOTENANT_MQTT_SCHEME", "mqtt or mqtts instead of the credentials' scheme",
+         choices=["mqtt", "mqtts"])
+    flag(parser, "--tls-ca-file", "IOTENANT_MQTT_TLS_CA_FILE", "CA certificate to trust for mqtts:// (default: the system's)")
     flag(parser, "--interval", "IOTENANT_TELEMETRY_INTERVAL_SECONDS", "seconds between two telemetry messages of a device",
          kind=float, default=10.0)
     flag(parser, "--measurements", "IOTENANT_MEASUREMENTS", "measurements per message", kind=int, default=3)
