@@ -33,6 +33,29 @@ def pod_labels(deployment: dict) -> dict:
     return deployment["spec"]["selector"]["matchLabels"]
 
 
+def test_helm_knows_the_kubernetes_version_it_was_built_with(binaries: Binaries) -> None:
+    """No --kube-version needed: helm is stamped with the local cluster's version, which the chart accepts."""
+    assert helm(binaries, "template", "iotenant", str(CHART)).returncode == 0
+    old = helm(binaries, "template", "iotenant", str(CHART), "--kube-version", "1.20.0")
+    assert old.returncode != 0 and "incompatible with Kubernetes v1.20.0" in old.stderr, old.stderr
+
+
+def test_the_release_workflow_passes_actionlint_and_publishes_what_the_chart_pulls(binaries: Binaries) -> None:
+    workflows = sorted((REPO / ".github" / "workflows").glob("*.yaml"))
+    assert workflows, "no workflow in .github/workflows"
+    result = subprocess.run([str(binaries.path("actionlint")), "-no-color", *map(str, workflows)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    release = yaml.safe_load((REPO / ".github" / "workflows" / "release.yaml").read_text())
+    steps = [step for job in release["jobs"].values() for step in job["steps"]]
+    build = next(step for step in steps if str(step.get("uses", "")).startswith("docker/build-push-action@"))
+    assert build["with"]["platforms"] == "linux/amd64,linux/arm64" and build["with"]["push"] is True
+    assert any("helm push" in str(step.get("run", "")) for step in steps) and release["env"]["CHARTS"].startswith("oci://")
+    assert "tags" in release[True]["push"], "released on a tag"
+    repository = yaml.safe_load((CHART / "values.yaml").read_text())["image"]["repository"]
+    assert repository.endswith("/iotenant") and "IMAGE: ghcr.io/${{ github.repository_owner }}/iotenant" in (
+        REPO / ".github" / "workflows" / "release.yaml").read_text()
+
+
 def test_helm_lint_passes_strictly(binaries: Binaries) -> None:
     result = helm(binaries, "lint", "--strict", str(CHART))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -77,7 +100,8 @@ def test_the_deployment_runs_two_replicas_with_one_leader_and_passes_pod_securit
     assert env["IOTENANT_LEADER_ELECTION"] == "true"
     assert env["IOTENANT_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["IOTENANT_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert container["image"] == "iotenant:0.1.0"
+    # One registry-qualified image, shared by the operator and the stacks it makes (ingest, api, simulators).
+    assert container["image"] == env["IOTENANT_IMAGE"] == Images().iotenant == f"ghcr.io/iotenant/iotenant:{__version__}"
     assert all(not env[name].endswith(":latest") for name in ("IOTENANT_BROKER_IMAGE", "IOTENANT_DATABASE_IMAGE", "IOTENANT_IMAGE"))
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

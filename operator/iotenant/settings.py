@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from iotenant import __version__
 from iotenant.environment_flags import boolean, flag
 
 
@@ -16,12 +17,12 @@ MOSQUITTO_VERSION = "2.0.21"
 
 @dataclass(frozen=True)
 class Images:
-    """Pinned container images of a customer stack (no registry host: the cluster's default applies)."""
+    """Pinned container images of a customer stack. The chart sets each (``iotenant`` is the chart's own image)."""
 
     broker: str = f"eclipse-mosquitto:{MOSQUITTO_VERSION}"
     database: str = "postgres:16.4-alpine"
     prometheus: str = "prom/prometheus:v2.54.1"
-    iotenant: str = "iotenant:0.1.0"
+    iotenant: str = f"ghcr.io/iotenant/iotenant:{__version__}"
 
 
 @dataclass(frozen=True)

@@ -20,3 +20,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- range $key, $value := . -}}{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}{{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
+
+{{/*
+The one iotenant image (operator, ingest, api, simulators): repository:tag, or repository@sha256:...
+when the tag is a digest; the tag defaults to the chart's appVersion.
+*/}}
+{{- define "iotenant.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if hasPrefix "@" $tag -}}
+{{- printf "%s%s" .Values.image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end }}

@@ -61,16 +61,25 @@ class BrokerExposure:
         return MQTTS_PORT if self.tls_only else MQTT_PORT
 
 
+def _entries(value: Any) -> list[dict[str, Any]]:
+    """The dict items of a list in a live object (anything else there is ignored, never trusted)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
+
+
 def _load_balancer_address(service: dict[str, Any]) -> str | None:
-    for ingress in ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
-        address = ingress.get("hostname") or ingress.get("ip")
-        if isinstance(address, str) and address:
-            return address
+    for ingress in _entries(_field(_field(service.get("status"), "loadBalancer"), "ingress")):
+        for address in (ingress.get("hostname"), ingress.get("ip")):
+            if isinstance(address, str) and address:
+                return address
     return None
 
 
 def _node_port(service: dict[str, Any], port_name: str) -> int | None:
-    for port in (service.get("spec") or {}).get("ports") or []:
+    for port in _entries(_field(service.get("spec"), "ports")):
         if port.get("name") == port_name and isinstance(port.get("nodePort"), int):
             return int(port["nodePort"])
     return None
