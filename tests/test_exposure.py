@@ -15,7 +15,7 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -43,13 +43,17 @@ def wait_endpoint(kube: Cluster, name: str, expected: str) -> None:
     wait_for(lambda: endpoint(kube, name) == expected, timeout=60, what=f"{name}: status.endpoints.mqtt {expected} (now {endpoint(kube, name)})")
 
 
-def device_service(kube: Cluster, namespace: str) -> Any | None:
+def read_or_none(read: Callable[[], Any]) -> Any | None:
     try:
-        return kube.core.read_namespaced_service("broker-devices", namespace)
+        return read()
     except ApiException as error:
         if error.status == 404:
             return None
         raise
+
+
+def device_service(kube: Cluster, namespace: str) -> Any | None:
+    return read_or_none(lambda: kube.core.read_namespaced_service("broker-devices", namespace))
 
 
 def apply_fleet(kube: Cluster, namespace: str, name: str, ids: list[str]) -> None:
@@ -59,12 +63,8 @@ def apply_fleet(kube: Cluster, namespace: str, name: str, ids: list[str]) -> Non
 
 
 def credentials(kube: Cluster, namespace: str, fleet: str) -> dict[str, DeviceCredentials]:
-    try:
-        data = kube.core.read_namespaced_secret(f"devicefleet-{fleet}-credentials", namespace).data or {}
-    except ApiException as error:
-        if error.status == 404:
-            return {}
-        raise
+    secret = read_or_none(lambda: kube.core.read_namespaced_secret(f"devicefleet-{fleet}-credentials", namespace))
+    data = (secret.data if secret else None) or {}
     return {key: DeviceCredentials.from_url(base64.b64decode(value).decode()) for key, value in data.items()}
 
 
@@ -330,12 +330,7 @@ def test_the_api_ingress_follows_the_spec_and_goes_when_removed(kube: Cluster, o
     namespace = "customer-web"
 
     def ingress() -> Any | None:
-        try:
-            return kube.networking.read_namespaced_ingress("api", namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return read_or_none(lambda: kube.networking.read_namespaced_ingress("api", namespace))
 
     found = wait_for(ingress, timeout=60, what="Ingress api")
     assert found.spec.ingress_class_name == "nginx"
