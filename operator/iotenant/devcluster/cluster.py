@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import shutil
 import subprocess
 import time
@@ -233,6 +234,23 @@ def _ensure_nodes(binaries: Binaries, cluster: LocalCluster, count: int) -> None
     kubectl(binaries, cluster.kubeconfig, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
 
 
+# kwokctl's names for the binaries it links into a cluster's state, where ours differ.
+KWOKCTL_BINARY_NAMES = {"kwok-controller": "kwok"}
+
+
+def _link_current_binaries(binaries: Binaries, cluster: LocalCluster) -> None:
+    """A stopped cluster links the binaries it was made with; after a new pin those are gone from the
+    cache, so point its links at the current build before starting it again."""
+    for link in (cluster.state_dir / "bin").glob("*"):
+        command = KWOKCTL_BINARY_NAMES.get(link.name, link.name)
+        if not link.is_symlink() or command not in binaries.commands:
+            continue
+        current = binaries.path(command)
+        if Path(os.readlink(link)) != current:
+            link.unlink()
+            link.symlink_to(current)
+
+
 def up(name: str = DEFAULT_NAME, nodes: int = FAKE_NODE_COUNT) -> Path:
     """Start (or reuse) the named local cluster and return its kubeconfig path."""
     binaries = ensure_binaries()
@@ -241,7 +259,17 @@ def up(name: str = DEFAULT_NAME, nodes: int = FAKE_NODE_COUNT) -> Path:
         _ensure_nodes(binaries, cluster, nodes)
         return cluster.kubeconfig
     if cluster.state_dir.is_dir() and cluster.kubeconfig.is_file():
-        _kwokctl(binaries, cluster, "start", "cluster", "--wait", "60s")
+        try:
+            _link_current_binaries(binaries, cluster)
+            _kwokctl(binaries, cluster, "start", "cluster", "--wait", "60s")
+            wait_ready(binaries, cluster)
+        except RuntimeError as error:
+            # A stopped cluster records its ports: another process may hold one by now. It is a local
+            # cluster for tests and the demo, so it is made anew rather than left unusable.
+            print(f"iotenant: the stopped cluster {cluster.name} did not start again ({str(error).splitlines()[0]}); "
+                  "making it anew", file=sys.stderr)
+            down(cluster.name)
+            _create(binaries, cluster)
     else:
         if cluster.state_dir.is_dir():
             _kwokctl(binaries, cluster, "delete", "cluster", check=False)
