@@ -128,10 +128,10 @@ class CustomerInstanceReconciler:
             return refusal
         live = self._list_live(owner, namespace)
         decision = duplicate(spec.get("customerId", ""), str(customer_id_holder)) if is_duplicate else self._decide_licence(spec, live)
-        tls = self._broker_tls(spec, owner)
-        stack = self._stack_input(body, owner, decision, live, tls)
+        tls, endpoint = self._broker_tls(spec, owner), self._device_endpoint(spec, owner, live)
+        stack = self._stack_input(body, owner, decision, live, tls, endpoint)
         result: Convergence = converge(self.api, render_customer_stack(stack), live.stack, owner.uid)
-        fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects), live.fleets, body)
+        fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects, endpoint), live.fleets, body)
         found = self._findings(stack, decision, live, result, tls)
         phase, conditions = rules.phase_and_conditions(found)
         written = self._write(body, rules.status_document(body, phase, conditions, self._status_extra(stack, decision, fleets)))
@@ -208,7 +208,7 @@ class CustomerInstanceReconciler:
         return device_endpoint(exposure, in_cluster, live.stack.get(("Service", owner.namespace, DEVICE_SERVICE)))
 
     def _stack_input(self, body: Manifest, owner: meta.Owner, decision: LicenceDecision, live: LiveObjects,
-                     tls: BrokerTLS) -> StackInput:
+                     tls: BrokerTLS, endpoint: DeviceEndpoint) -> StackInput:
         spec = body.get("spec") or {}
         claims = decision.claims
         plan = self.catalogue.get(claims.plan) if claims else None
@@ -228,7 +228,7 @@ class CustomerInstanceReconciler:
             service_monitor_crd_present=SERVICE_MONITOR_CRD in crds,
             prometheus_rule_crd_present=PROMETHEUS_RULE_CRD in crds,
             certificate_crd_present=CERTIFICATE_CRD in crds,
-            device_endpoint=self._device_endpoint(spec, owner, live),
+            device_endpoint=endpoint,
             broker_tls_hash=tls.certificate_hash,
         )
 
@@ -242,7 +242,7 @@ class CustomerInstanceReconciler:
         return classes
 
     def _tenant_access(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects,
-                       objects: dict[ObjectKey, Manifest]) -> TenantAccess:
+                       objects: dict[ObjectKey, Manifest], endpoint: DeviceEndpoint) -> TenantAccess:
         broker_ready, _ = rules.ready_replicas(live.workload("StatefulSet", "broker", objects))
         return TenantAccess(
             owner=stack.owner,
@@ -257,7 +257,7 @@ class CustomerInstanceReconciler:
             api_password=stack.secrets.api_broker_password,
             share_group=stack.secrets.ingest_share_group,
             max_packet_bytes=stack.broker_limits.maxPacketBytes,
-            device_endpoint=stack.device_endpoint or self._device_endpoint(stack.spec, stack.owner, live),
+            device_endpoint=endpoint,
             simulators_internal=stack.exposure.tls_only,
         )
 
