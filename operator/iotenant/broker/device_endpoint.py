@@ -6,7 +6,7 @@ device credential, so devices always hold the address the cluster really assigne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from iotenant.render.contract import MQTT_PORT, MQTTS_PORT
@@ -90,16 +90,15 @@ def device_endpoint(exposure: BrokerExposure, in_cluster: tuple[str, int], devic
     scheme = exposure.port_name
     in_cluster_host, in_cluster_port = in_cluster
     fallback = DeviceEndpoint(scheme, in_cluster_host, MQTTS_PORT if exposure.tls_only else in_cluster_port)
+    pending = replace(fallback, assigned=False)
     if exposure.service_type == "NodePort":
         node_port = _node_port(device_service or {}, exposure.port_name)
         if node_port is None or exposure.external_host is None:
-            return DeviceEndpoint(fallback.scheme, fallback.host, fallback.port, assigned=False)
+            return pending
         return DeviceEndpoint(scheme, exposure.external_host, node_port)
     if exposure.service_type == "LoadBalancer":
         host = exposure.external_host or _load_balancer_address(device_service or {})
-        if host is None:
-            return DeviceEndpoint(fallback.scheme, fallback.host, fallback.port, assigned=False)
-        return DeviceEndpoint(scheme, host, exposure.port)
+        return pending if host is None else DeviceEndpoint(scheme, host, exposure.port)
     if exposure.external_host is not None:
         return DeviceEndpoint(scheme, exposure.external_host, exposure.port)
     return fallback

@@ -32,7 +32,8 @@ from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
 from iotenant.render import meta
-from iotenant.render.broker import CERTIFICATE_CRD, broker_tls_secret
+from iotenant.render.broker import broker_tls_secret
+from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.ingest_and_api import api_url
 from iotenant.render.fleet import FLEET_LABEL
 from iotenant.render.inputs import StackInput

@@ -12,6 +12,7 @@ from iotenant.broker.config import ADMIN_TLS_MOUNT, DYNSEC_SEED, TLS_MOUNT, List
 from iotenant.broker.device_endpoint import DEVICE_SERVICE
 from iotenant.broker.identities import ADMIN, dynamic_security_config, service_identities
 from iotenant.render.builders import SMALL, Manifest, config_map, container, empty_dir, pod_template, resources, secret, service, stateful_set
+from iotenant.render.cert_manager import CERTIFICATE_API_VERSION, issuer_ref
 from iotenant.render.contract import (
     BROKER_SERVICE_CREDENTIALS, BROKER_TLS_SECRET, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT, SHARE_GROUP_KEY,
 )
@@ -22,8 +23,6 @@ BROKER_UID = 1883
 # listener's, and the device listener's when cert-manager renews it.
 ADMIN_TLS_ANNOTATION = "iotenant.io/admin-tls"
 DEVICE_TLS_ANNOTATION = "iotenant.io/device-tls"
-CERTIFICATE_API_VERSION = "cert-manager.io/v1"
-CERTIFICATE_CRD = "certificates.cert-manager.io"
 
 
 def broker_tls_secret(broker_spec: dict[str, Any]) -> str | None:
@@ -77,8 +76,8 @@ def broker(stack: StackInput) -> list[Manifest]:
     generated = stack.secrets
     annotations = template["metadata"].setdefault("annotations", {})
     annotations[ADMIN_TLS_ANNOTATION] = hashlib.sha256(generated.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
-    if tls_secret and stack.broker_tls_hash:
-        annotations[DEVICE_TLS_ANNOTATION] = stack.broker_tls_hash
+    if tls_secret:
+        annotations[DEVICE_TLS_ANNOTATION] = str(stack.broker_tls_hash)
     services = service_identities(generated.ingest_broker_password, generated.api_broker_password)
     seed = json.dumps(dynamic_security_config(services, generated.ingest_share_group), sort_keys=True)
     listeners = Listeners(device_plaintext=not exposure.tls_only, tls=bool(tls_secret))
@@ -140,12 +139,11 @@ def certificate_names(stack: StackInput) -> tuple[list[str], list[str]]:
 def certificate(stack: StackInput) -> Manifest:
     """A cert-manager Certificate for the broker; cert-manager writes Secret broker-tls, labelled as ours
     so the reconcile sees it arrive and starts the TLS listener."""
-    issuer = (stack.spec.get("broker") or {})["tls"]["issuerRef"]
     dns, ips = certificate_names(stack)
     spec: Manifest = {
         "secretName": BROKER_TLS_SECRET,
         "secretTemplate": {"labels": stack.owner.labels("broker")},
-        "issuerRef": {"name": issuer["name"], "kind": issuer.get("kind", "ClusterIssuer"), "group": issuer.get("group", "cert-manager.io")},
+        "issuerRef": issuer_ref((stack.spec.get("broker") or {})["tls"]["issuerRef"]),
         "commonName": dns[0],
         "dnsNames": dns,
         "duration": "2160h",

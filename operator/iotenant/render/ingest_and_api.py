@@ -14,6 +14,7 @@ from iotenant.render.contract import (
     JWKS_FILE, JWKS_MOUNT, LICENCE_FILE, LICENCE_MOUNT, LICENCE_SECRET, METRICS_PORT, MQTT_PASSWORD_FILE, MQTT_PASSWORD_MOUNT, MQTT_INTERNAL_PORT, MQTT_PORT,
     SHARE_GROUP_KEY, Env, broker_host,
 )
+from iotenant.render.cert_manager import ingress_annotations
 from iotenant.render.inputs import StackInput
 from iotenant.render.meta import Owner
 
@@ -131,8 +132,6 @@ def api(stack: StackInput) -> list[Manifest]:
     return objects
 
 
-# cert-manager's ingress-shim issues the certificate of an Ingress annotated with its issuer.
-ISSUER_ANNOTATIONS = {"Issuer": "cert-manager.io/issuer", "ClusterIssuer": "cert-manager.io/cluster-issuer"}
 API_TLS_SECRET = "api-tls"
 
 
@@ -150,12 +149,8 @@ def api_ingress(owner: Owner, ingress: dict[str, Any]) -> Manifest:
     tls = ingress.get("tls") or {}
     if tls:
         spec["tls"] = [{"hosts": [host], "secretName": tls.get("secretName") or API_TLS_SECRET}]
-        issuer = tls.get("issuerRef")
-        if issuer:
-            kind = issuer.get("kind", "ClusterIssuer")
-            metadata["annotations"] = {ISSUER_ANNOTATIONS[kind]: issuer["name"]}
-            if issuer.get("group", "cert-manager.io") != "cert-manager.io":
-                metadata["annotations"].update({"cert-manager.io/issuer-kind": kind, "cert-manager.io/issuer-group": issuer["group"]})
+        if tls.get("issuerRef"):
+            metadata["annotations"] = ingress_annotations(tls["issuerRef"])
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
 
 

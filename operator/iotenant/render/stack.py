@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from iotenant.render import broker, database, guardrails, ingest_and_api, licence, monitoring
+from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.inputs import StackInput
 
 Manifest = dict[str, Any]
 # Other projects' CRDs the stack uses when they are installed (the operator watches them come and go).
-OPTIONAL_CRDS = (*monitoring.MONITORING_CRDS, broker.CERTIFICATE_CRD)
+OPTIONAL_CRDS = (*monitoring.MONITORING_CRDS, CERTIFICATE_CRD)
 
 
 def render_customer_stack(stack: StackInput) -> list[Manifest]:
