@@ -393,7 +393,9 @@ def test_a_lost_admin_secret_is_reissued_and_revocation_still_reaches_the_broker
         return bool(client and server and server["ca.crt"] != old_ca and client["ca.crt"] == server["ca.crt"])
 
     wait_for(reissued, timeout=30, what="both halves of the admin certificates issued anew")
-    assert template().metadata.annotations["iotenant.io/admin-tls"] != old_stamp, "the broker is not restarted with them"
+    # The Secrets are written before the StatefulSet in the same convergence: wait for the restart stamp too.
+    wait_for(lambda: template().metadata.annotations["iotenant.io/admin-tls"] != old_stamp, timeout=30,
+             what="the broker restarted with the new admin certificates")
     events = enterprise.kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={enterprise.name}").items
     assert "BrokerAdminReissued" in {event.reason for event in events}
     assert refused(enterprise.broker.port, ADMIN, "")  # still no password on the device listener
