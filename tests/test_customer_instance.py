@@ -765,8 +765,19 @@ def test_a_foreign_namespace_is_never_adopted(kube: Cluster, operator: RunningOp
     assert kube.core.read_namespace("customer-squatter").status.phase == "Active"
 
 
-def test_transitions_post_events(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:
-    ready_instance(kube, "plan-starter", "starter")
-    events = kube.core.list_namespaced_event("default", field_selector="involvedObject.name=plan-starter").items
-    reasons = {event.reason for event in events}
-    assert {"LicenceIssued", "Ready"} <= reasons, reasons
+def test_a_new_instance_is_told_by_its_status_and_later_transitions_by_events(kube: Cluster, operator: RunningOperator,
+                                                                               servicemonitor_crd: None) -> None:
+    def reasons() -> list[str]:
+        return [event.reason for event in kube.core.list_namespaced_event("default", field_selector="involvedObject.name=transitions").items]
+
+    body = ready_instance(kube, "transitions", "starter")
+    assert body["status"]["licence"]["id"] in condition(body, "Ready")["message"], "Ready names the licence"
+    assert reasons() == [], "a new instance on its way to Ready: its status tells it, no Event is written"
+    patch_instance(kube, "transitions", {"spec": {"plan": "professional"}})
+    wait_for(lambda: "LicenceReissued" in reasons(), timeout=30, what="a LicenceReissued Event for the plan change")
+    patch_instance(kube, "transitions", {"spec": {"suspended": True}})
+    wait_phase(kube, "transitions", "Suspended")
+    patch_instance(kube, "transitions", {"spec": {"suspended": False}})
+    wait_phase(kube, "transitions", "Ready", timeout=90)
+    wait_for(lambda: {"Suspended", "Ready"} <= set(reasons()), timeout=30, what="Events for the later transitions")
+    delete_instance(kube, "transitions")

@@ -108,6 +108,27 @@ def test_events_tell_phase_changes_and_condition_flips_once() -> None:
     assert rules.events(pending, pending) == []
 
 
+def test_a_new_instance_reaches_ready_without_events_and_later_transitions_have_them() -> None:
+    def step(previous: dict | None, waiting: tuple[str, ...], stamp: str) -> dict:
+        phase, conditions = rules.phase_and_conditions(findings(waiting=waiting))
+        return rules.status_document(body(previous), phase, conditions, timestamp=stamp)
+
+    provisioning = step(None, ("broker not created yet",), STAMP)
+    assert rules.events({}, provisioning) == [], "a new instance provisioning: its first status says so"
+    further = step(provisioning, ("broker 0/1 ready",), "2026-11-25T10:00:05Z")
+    assert rules.only_progress(provisioning, further), "only the message moved on"
+    ready = step(further, (), "2026-11-25T10:00:09Z")
+    assert not rules.only_progress(further, ready)
+    assert rules.events(further, ready) == [], "its first Ready is told by the status"
+    assert CLAIMS.jti in find(ready["conditions"], "Ready")["message"], "which names the licence"
+
+    rolling = step(ready, ("api 1/2 ready",), "2026-11-25T11:00:00Z")
+    assert [reason for _, reason, _ in rules.events(ready, rolling)] == ["Provisioning"]
+    again = step(rolling, (), "2026-11-25T11:00:30Z")
+    assert [reason for _, reason, _ in rules.events(rolling, again)] == ["Ready"], "a later Ready is news"
+    assert not rules.only_progress(ready, rolling) and not rules.only_progress(rolling, again)
+
+
 def test_ready_replicas_reads_the_rollout_honestly() -> None:
     def workload(kind: str, wanted: int, ready: int, observed: int = 1, updated: int | None = None) -> dict:
         count = "availableReplicas" if kind == "Deployment" else "readyReplicas"

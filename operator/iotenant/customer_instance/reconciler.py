@@ -17,17 +17,19 @@ from iotenant.broker.addresses import split_address
 from iotenant.broker.device_endpoint import DEVICE_SERVICE, BrokerExposure, DeviceEndpoint, device_endpoint
 from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance import kept_secrets, status as rules
+from iotenant.customer_instance.live_objects import LiveObjects, live_objects
 from iotenant.customer_instance.finalize import finalize
 from iotenant.customer_instance.licence_decision import (
     DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate,
 )
 from iotenant.device_fleet.reconciler import DeviceFleetReconciler, FleetsOutcome, TenantAccess
-from iotenant.kube.apply import Convergence, ObjectKey, controlled_by, converge, key_of, list_live
+from iotenant.kube.apply import Convergence, ObjectKey, controlled_by, converge
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.conditions import FALSE, UNKNOWN, find
 from iotenant.kube.events import post_event
 from iotenant.kube.kinds import CUSTOMER_INSTANCE, NAMESPACE, SECRET
 from iotenant.kube.status import write_status
+from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
@@ -35,7 +37,6 @@ from iotenant.render import meta
 from iotenant.render.broker import broker_tls_secret
 from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.ingest_and_api import api_url
-from iotenant.render.fleet import FLEET_LABEL
 from iotenant.render.inputs import StackInput
 from iotenant.render.monitoring import SERVICE_MONITOR_CRD
 from iotenant.render.stack import render_customer_stack
@@ -46,8 +47,10 @@ log = logging.getLogger("iotenant.customer_instance")
 
 PAUSED_ANNOTATION = rules.PAUSED_ANNOTATION
 DEVICE_FLEET_RETRY_SECONDS = 5.0
-# Secrets are not watched: while the broker's TLS Secret is awaited, look for it this often.
+# A customer's own TLS Secret carries no label of ours (the cache does not hold it): while it is awaited, look this often.
 TLS_RECHECK_SECONDS = 10.0
+# While a tenant provisions, a status that only says how far it got is written at most this often.
+PROGRESS_REPORT_SECONDS = 30.0
 # The StatefulSets with a volume, by the spec section that may name its class (None: only the operator's default).
 VOLUMES = (("broker", "broker"), ("database", "database"), ("prometheus", None))
 
@@ -73,25 +76,11 @@ class Outcome:
     retry_after: float | None = None  # seconds: something (the broker) asked to be tried again soon
 
 
-@dataclass
-class LiveObjects:
-    """One listing of the tenant's namespace: the stack's objects, and the fleets' own (credentials, simulators)."""
-
-    namespace_name: str
-    stack: dict[ObjectKey, Manifest] = field(default_factory=dict)
-    fleets: dict[ObjectKey, Manifest] = field(default_factory=dict)
-
-    def secret(self, name: str) -> Manifest | None:
-        return self.stack.get(("Secret", self.namespace_name, name))
-
-    def workload(self, kind: str, name: str, objects: dict[ObjectKey, Manifest]) -> Manifest | None:
-        return objects.get((kind, self.namespace_name, name))
-
-
 class CustomerInstanceReconciler:
     def __init__(
         self,
         api: ClusterAPI,
+        cache: WatchCache,
         settings: OperatorSettings,
         catalogue: dict[str, Plan],
         keyring: Callable[[], KeyRing],
@@ -101,11 +90,13 @@ class CustomerInstanceReconciler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
+        self.cache = cache
         self.settings = settings
         self.catalogue = catalogue
         self.optional_crds = optional_crds
-        self.fleets = fleets or DeviceFleetReconciler(api, settings)
+        self.fleets = fleets or DeviceFleetReconciler(api, cache, settings)
         self.licences = LicenceDecider(api, settings, catalogue, keyring, trusted_issuers, clock)
+        self._progress_reported: dict[str, float] = {}  # uid -> when a provisioning tenant's progress was last written
 
     def post_event(self, body: Manifest, event_type: str, reason: str, message: str) -> None:
         post_event(self.api, {"apiVersion": meta.API_VERSION, "kind": "CustomerInstance", **body}, event_type, reason, message)
@@ -122,25 +113,40 @@ class CustomerInstanceReconciler:
         if (metadata.get("annotations") or {}).get(PAUSED_ANNOTATION) == "true":
             return self._pause(body)
         owner = meta.Owner(name=metadata["name"], uid=metadata["uid"])
-        namespace = self.api.get(NAMESPACE, owner.namespace)
+        namespace = self.cache.get(NAMESPACE, owner.namespace)
         is_duplicate = customer_id_holder is not None and customer_id_holder != owner.name
         refusal = self._refusal(body, namespace, customer_id_holder if is_duplicate else None)
         if refusal is not None:
             return refusal
-        live = self._list_live(owner, namespace)
+        live = live_objects(self.cache, owner, namespace)
         decision = duplicate(spec.get("customerId", ""), str(customer_id_holder)) if is_duplicate else self._decide_licence(spec, live)
-        tls, endpoint = self._broker_tls(spec, owner), self._device_endpoint(spec, owner, live)
+        tls, endpoint = self._broker_tls(spec, owner, live), self._device_endpoint(spec, owner, live)
         stack = self._stack_input(body, owner, decision, live, tls, endpoint)
         result: Convergence = converge(self.api, render_customer_stack(stack), live.stack, owner.uid)
         fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects, endpoint), live.fleets, body)
         found = self._findings(stack, decision, live, result, tls)
         phase, conditions = rules.phase_and_conditions(found)
-        written = self._write(body, rules.status_document(body, phase, conditions, self._status_extra(stack, decision, fleets)))
-        if decision.reason in ISSUING_REASONS and decision.verified:
+        written = self._write_outcome(body, rules.status_document(body, phase, conditions, self._status_extra(stack, decision, fleets)))
+        if decision.reason in ISSUING_REASONS and decision.verified and (body.get("status") or {}).get("licence"):
+            # A new instance's first licence is named by its status (Ready's message); a later issue is news of its own.
             self.post_event(body, "Normal", f"Licence{decision.reason}", decision.message)
         retry = [delay for delay in (fleets.retry_after, TLS_RECHECK_SECONDS if tls.pending else None) if delay is not None]
         return Outcome(phase=phase, applied=result.applied, pruned=result.pruned, status_written=written,
                        licence_kid=decision.verified.key_id if decision.verified else None, retry_after=min(retry, default=None))
+
+    def _write_outcome(self, body: Manifest, status: dict[str, Any]) -> bool:
+        """One status write per outcome: while provisioning, mere progress is written at most every
+        PROGRESS_REPORT_SECONDS."""
+        uid, now = body["metadata"]["uid"], time.monotonic()
+        last = self._progress_reported.get(uid)
+        if status.get("phase") != "Provisioning":
+            self._progress_reported.pop(uid, None)
+        elif last is not None and now - last < PROGRESS_REPORT_SECONDS and rules.only_progress(body.get("status") or {}, status):
+            return False
+        written = self._write(body, status)
+        if written and status.get("phase") == "Provisioning":
+            self._progress_reported[uid] = now
+        return written
 
     # ----------------------------------------------------------------------------- steps
 
@@ -171,14 +177,6 @@ class CustomerInstanceReconciler:
         log.debug("%s refused: %s", name, message)
         return Outcome(phase="Failed", status_written=self._write(body, rules.status_document(body, "Failed", conditions)))
 
-    def _list_live(self, owner: meta.Owner, namespace: Manifest | None) -> LiveObjects:
-        live = LiveObjects(owner.namespace)
-        if namespace is not None:
-            for key, item in list_live(self.api, owner.namespace, f"{meta.CUSTOMER}={owner.name}").items():
-                (live.fleets if FLEET_LABEL in item["metadata"].get("labels", {}) else live.stack)[key] = item
-            live.stack[key_of({**namespace, "kind": "Namespace"})] = {**namespace, "kind": "Namespace", "apiVersion": "v1"}
-        return live
-
     def _decide_licence(self, spec: dict[str, Any], live: LiveObjects) -> LicenceDecision:
         if spec.get("licence", {}).get("secretRef"):
             return self.licences.external(spec)
@@ -196,11 +194,12 @@ class CustomerInstanceReconciler:
                             "the broker's admin certificates were incomplete or lost: new ones are issued and the broker restarts with them")
         return issue_admin_tls(live.namespace_name)
 
-    def _broker_tls(self, spec: dict[str, Any], owner: meta.Owner) -> BrokerTLS:
-        """The broker's TLS Secret is read by name: the customer's own carries none of our labels."""
+    def _broker_tls(self, spec: dict[str, Any], owner: meta.Owner, live: LiveObjects) -> BrokerTLS:
+        """The broker's TLS Secret: cert-manager's carries our labels (the cache holds it); the customer's own
+        carries none and is read by name."""
         broker_spec = spec.get("broker") or {}
         secret_name = broker_tls_secret(broker_spec)
-        secret = self.api.get(SECRET, secret_name, owner.namespace) if secret_name else None
+        secret = (live.secret(secret_name) or self.api.get(SECRET, secret_name, owner.namespace)) if secret_name else None
         return broker_tls(broker_spec.get("tls"), secret_name, CERTIFICATE_CRD in self.optional_crds(), secret)
 
     def _device_endpoint(self, spec: dict[str, Any], owner: meta.Owner, live: LiveObjects) -> DeviceEndpoint:

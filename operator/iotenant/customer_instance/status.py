@@ -89,13 +89,13 @@ def _phase_and_ready(found: Findings, workloads: Condition, stalled_reason: str 
         return "Provisioning", Condition("Ready", FALSE, "Provisioning", workloads.message)
     if decision.expired_in_grace:
         return "Degraded", Condition("Ready", FALSE, licences.EXPIRED, decision.message)
+    # It names the licence: a new instance's first licence is told by this status, not by an Event.
+    ready = f"licence {decision.verified.claims.jti} ({decision.verified.claims.plan}) valid and every workload available"
     if found.monitoring.status != TRUE:
-        return "Degraded", Condition("Ready", TRUE, "Ready",
-                                     f"licence valid and every workload available; monitoring degraded: {found.monitoring.message}")
+        return "Degraded", Condition("Ready", TRUE, "Ready", f"{ready}; monitoring degraded: {found.monitoring.message}")
     if found.tls is not None and found.tls.status != TRUE:
-        return "Degraded", Condition("Ready", TRUE, "Ready",
-                                     f"licence valid and every workload available; no device TLS yet: {found.tls.message}")
-    return "Ready", Condition("Ready", TRUE, "Ready", "licence valid and every workload available")
+        return "Degraded", Condition("Ready", TRUE, "Ready", f"{ready}; no device TLS yet: {found.tls.message}")
+    return "Ready", Condition("Ready", TRUE, "Ready", ready)
 
 
 def phase_and_conditions(found: Findings) -> tuple[str, list[Condition]]:
@@ -183,15 +183,45 @@ def licence_status(decision: LicenceDecision) -> dict[str, Any]:
     }}
 
 
+def only_progress(previous: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Whether ``status`` differs from ``previous`` only in the messages of a tenant still provisioning
+    ("waiting for broker 0/1 ready" becoming "1/1"): progress worth telling now and then, not at every step."""
+    if previous.get("phase") != "Provisioning" or status.get("phase") != "Provisioning":
+        return False
+
+    def without_messages(document: dict[str, Any]) -> dict[str, Any]:
+        return {**{key: document.get(key) for key in status},
+                "conditions": [{k: v for k, v in c.items() if k != "message"} for c in document.get("conditions") or []]}
+
+    return without_messages(previous) == without_messages(status)
+
+
+def _first_steps(previous: dict[str, Any], status: dict[str, Any]) -> bool:
+    """A new instance provisioning, or becoming Ready for the first time: its Ready condition has not
+    flipped since its first status (every condition of that status shares one transition time)."""
+    if previous.get("phase") is None:
+        return status.get("phase") == "Provisioning"
+    conditions = previous.get("conditions") or []
+    ready = find(conditions, "Ready")
+    if status.get("phase") != "Ready" or previous.get("phase") != "Provisioning" or not ready or ready.get("status") != FALSE:
+        return False
+    return str(ready.get("lastTransitionTime", "")) <= min(str(c.get("lastTransitionTime", "")) for c in conditions)
+
+
 def events(previous: dict[str, Any], status: dict[str, Any]) -> list[EventNote]:
-    """An Event per phase change and per condition flip (Ready and Reconciling are told by the phase)."""
+    """An Event per phase change and per condition flip, except what the status alone tells well: a new
+    instance's first steps (provisioning, then Ready, whose message names the licence), Ready and
+    Reconciling (the phase tells them), and WorkloadsReady when the phase changes with it. Every later
+    transition and every warning is an Event."""
     notes: list[EventNote] = []
-    if "phase" in status and previous.get("phase") != status["phase"]:
+    phase_changed = "phase" in status and previous.get("phase") != status["phase"]
+    if phase_changed and not _first_steps(previous, status):
         ready = find(status.get("conditions"), "Ready") or {}
         notes.append(("Warning" if status["phase"] in WARNING_PHASES else "Normal", status["phase"], ready.get("message", status["phase"])))
+    told_by_phase = ("Ready", "Reconciling", "WorkloadsReady") if phase_changed else ("Ready", "Reconciling")
     for condition in status.get("conditions", []):
         before = find(previous.get("conditions"), condition["type"])
-        if before and before.get("status") != condition["status"] and condition["type"] not in ("Ready", "Reconciling"):
+        if before and before.get("status") != condition["status"] and condition["type"] not in told_by_phase:
             kind = "Warning" if condition["status"] == FALSE or condition["type"] == "Stalled" else "Normal"
             notes.append((kind, condition["reason"], f"{condition['type']}={condition['status']}: {condition['message']}"))
     return notes

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Histogram
 
 from iotenant.broker.addresses import BrokerAddresses
@@ -30,9 +29,10 @@ from iotenant.kube.apply import ObjectKey, apply_if_changed
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.events import post_event
 from iotenant.kube.kinds import DEPLOYMENT, DEVICE_FLEET
+from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing.licence import Limits
 from iotenant.render import fleet as fleet_objects
-from iotenant.render.meta import API_VERSION, Owner
+from iotenant.render.meta import Owner
 from iotenant.settings import OperatorSettings
 
 log = logging.getLogger("iotenant.device_fleet")
@@ -90,11 +90,13 @@ class DeviceFleetReconciler:
     def __init__(
         self,
         api: ClusterAPI,
+        cache: WatchCache,
         settings: OperatorSettings,
         addresses: BrokerAddresses | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
+        self.cache = cache
         self.settings = settings
         self.addresses = addresses or BrokerAddresses(settings.broker_address_template, settings.broker_addresses_file)
         self.clock = clock
@@ -205,13 +207,7 @@ class DeviceFleetReconciler:
     # ----------------------------------------------------------------------------- parts of the steps
 
     def _list_fleets(self, namespace: str) -> list[Fleet]:
-        try:
-            return [Fleet.from_body({"apiVersion": API_VERSION, "kind": "DeviceFleet", **body})
-                    for body in self.api.list(DEVICE_FLEET, namespace)]
-        except ApiException as error:
-            if error.status == 404:  # the DeviceFleet CRD is not installed
-                return []
-            raise
+        return [Fleet.from_body(body) for body in self.cache.in_namespace(DEVICE_FLEET, namespace)]
 
     def _sync_broker(self, access: TenantAccess, desired: dict[str, Identity]) -> SyncResult:
         """Bring the broker in step, unless it was found in step with the same desired state within a resync."""

@@ -12,13 +12,14 @@ from typing import Any
 
 import kopf
 
-from iotenant.broker.device_endpoint import DEVICE_SERVICE
+from iotenant.customer_instance.live_objects import TENANT_WATCHES
 from iotenant.customer_instance.reconciler import CustomerInstanceReconciler
 from iotenant.device_fleet.status import report_not_in_customer_namespace
 from iotenant.kopf_handlers import instance_loop
 from iotenant.kopf_handlers.keyring_upkeep import maintain_keyring, publish_jwks
 from iotenant.kopf_handlers.state import OperatorState, state
 from iotenant.kube.kinds import CRD, NAMESPACE
+from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
 from iotenant.licensing.plans import load_catalogue
 from iotenant.licensing.trusted_issuers import TrustedIssuers
@@ -30,6 +31,21 @@ GROUP, VERSION = API_VERSION.split("/")
 # Reconciles run in threads; a tenant whose broker takes minutes to admit a big fleet must not hold
 # up the others, so there are more threads than the default (cores + 4).
 RECONCILE_THREADS = 32
+# The watch cache lists every kind once before the first reconcile; an operator that cannot (RBAC, an
+# unreachable API server) stops with the kinds it could not list rather than reconcile blind.
+CACHE_SYNC_SECONDS = 300.0
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf keeps no "last handled" copy on CustomerInstances: the loop reacts to generation and annotations
+    itself and there are no create or update handlers, so that copy was one more write per instance and
+    change that nobody read."""
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 @kopf.on.startup()
@@ -37,7 +53,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     s = state()
     settings.persistence.finalizer = "iotenant.io/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="iotenant.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="iotenant.io", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
@@ -51,8 +67,18 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     s.keyring = ring
     s.optional_crds = frozenset(
         [name for name in OPTIONAL_CRDS if await asyncio.to_thread(s.api.get, CRD, name) is not None])
+    loop = asyncio.get_running_loop()
+    s.cache = WatchCache(s.api, TENANT_WATCHES, lambda item: loop.call_soon_threadsafe(_wake_owner, item))
+    s.api.observe_writes(s.cache.record)
+    s.cache.start()
+    unlisted = await asyncio.to_thread(s.cache.wait_synced, CACHE_SYNC_SECONDS)
+    if unlisted:
+        raise kopf.PermanentError(f"could not list {', '.join(unlisted)} within {CACHE_SYNC_SECONDS:.0f} s: "
+                                  "check the operator's RBAC and the API server")
+    log.info("watch cache filled: %d objects", s.cache.size())
     s.reconciler = CustomerInstanceReconciler(
         api=s.api,
+        cache=s.cache,
         settings=s.settings,
         catalogue=catalogue,
         keyring=lambda: s.keyring,  # type: ignore[arg-type, return-value]
@@ -66,8 +92,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    for task in state().tasks:
+    s = state()
+    for task in s.tasks:
         task.cancel()
+    if s.cache is not None:
+        s.cache.stop()
 
 
 @kopf.index(GROUP, VERSION, "customerinstances")
@@ -112,8 +141,10 @@ def customer_instance_deleted(body: kopf.Body, **_: Any) -> None:
     s.reconciler.finalize(json.loads(json.dumps(dict(body))))
 
 
-def _wake_owner(body: kopf.Body) -> None:
-    """Wake the loop of the CustomerInstance whose object (or whose fleet's object) changed."""
+def _wake_owner(body: dict[str, Any]) -> None:
+    """Wake the loop of the CustomerInstance whose object (or whose fleet's object) changed: the watch
+    cache reports every change it did not make itself (a workload's readiness, a cloud's load balancer
+    address, a hand edit or deletion to heal)."""
     s = state()
     metadata = body.get("metadata", {})
     labels = metadata.get("labels", {})
@@ -129,7 +160,7 @@ def _wake_owner(body: kopf.Body) -> None:
 def _is_customer_namespace(s: OperatorState, namespace: str) -> bool:
     if namespace in s.namespaces:
         return True
-    found = s.api.get(NAMESPACE, namespace)
+    found = s.cache.get(NAMESPACE, namespace) if s.cache is not None else None
     labels = (found or {}).get("metadata", {}).get("labels", {})
     owned = any(ref.get("kind") == "CustomerInstance" and ref.get("controller") for ref in (found or {}).get("metadata", {}).get("ownerReferences", []))
     return owned and labels.get(MANAGED_BY) == OPERATOR_NAME and CUSTOMER in labels
@@ -159,26 +190,6 @@ def device_fleet_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
         report_not_in_customer_namespace(s.api, json.loads(json.dumps(dict(body))))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={PART_OF: "iotenant"})
-def deployment_changed(body: kopf.Body, **_: Any) -> None:
-    _wake_owner(body)
-
-
-@kopf.on.event("apps", "v1", "statefulsets", labels={PART_OF: "iotenant"})
-def stateful_set_changed(body: kopf.Body, **_: Any) -> None:
-    _wake_owner(body)
-
-
-def _is_device_service(name: str, **_: Any) -> bool:
-    return name == DEVICE_SERVICE
-
-
-@kopf.on.event("", "v1", "services", labels={PART_OF: "iotenant"}, when=_is_device_service)
-def device_service_changed(body: kopf.Body, **_: Any) -> None:
-    """A cloud assigned (or changed) the broker's load balancer or node port: credentials follow it."""
-    _wake_owner(body)
-
-
 def _is_optional_crd(name: str, **_: Any) -> bool:
     return name in OPTIONAL_CRDS
 
@@ -197,4 +208,6 @@ def optional_crd_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
     if now != s.optional_crds:
         s.optional_crds = now
         log.info("CRD %s %s", name, "available" if name in now else "gone")
+        if s.cache is not None:
+            s.cache.list_absent_kinds()
         s.wake()

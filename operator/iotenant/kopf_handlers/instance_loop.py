@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -12,11 +11,13 @@ from typing import Any
 from iotenant.customer_instance.reconciler import Outcome
 from iotenant.kopf_handlers.metrics import OBJECTS_APPLIED, OBJECTS_PRUNED, RECONCILE_SECONDS, RECONCILES, count_phases
 from iotenant.kopf_handlers.state import OperatorState
+from iotenant.kube.kinds import CUSTOMER_INSTANCE
 from iotenant.render.meta import namespace_for
 
 log = logging.getLogger("iotenant.operator")
-# While provisioning with nothing left to write, look again this soon (workloads becoming ready).
-PROVISIONING_RECHECK_SECONDS = 2.0
+# While provisioning with nothing left to write, look again this soon. A safety net only: the watch cache
+# wakes the loop as soon as a workload's readiness changes.
+PROVISIONING_RECHECK_SECONDS = 10.0
 
 
 def holder_of(claimants: list[tuple[str, str]]) -> str | None:
@@ -50,7 +51,8 @@ async def run(s: OperatorState, body: Any, stopped: Any, claimants_of: Callable[
     try:
         while not stopped:
             wakeup.clear()
-            snapshot = json.loads(json.dumps(dict(body)))
+            assert s.cache is not None
+            snapshot = s.cache.latest(CUSTOMER_INSTANCE, dict(body))
             started = time.monotonic()
             assert s.reconciler is not None
             try:

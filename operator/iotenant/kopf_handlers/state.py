@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from iotenant.customer_instance.reconciler import CustomerInstanceReconciler
 from iotenant.kube.client import ClusterAPI
+from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
 from iotenant.settings import OperatorSettings
 
@@ -18,6 +19,7 @@ class OperatorState:
     settings: OperatorSettings
     api: ClusterAPI
     reconciler: CustomerInstanceReconciler | None = None
+    cache: WatchCache | None = None
     keyring: signing_keys.KeyRing | None = None
     keyring_version: str = ""
     optional_crds: frozenset[str] = frozenset()  # the established CRDs of render.stack.OPTIONAL_CRDS

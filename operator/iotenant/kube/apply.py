@@ -3,7 +3,8 @@
 A desired object is applied (server-side apply) when it is missing, when the desired manifest
 changed since it was last applied (a hash in an annotation), or when the live object no longer
 contains a desired field (someone edited it by hand). Objects this owner controls that are no longer
-desired are deleted. A resync where nothing differs makes reads only.
+desired are deleted. A resync where nothing differs writes nothing (and, with the live objects from
+the operator's watch cache, reads nothing from the API server either).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from kubernetes.client.exceptions import ApiException
-
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import NAMESPACED_KINDS, kind_of_manifest
+from iotenant.kube.kinds import kind_of_manifest
 
 DESIRED_HASH = "iotenant.io/desired-hash"
 
@@ -89,23 +88,6 @@ def apply_if_changed(api: ClusterAPI, manifest: Manifest, live: Manifest | None)
 
 def controlled_by(manifest: Manifest, owner_uid: str) -> bool:
     return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in manifest["metadata"].get("ownerReferences", []))
-
-
-def list_live(api: ClusterAPI, namespace: str, label_selector: str) -> dict[ObjectKey, Manifest]:
-    """Objects of every stack kind in ``namespace`` matching ``label_selector``; absent kinds (CRD not installed) are skipped."""
-    live: dict[ObjectKey, Manifest] = {}
-    for kind in NAMESPACED_KINDS:
-        try:
-            items = api.list(kind, namespace, label_selector)
-        except ApiException as error:
-            if error.status == 404:
-                continue
-            raise
-        for item in items:
-            item.setdefault("kind", kind.kind)
-            item.setdefault("apiVersion", kind.api_version)
-            live[key_of(item)] = item
-    return live
 
 
 @dataclass

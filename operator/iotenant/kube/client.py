@@ -7,10 +7,12 @@ Objects are plain dicts (as they travel on the wire). Every write the operator m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
 from iotenant import __version__
 from iotenant.kube.kinds import ResourceKind, kind_of_manifest
@@ -19,6 +21,11 @@ FIELD_MANAGER = "iotenant-operator"
 USER_AGENT = f"iotenant-operator/{__version__}"
 
 Manifest = dict[str, Any]
+API_REQUESTS = Counter("iotenant_operator_api_requests_total",
+                       "Requests to the API server by verb (get, list, watch, apply, create, update, patch, delete) and kind",
+                       ["verb", "kind"])
+# Told of every write that succeeded: (kind, the object the server returned or None when deleted, name, namespace).
+WriteObserver = Callable[[ResourceKind, "Manifest | None", str, "str | None"], None]
 
 
 class ClusterAPI:
@@ -26,6 +33,15 @@ class ClusterAPI:
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._api = api_client
+        self._observers: list[WriteObserver] = []
+
+    def observe_writes(self, observer: WriteObserver) -> None:
+        """Call ``observer`` after each successful write through this client (a watch cache records them)."""
+        self._observers.append(observer)
+
+    def _wrote(self, kind: ResourceKind, written: Manifest | None, name: str, namespace: str | None) -> None:
+        for observer in self._observers:
+            observer(kind, written, name, namespace)
 
     @classmethod
     def from_environment(cls) -> "ClusterAPI":
@@ -40,6 +56,16 @@ class ClusterAPI:
         api_client = client.ApiClient(configuration)
         api_client.user_agent = USER_AGENT
         return cls(api_client)
+
+    def with_own_connections(self, connections: int) -> "ClusterAPI":
+        """The same server and identity over a pool of its own (long-lived watches keep theirs apart)."""
+        configuration = self._api.configuration
+        own = type(configuration)()
+        own.__dict__.update({key: value for key, value in configuration.__dict__.items() if key != "logger"})
+        own.connection_pool_maxsize = connections
+        api_client = client.ApiClient(own)
+        api_client.user_agent = self._api.user_agent
+        return ClusterAPI(api_client)
 
     def _request(
         self,
@@ -66,6 +92,7 @@ class ClusterAPI:
         return json.loads(response.data) if response.data else {}
 
     def get(self, kind: ResourceKind, name: str, namespace: str | None = None) -> Manifest | None:
+        API_REQUESTS.labels("get", kind.kind).inc()
         try:
             return self._request("GET", kind.object_path(name, namespace))
         except ApiException as error:
@@ -74,45 +101,97 @@ class ClusterAPI:
             raise
 
     def list(self, kind: ResourceKind, namespace: str | None = None, label_selector: str | None = None) -> list[Manifest]:
+        API_REQUESTS.labels("list", kind.kind).inc()
         query = [("labelSelector", label_selector)] if label_selector else []
         return list(self._request("GET", kind.collection_path(namespace), query=query).get("items", []))
+
+    def list_page(self, kind: ResourceKind, label_selector: str | None, limit: int, continue_token: str | None) -> Manifest:
+        """One page of a cluster-wide list (the whole list document: items and metadata.resourceVersion/continue)."""
+        API_REQUESTS.labels("list", kind.kind).inc()
+        query = [("limit", str(limit))]
+        query += [("labelSelector", label_selector)] if label_selector else []
+        query += [("continue", continue_token)] if continue_token else []
+        return self._request("GET", kind.cluster_wide_path(), query=query, timeout=120.0)
+
+    def watch(self, kind: ResourceKind, label_selector: str | None, resource_version: str, timeout_seconds: int) -> Iterator[Manifest]:
+        """Cluster-wide watch events ({type, object}) from ``resource_version``, with bookmarks, until the server
+        ends the watch after ``timeout_seconds``. Raises ApiException for a refused watch (410: too old)."""
+        API_REQUESTS.labels("watch", kind.kind).inc()
+        query = [("watch", "1"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
+                 ("timeoutSeconds", str(timeout_seconds))]
+        query += [("labelSelector", label_selector)] if label_selector else []
+        prepared = self._api.param_serialize(
+            method="GET", resource_path=kind.cluster_wide_path(),
+            query_params=query, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*prepared, _request_timeout=(10.0, timeout_seconds + 30.0))
+        stream = response.response
+        try:
+            if not 200 <= response.status <= 299:
+                response.read()
+                raise ApiException(http_resp=response)
+            pending = b""
+            for chunk in stream.stream(64 * 1024, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            stream.release_conn()
 
     def apply(self, manifest: Manifest, force: bool = True) -> Manifest:
         """Server-side apply ``manifest`` as the operator's one field manager."""
         kind = kind_of_manifest(manifest)
         metadata = manifest["metadata"]
+        API_REQUESTS.labels("apply", kind.kind).inc()
         query = [("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")]
-        return self._request(
+        applied = self._request(
             "PATCH",
             kind.object_path(metadata["name"], metadata.get("namespace")),
             query=query,
             body=manifest,
             content_type="application/apply-patch+yaml",
         )
+        self._wrote(kind, applied, metadata["name"], metadata.get("namespace"))
+        return applied
 
     def create(self, manifest: Manifest) -> Manifest:
         kind = kind_of_manifest(manifest)
-        return self._request("POST", kind.collection_path(manifest["metadata"].get("namespace")), body=manifest)
+        API_REQUESTS.labels("create", kind.kind).inc()
+        created = self._request("POST", kind.collection_path(manifest["metadata"].get("namespace")), body=manifest)
+        self._wrote(kind, created, created.get("metadata", {}).get("name", ""), manifest["metadata"].get("namespace"))
+        return created
 
     def replace(self, kind: ResourceKind, name: str, namespace: str | None, manifest: Manifest) -> Manifest:
         """PUT: with metadata.resourceVersion set, fails with 409 if the object changed meanwhile."""
-        return self._request("PUT", kind.object_path(name, namespace), body=manifest)
+        API_REQUESTS.labels("update", kind.kind).inc()
+        replaced = self._request("PUT", kind.object_path(name, namespace), body=manifest)
+        self._wrote(kind, replaced, name, namespace)
+        return replaced
 
     def merge_patch(self, kind: ResourceKind, name: str, namespace: str | None, patch: Manifest) -> Manifest:
-        return self._request(
+        API_REQUESTS.labels("patch", kind.kind).inc()
+        patched = self._request(
             "PATCH", kind.object_path(name, namespace), body=patch, content_type="application/merge-patch+json"
         )
+        self._wrote(kind, patched, name, namespace)
+        return patched
 
     def patch_status(self, kind: ResourceKind, name: str, namespace: str | None, status: Manifest) -> Manifest:
-        return self._request(
+        API_REQUESTS.labels("patch_status", kind.kind).inc()
+        patched = self._request(
             "PATCH",
             kind.object_path(name, namespace) + "/status",
             body={"status": status},
             content_type="application/merge-patch+json",
         )
+        self._wrote(kind, patched, name, namespace)
+        return patched
 
     def delete(self, kind: ResourceKind, name: str, namespace: str | None = None, propagation: str = "Background") -> bool:
         """Delete an object; False when it was already gone."""
+        API_REQUESTS.labels("delete", kind.kind).inc()
         try:
             self._request(
                 "DELETE",
@@ -121,6 +200,9 @@ class ClusterAPI:
             )
         except ApiException as error:
             if error.status == 404:
+                self._wrote(kind, None, name, namespace)
                 return False
             raise
+        self._wrote(kind, None, name, namespace)
         return True
+

@@ -13,13 +13,20 @@ class ResourceKind:
     plural: str
     namespaced: bool
 
+    @property
+    def _root(self) -> str:
+        return f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+
     def collection_path(self, namespace: str | None) -> str:
-        root = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
         if self.namespaced:
             if not namespace:
                 raise ValueError(f"{self.kind} is namespaced: a namespace is required")
-            return f"{root}/namespaces/{namespace}/{self.plural}"
-        return f"{root}/{self.plural}"
+            return f"{self._root}/namespaces/{namespace}/{self.plural}"
+        return f"{self._root}/{self.plural}"
+
+    def cluster_wide_path(self) -> str:
+        """Every object of this kind, across all namespaces (what a cluster-wide list or watch reads)."""
+        return f"{self._root}/{self.plural}"
 
     def object_path(self, name: str, namespace: str | None) -> str:
         return f"{self.collection_path(namespace)}/{name}"

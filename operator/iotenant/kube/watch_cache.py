@@ -1,0 +1,300 @@
+"""A watch cache: what the operator reads of every tenant, kept current by one list-then-watch per kind.
+
+A converged tenant's reconcile reads from here, never from the API server, so a resync of a thousand
+tenants makes no API reads at all. Each watched kind is listed once (in pages), then watched from that
+list's resourceVersion with bookmarks; a watch the server calls too old (410) is followed by a fresh
+list, whose differences are reported as changes. Objects are kept as compact JSON (no managedFields,
+no status unless the reconcile reads it), so a thousand tenants' objects take tens of MiB, and every
+read hands out a fresh copy that the caller may change.
+
+The operator's own writes are recorded as they succeed (``record``, wired to ``ClusterAPI``'s write
+hook): the next reconcile sees what was just written without waiting for the watch, an older event
+never replaces a newer object, and the watch's echo of that write (the same resourceVersion) is not
+reported as a change unless it arrived before the write's own response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter, Gauge
+
+from iotenant.kube.client import ClusterAPI, Manifest
+from iotenant.kube.kinds import ResourceKind
+
+log = logging.getLogger("iotenant.watch_cache")
+
+PAGE_SIZE = 500
+WATCH_SECONDS = 300  # the server ends each watch after this long; it is resumed from the last resourceVersion
+ABSENT_KIND_RECHECK_SECONDS = 30.0  # a kind whose CRD is not installed is listed again this often (or when one appears)
+RETRY_SECONDS = 1.0
+
+CACHED_OBJECTS = Gauge("iotenant_operator_cached_objects", "Objects held by the operator's watch cache, by kind", ["kind"])
+CACHE_RELISTS = Counter("iotenant_operator_cache_relists_total",
+                        "Full lists of a watched kind, by reason (start, expired: the watch was too old, error, installed)",
+                        ["kind", "reason"])
+
+# A change is reported with the object as the watch delivered it (for a deletion: its last state).
+ChangeHandler = Callable[[Manifest], None]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One kind the cache holds: objects matching ``label_selector`` in every namespace."""
+
+    kind: ResourceKind
+    label_selector: str | None = None
+    keep_status: bool = False  # keep .status (workload readiness, load balancer addresses); else dropped
+
+
+def _compact(item: Manifest, kind: ResourceKind, keep_status: bool) -> bytes:
+    metadata = {key: value for key, value in item.get("metadata", {}).items() if key != "managedFields"}
+    kept = {key: value for key, value in item.items() if key != "metadata" and (keep_status or key != "status")}
+    return json.dumps({**kept, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata},
+                      separators=(",", ":")).encode()
+
+
+def _newer(candidate: str, current: str) -> bool:
+    """Whether resourceVersion ``candidate`` may replace ``current`` (etcd's are numbers; anything else: yes)."""
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) >= int(current)
+    return True
+
+
+class _Expired(Exception):
+    """The server no longer has the history the watch asked for (410 Gone): list again."""
+
+
+class _Store:
+    """The objects of one kind: namespace -> name -> (resourceVersion, compact JSON)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, tuple[str, bytes]]] = {}
+        self.count = 0
+
+    def put(self, namespace: str, name: str, version: str, data: bytes) -> None:
+        names = self.objects.setdefault(namespace, {})
+        self.count += name not in names
+        names[name] = (version, data)
+
+    def pop(self, namespace: str, name: str) -> tuple[str, bytes] | None:
+        names = self.objects.get(namespace)
+        if not names or name not in names:
+            return None
+        self.count -= 1
+        found = names.pop(name)
+        if not names:
+            del self.objects[namespace]
+        return found
+
+    def version(self, namespace: str, name: str) -> str | None:
+        found = self.objects.get(namespace, {}).get(name)
+        return found[0] if found else None
+
+
+class WatchCache:
+    """Holds every ``Watched`` kind; ``start`` it, wait until ``synced``, then read with ``get`` and ``in_namespace``."""
+
+    def __init__(self, api: ClusterAPI, watched: Sequence[Watched], on_change: ChangeHandler) -> None:
+        self._api = api.with_own_connections(len(watched) + 2)
+        self._watched = {w.kind: w for w in watched}
+        self._stores = {w.kind: _Store() for w in watched}
+        self._lock = threading.Lock()
+        self._synced = {w.kind: threading.Event() for w in watched}
+        self._pokes = {w.kind: threading.Event() for w in watched}
+        self._stopping = threading.Event()
+        self._on_change = on_change
+        self._threads: list[threading.Thread] = []
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        for kind in self._watched:
+            thread = threading.Thread(target=self._reflect, args=(kind,), name=f"watch-{kind.plural}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_synced(self, timeout: float) -> list[str]:
+        """Block until every kind was listed once (a kind not installed counts as listed, empty); returns the
+        kinds still not listed after ``timeout`` seconds (empty when all are)."""
+        for event in self._synced.values():
+            event.wait(timeout)
+        return [kind.kind for kind, event in self._synced.items() if not event.is_set()]
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for poke in self._pokes.values():
+            poke.set()
+
+    def list_absent_kinds(self) -> None:
+        """A CRD appeared: the kinds not installed at their last list are listed now, not at the next recheck."""
+        for poke in self._pokes.values():
+            poke.set()
+
+    # ----------------------------------------------------------------------------- reads
+
+    def holds(self, kind: ResourceKind) -> bool:
+        return kind in self._stores
+
+    def get(self, kind: ResourceKind, name: str, namespace: str | None = None) -> Manifest | None:
+        with self._lock:
+            found = self._stores[kind].objects.get(namespace or "", {}).get(name)
+        return json.loads(found[1]) if found else None
+
+    def latest(self, kind: ResourceKind, body: Manifest) -> Manifest:
+        """The newer of ``body`` (as another watcher saw it) and the cache's copy (which holds the operator's
+        own last write at once): a status just written is never compared with the one before it."""
+        metadata = body.get("metadata", {})
+        held = self.get(kind, metadata.get("name", ""), metadata.get("namespace"))
+        if held is not None and _newer(str(held["metadata"].get("resourceVersion", "")), str(metadata.get("resourceVersion", ""))):
+            return held
+        return json.loads(json.dumps(body))
+
+    def in_namespace(self, kind: ResourceKind, namespace: str, labels: dict[str, str] | None = None) -> list[Manifest]:
+        """Copies of the objects of ``kind`` in ``namespace`` whose labels include ``labels``."""
+        with self._lock:
+            data = [entry[1] for entry in self._stores[kind].objects.get(namespace, {}).values()]
+        items = [json.loads(raw) for raw in data]
+        if not labels:
+            return items
+        return [item for item in items
+                if all((item["metadata"].get("labels") or {}).get(key) == value for key, value in labels.items())]
+
+    def size(self) -> int:
+        with self._lock:
+            return sum(store.count for store in self._stores.values())
+
+    # ----------------------------------------------------------------------------- the operator's own writes
+
+    def record(self, kind: ResourceKind, written: Manifest | None, name: str, namespace: str | None) -> None:
+        """A write of ours succeeded: ``written`` is the object the server returned (None: it was deleted)."""
+        if kind not in self._watched:
+            return
+        store, namespace_key = self._stores[kind], namespace or ""
+        with self._lock:
+            if written is None:
+                store.pop(namespace_key, name)
+            else:
+                version = str(written.get("metadata", {}).get("resourceVersion", ""))
+                current = store.version(namespace_key, name)
+                if current is None or _newer(version, current):
+                    store.put(namespace_key, name, version, _compact(written, kind, self._watched[kind].keep_status))
+            CACHED_OBJECTS.labels(kind.kind).set(store.count)
+
+    # ----------------------------------------------------------------------------- list and watch, one thread per kind
+
+    def _reflect(self, kind: ResourceKind) -> None:
+        version: str | None = None
+        reason = "start"
+        while not self._stopping.is_set():
+            try:
+                if version is None:
+                    self._pokes[kind].clear()
+                    version = self._list(kind, reason)
+                    if version is None:  # not installed: look again later
+                        self._pokes[kind].wait(ABSENT_KIND_RECHECK_SECONDS)
+                        reason = "installed"
+                        continue
+                version = self._watch(kind, version)
+            except _Expired:
+                version, reason = None, "expired"
+            except Exception as error:  # the server restarting, a dropped connection: resume, list again if need be
+                if isinstance(error, ApiException) and error.status == 404:
+                    version, reason = None, "installed"
+                    self._replace(kind, {})
+                    continue
+                log.warning("watch of %s interrupted (%s); resuming", kind.plural, error)
+                self._stopping.wait(RETRY_SECONDS)
+                if version is None:
+                    reason = "error"
+
+    def _list(self, kind: ResourceKind, reason: str) -> str | None:
+        """List ``kind`` in full and make it the store's content; returns the list's resourceVersion (None: not installed)."""
+        watched = self._watched[kind]
+        fresh: dict[tuple[str, str], tuple[str, bytes, Manifest]] = {}
+        token: str | None = None
+        try:
+            while True:
+                page = self._api.list_page(kind, watched.label_selector, PAGE_SIZE, token)
+                for item in page.get("items", []):
+                    metadata = item.get("metadata", {})
+                    item.setdefault("kind", kind.kind)
+                    item.setdefault("apiVersion", kind.api_version)
+                    fresh[(metadata.get("namespace", ""), metadata["name"])] = (
+                        str(metadata.get("resourceVersion", "")), _compact(item, kind, watched.keep_status), item)
+                token = page.get("metadata", {}).get("continue") or None
+                if token is None:
+                    version = str(page.get("metadata", {}).get("resourceVersion", ""))
+                    break
+        except ApiException as error:
+            if error.status == 404:
+                self._replace(kind, {})
+                self._synced[kind].set()
+                return None
+            if error.status == 410:  # the continue token expired mid-list: start over
+                raise _Expired() from error
+            raise
+        CACHE_RELISTS.labels(kind.kind, reason).inc()
+        self._replace(kind, fresh)
+        self._synced[kind].set()
+        return version
+
+    def _replace(self, kind: ResourceKind, fresh: dict[tuple[str, str], tuple[str, bytes, Manifest]]) -> None:
+        store = self._stores[kind]
+        changed: list[Manifest] = []
+        with self._lock:
+            gone = [(namespace, name) for namespace, names in store.objects.items() for name in names if (namespace, name) not in fresh]
+            for namespace, name in gone:
+                removed = store.pop(namespace, name)
+                if removed is not None:
+                    changed.append(json.loads(removed[1]))
+            for (namespace, name), (version, data, item) in fresh.items():
+                if store.version(namespace, name) != version:
+                    store.put(namespace, name, version, data)
+                    changed.append(item)
+            CACHED_OBJECTS.labels(kind.kind).set(store.count)
+        if self._synced[kind].is_set():  # the first list is the starting point, not news
+            self._report(changed)
+
+    def _watch(self, kind: ResourceKind, version: str) -> str:
+        """Follow ``kind`` from ``version`` until the server ends the watch; returns the last resourceVersion seen."""
+        watched, store = self._watched[kind], self._stores[kind]
+        for event in self._api.watch(kind, watched.label_selector, version, WATCH_SECONDS):
+            if self._stopping.is_set():
+                break
+            kind_of_event, item = event.get("type"), event.get("object") or {}
+            if kind_of_event == "ERROR":
+                if item.get("code") == 410:
+                    raise _Expired()
+                raise RuntimeError(f"watch error: {item.get('message', item)}")
+            metadata = item.get("metadata", {})
+            version = str(metadata.get("resourceVersion", version))
+            if kind_of_event == "BOOKMARK":
+                continue
+            namespace, name = metadata.get("namespace", ""), metadata.get("name", "")
+            item.setdefault("kind", kind.kind)
+            item.setdefault("apiVersion", kind.api_version)
+            with self._lock:
+                if kind_of_event == "DELETED":
+                    news = store.pop(namespace, name) is not None
+                else:
+                    current = store.version(namespace, name)
+                    news = current != version and (current is None or _newer(version, current))
+                    if news:
+                        store.put(namespace, name, version, _compact(item, kind, watched.keep_status))
+                CACHED_OBJECTS.labels(kind.kind).set(store.count)
+            if news:
+                self._report([item])
+        return version
+
+    def _report(self, changed: Iterable[Manifest]) -> None:
+        for item in changed:
+            try:
+                self._on_change(item)
+            except Exception:
+                log.exception("reporting a change of %s failed", item.get("metadata", {}).get("name"))
