@@ -3,9 +3,9 @@
 A converged tenant's reconcile reads from here, never from the API server, so a resync of a thousand
 tenants makes no API reads at all. Each watched kind is listed once (in pages), then watched from that
 list's resourceVersion with bookmarks; a watch the server calls too old (410) is followed by a fresh
-list, whose differences are reported as changes. Objects are kept as compact JSON (no managedFields,
-no status unless the reconcile reads it), so a thousand tenants' objects take tens of MiB, and every
-read hands out a fresh copy that the caller may change.
+list, whose differences are reported as changes. Objects are kept as compressed JSON (no managedFields,
+no status unless the reconcile reads it), so a thousand tenants' objects take a few tens of MiB, and
+every read hands out a fresh copy that the caller may change.
 
 The operator's own writes are recorded as they succeed (``record``, wired to ``ClusterAPI``'s write
 hook): the next reconcile sees what was just written without waiting for the watch, an older event
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -55,8 +56,12 @@ class Watched:
 def _compact(item: Manifest, kind: ResourceKind, keep_status: bool) -> bytes:
     metadata = {key: value for key, value in item.get("metadata", {}).items() if key != "managedFields"}
     kept = {key: value for key, value in item.items() if key != "metadata" and (keep_status or key != "status")}
-    return json.dumps({**kept, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata},
-                      separators=(",", ":")).encode()
+    return zlib.compress(json.dumps({**kept, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata},
+                                    separators=(",", ":")).encode(), 1)
+
+
+def _expand(data: bytes) -> Manifest:
+    return json.loads(zlib.decompress(data))
 
 
 def _newer(candidate: str, current: str) -> bool:
@@ -144,7 +149,7 @@ class WatchCache:
     def get(self, kind: ResourceKind, name: str, namespace: str | None = None) -> Manifest | None:
         with self._lock:
             found = self._stores[kind].objects.get(namespace or "", {}).get(name)
-        return json.loads(found[1]) if found else None
+        return _expand(found[1]) if found else None
 
     def latest(self, kind: ResourceKind, body: Manifest) -> Manifest:
         """The newer of ``body`` (as another watcher saw it) and the cache's copy (which holds the operator's
@@ -159,7 +164,7 @@ class WatchCache:
         """Copies of the objects of ``kind`` in ``namespace`` whose labels include ``labels``."""
         with self._lock:
             data = [entry[1] for entry in self._stores[kind].objects.get(namespace, {}).values()]
-        items = [json.loads(raw) for raw in data]
+        items = [_expand(raw) for raw in data]
         if not labels:
             return items
         return [item for item in items
@@ -252,7 +257,7 @@ class WatchCache:
             for namespace, name in gone:
                 removed = store.pop(namespace, name)
                 if removed is not None:
-                    changed.append(json.loads(removed[1]))
+                    changed.append(_expand(removed[1]))
             for (namespace, name), (version, data, item) in fresh.items():
                 if store.version(namespace, name) != version:
                     store.put(namespace, name, version, data)
