@@ -49,8 +49,9 @@ PAUSED_ANNOTATION = rules.PAUSED_ANNOTATION
 DEVICE_FLEET_RETRY_SECONDS = 5.0
 # A customer's own TLS Secret carries no label of ours (the cache does not hold it): while it is awaited, look this often.
 TLS_RECHECK_SECONDS = 10.0
-# While a tenant provisions, a status that only says how far it got is written at most this often.
-PROGRESS_REPORT_SECONDS = 30.0
+# While a tenant provisions, a status that only says how far it got is written at most this often: a
+# normal provisioning writes its status twice (started, Ready); a stuck one still tells what it waits for.
+PROGRESS_REPORT_SECONDS = 300.0
 # The StatefulSets with a volume, by the spec section that may name its class (None: only the operator's default).
 VOLUMES = (("broker", "broker"), ("database", "database"), ("prometheus", None))
 
