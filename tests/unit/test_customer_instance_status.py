@@ -109,9 +109,9 @@ def test_events_tell_phase_changes_and_condition_flips_once() -> None:
 
 
 def test_a_new_instance_reaches_ready_without_events_and_later_transitions_have_them() -> None:
-    def step(previous: dict | None, waiting: tuple[str, ...], stamp: str) -> dict:
-        phase, conditions = rules.phase_and_conditions(findings(waiting=waiting))
-        return rules.status_document(body(previous), phase, conditions, timestamp=stamp)
+    def step(previous: dict | None, waiting: tuple[str, ...], stamp: str, generation: int = 1, suspended: bool = False) -> dict:
+        phase, conditions = rules.phase_and_conditions(findings(waiting=waiting, suspended=suspended))
+        return rules.status_document(body(previous, generation), phase, conditions, timestamp=stamp)
 
     provisioning = step(None, ("broker not created yet",), STAMP)
     assert rules.events({}, provisioning) == [], "a new instance provisioning: its first status says so"
@@ -127,6 +127,14 @@ def test_a_new_instance_reaches_ready_without_events_and_later_transitions_have_
     again = step(rolling, (), "2026-11-25T11:00:30Z")
     assert [reason for _, reason, _ in rules.events(rolling, again)] == ["Ready"], "a later Ready is news"
     assert not rules.only_progress(ready, rolling) and not rules.only_progress(rolling, again)
+
+    # All within one second (transition times have whole seconds): suspended and back is still news.
+    quick = step(step(None, ("broker not created yet",), STAMP), (), STAMP)
+    suspended = step(quick, (), STAMP, generation=2, suspended=True)
+    resumed = step(suspended, ("broker 0/1 ready",), STAMP, generation=3)
+    back = step(resumed, (), STAMP, generation=3)
+    assert [reason for _, reason, _ in rules.events(quick, suspended)] == ["Suspended"]
+    assert [reason for _, reason, _ in rules.events(resumed, back)] == ["Ready"]
 
 
 def test_ready_replicas_reads_the_rollout_honestly() -> None:

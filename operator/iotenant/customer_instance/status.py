@@ -197,13 +197,16 @@ def only_progress(previous: dict[str, Any], status: dict[str, Any]) -> bool:
 
 
 def _first_steps(previous: dict[str, Any], status: dict[str, Any]) -> bool:
-    """A new instance provisioning, or becoming Ready for the first time: its Ready condition has not
-    flipped since its first status (every condition of that status shares one transition time)."""
+    """A new instance provisioning, or becoming Ready for the first time: still at its first generation,
+    and its Ready condition has not flipped since its first status (every condition of that status shares
+    one transition time; times have whole seconds, so the generation tells a quick second round apart)."""
     if previous.get("phase") is None:
         return status.get("phase") == "Provisioning"
     conditions = previous.get("conditions") or []
     ready = find(conditions, "Ready")
     if status.get("phase") != "Ready" or previous.get("phase") != "Provisioning" or not ready or ready.get("status") != FALSE:
+        return False
+    if int(previous.get("observedGeneration", 0) or 0) != 1 or int(status.get("observedGeneration", 0) or 0) != 1:
         return False
     return str(ready.get("lastTransitionTime", "")) <= min(str(c.get("lastTransitionTime", "")) for c in conditions)
 
