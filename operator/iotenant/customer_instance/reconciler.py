@@ -313,5 +313,10 @@ class CustomerInstanceReconciler:
         except Exception:  # the API itself may be what failed
             log.exception("could not report the failure of %s", body["metadata"]["name"])
 
+    def forget(self, uid: str, namespace: str) -> None:
+        """The instance's loop ended: drop what was kept about it in memory."""
+        self._progress_reported.pop(uid, None)
+        self.fleets.forget(namespace)
+
     def finalize(self, body: Manifest) -> None:
         finalize(self.api, body, self.post_event)

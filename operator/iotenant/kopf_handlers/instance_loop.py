@@ -78,7 +78,7 @@ async def run(s: OperatorState, body: Any, stopped: Any, claimants_of: Callable[
         if s.namespaces.get(namespace) == uid:
             s.namespaces.pop(namespace, None)
         if s.reconciler is not None:
-            s.reconciler.fleets.forget(namespace)
+            s.reconciler.forget(uid, namespace)
         s.kids.pop(uid, None)
         s.phases.pop(uid, None)
         count_phases(s.phases)

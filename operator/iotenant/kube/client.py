@@ -67,15 +67,20 @@ class ClusterAPI:
         api_client.user_agent = self._api.user_agent
         return ClusterAPI(api_client)
 
-    def _request(
+    def _send(
         self,
+        verb: str,
+        kind: ResourceKind,
         method: str,
         path: str,
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 30.0,
-    ) -> Manifest:
+        timeout: float | tuple[float, float] = 30.0,
+    ) -> Any:
+        """Count (by verb and kind) and send one request; the response, its body not yet read. Raises
+        ApiException unless the server answered 2xx."""
+        API_REQUESTS.labels(verb, kind.kind).inc()
         headers = {"Accept": "application/json", "Content-Type": content_type}
         prepared = self._api.param_serialize(
             method=method,
@@ -86,50 +91,44 @@ class ClusterAPI:
             auth_settings=["BearerToken"],
         )
         response = self._api.call_api(*prepared, _request_timeout=timeout)
-        response.read()
         if not 200 <= response.status <= 299:
+            response.read()
             raise ApiException(http_resp=response)
+        return response
+
+    def _request(self, verb: str, kind: ResourceKind, method: str, path: str, query: list[tuple[str, str]] | None = None,
+                 body: Any = None, content_type: str = "application/json", timeout: float = 30.0) -> Manifest:
+        response = self._send(verb, kind, method, path, query, body, content_type, timeout)
+        response.read()
         return json.loads(response.data) if response.data else {}
 
     def get(self, kind: ResourceKind, name: str, namespace: str | None = None) -> Manifest | None:
-        API_REQUESTS.labels("get", kind.kind).inc()
         try:
-            return self._request("GET", kind.object_path(name, namespace))
+            return self._request("get", kind, "GET", kind.object_path(name, namespace))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
     def list(self, kind: ResourceKind, namespace: str | None = None, label_selector: str | None = None) -> list[Manifest]:
-        API_REQUESTS.labels("list", kind.kind).inc()
         query = [("labelSelector", label_selector)] if label_selector else []
-        return list(self._request("GET", kind.collection_path(namespace), query=query).get("items", []))
+        return list(self._request("list", kind, "GET", kind.collection_path(namespace), query=query).get("items", []))
 
     def list_page(self, kind: ResourceKind, label_selector: str | None, limit: int, continue_token: str | None) -> Manifest:
         """One page of a cluster-wide list (the whole list document: items and metadata.resourceVersion/continue)."""
-        API_REQUESTS.labels("list", kind.kind).inc()
         query = [("limit", str(limit))]
         query += [("labelSelector", label_selector)] if label_selector else []
         query += [("continue", continue_token)] if continue_token else []
-        return self._request("GET", kind.cluster_wide_path(), query=query, timeout=120.0)
+        return self._request("list", kind, "GET", kind.cluster_wide_path(), query=query, timeout=120.0)
 
     def watch(self, kind: ResourceKind, label_selector: str | None, resource_version: str, timeout_seconds: int) -> Iterator[Manifest]:
         """Cluster-wide watch events ({type, object}) from ``resource_version``, with bookmarks, until the server
         ends the watch after ``timeout_seconds``. Raises ApiException for a refused watch (410: too old)."""
-        API_REQUESTS.labels("watch", kind.kind).inc()
         query = [("watch", "1"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
                  ("timeoutSeconds", str(timeout_seconds))]
         query += [("labelSelector", label_selector)] if label_selector else []
-        prepared = self._api.param_serialize(
-            method="GET", resource_path=kind.cluster_wide_path(),
-            query_params=query, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-        )
-        response = self._api.call_api(*prepared, _request_timeout=(10.0, timeout_seconds + 30.0))
-        stream = response.response
+        stream = self._send("watch", kind, "GET", kind.cluster_wide_path(), query, timeout=(10.0, timeout_seconds + 30.0)).response
         try:
-            if not 200 <= response.status <= 299:
-                response.read()
-                raise ApiException(http_resp=response)
             pending = b""
             for chunk in stream.stream(64 * 1024, decode_content=True):
                 pending += chunk
@@ -144,9 +143,10 @@ class ClusterAPI:
         """Server-side apply ``manifest`` as the operator's one field manager."""
         kind = kind_of_manifest(manifest)
         metadata = manifest["metadata"]
-        API_REQUESTS.labels("apply", kind.kind).inc()
         query = [("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")]
         applied = self._request(
+            "apply",
+            kind,
             "PATCH",
             kind.object_path(metadata["name"], metadata.get("namespace")),
             query=query,
@@ -158,29 +158,27 @@ class ClusterAPI:
 
     def create(self, manifest: Manifest) -> Manifest:
         kind = kind_of_manifest(manifest)
-        API_REQUESTS.labels("create", kind.kind).inc()
-        created = self._request("POST", kind.collection_path(manifest["metadata"].get("namespace")), body=manifest)
+        created = self._request("create", kind, "POST", kind.collection_path(manifest["metadata"].get("namespace")), body=manifest)
         self._wrote(kind, created, created.get("metadata", {}).get("name", ""), manifest["metadata"].get("namespace"))
         return created
 
     def replace(self, kind: ResourceKind, name: str, namespace: str | None, manifest: Manifest) -> Manifest:
         """PUT: with metadata.resourceVersion set, fails with 409 if the object changed meanwhile."""
-        API_REQUESTS.labels("update", kind.kind).inc()
-        replaced = self._request("PUT", kind.object_path(name, namespace), body=manifest)
+        replaced = self._request("update", kind, "PUT", kind.object_path(name, namespace), body=manifest)
         self._wrote(kind, replaced, name, namespace)
         return replaced
 
     def merge_patch(self, kind: ResourceKind, name: str, namespace: str | None, patch: Manifest) -> Manifest:
-        API_REQUESTS.labels("patch", kind.kind).inc()
         patched = self._request(
-            "PATCH", kind.object_path(name, namespace), body=patch, content_type="application/merge-patch+json"
+            "patch", kind, "PATCH", kind.object_path(name, namespace), body=patch, content_type="application/merge-patch+json"
         )
         self._wrote(kind, patched, name, namespace)
         return patched
 
     def patch_status(self, kind: ResourceKind, name: str, namespace: str | None, status: Manifest) -> Manifest:
-        API_REQUESTS.labels("patch_status", kind.kind).inc()
         patched = self._request(
+            "patch_status",
+            kind,
             "PATCH",
             kind.object_path(name, namespace) + "/status",
             body={"status": status},
@@ -191,9 +189,10 @@ class ClusterAPI:
 
     def delete(self, kind: ResourceKind, name: str, namespace: str | None = None, propagation: str = "Background") -> bool:
         """Delete an object; False when it was already gone."""
-        API_REQUESTS.labels("delete", kind.kind).inc()
         try:
             self._request(
+                "delete",
+                kind,
                 "DELETE",
                 kind.object_path(name, namespace),
                 body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},

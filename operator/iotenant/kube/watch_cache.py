@@ -101,6 +101,14 @@ class _Store:
         found = self.objects.get(namespace, {}).get(name)
         return found[0] if found else None
 
+    def offer(self, namespace: str, name: str, version: str, data: bytes) -> bool:
+        """Keep this version unless it or a newer one is held already; True when it was kept (news)."""
+        current = self.version(namespace, name)
+        if current == version or (current is not None and not _newer(version, current)):
+            return False
+        self.put(namespace, name, version, data)
+        return True
+
 
 class WatchCache:
     """Holds every ``Watched`` kind; ``start`` it, wait until ``synced``, then read with ``get`` and ``in_namespace``."""
@@ -114,15 +122,12 @@ class WatchCache:
         self._pokes = {w.kind: threading.Event() for w in watched}
         self._stopping = threading.Event()
         self._on_change = on_change
-        self._threads: list[threading.Thread] = []
 
     # ----------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         for kind in self._watched:
-            thread = threading.Thread(target=self._reflect, args=(kind,), name=f"watch-{kind.plural}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=self._reflect, args=(kind,), name=f"watch-{kind.plural}", daemon=True).start()
 
     def wait_synced(self, timeout: float) -> list[str]:
         """Block until every kind was listed once (a kind not installed counts as listed, empty); returns the
@@ -133,8 +138,7 @@ class WatchCache:
 
     def stop(self) -> None:
         self._stopping.set()
-        for poke in self._pokes.values():
-            poke.set()
+        self.list_absent_kinds()  # wakes the threads waiting for a CRD, so that they see the stop
 
     def list_absent_kinds(self) -> None:
         """A CRD appeared: the kinds not installed at their last list are listed now, not at the next recheck."""
@@ -142,9 +146,6 @@ class WatchCache:
             poke.set()
 
     # ----------------------------------------------------------------------------- reads
-
-    def holds(self, kind: ResourceKind) -> bool:
-        return kind in self._stores
 
     def get(self, kind: ResourceKind, name: str, namespace: str | None = None) -> Manifest | None:
         with self._lock:
@@ -186,9 +187,7 @@ class WatchCache:
                 store.pop(namespace_key, name)
             else:
                 version = str(written.get("metadata", {}).get("resourceVersion", ""))
-                current = store.version(namespace_key, name)
-                if current is None or _newer(version, current):
-                    store.put(namespace_key, name, version, _compact(written, kind, self._watched[kind].keep_status))
+                store.offer(namespace_key, name, version, _compact(written, kind, self._watched[kind].keep_status))
             CACHED_OBJECTS.labels(kind.kind).set(store.count)
 
     # ----------------------------------------------------------------------------- list and watch, one thread per kind
@@ -259,8 +258,7 @@ class WatchCache:
                 if removed is not None:
                     changed.append(_expand(removed[1]))
             for (namespace, name), (version, data, item) in fresh.items():
-                if store.version(namespace, name) != version:
-                    store.put(namespace, name, version, data)
+                if store.offer(namespace, name, version, data):
                     changed.append(item)
             CACHED_OBJECTS.labels(kind.kind).set(store.count)
         if self._synced[kind].is_set():  # the first list is the starting point, not news
@@ -288,10 +286,7 @@ class WatchCache:
                 if kind_of_event == "DELETED":
                     news = store.pop(namespace, name) is not None
                 else:
-                    current = store.version(namespace, name)
-                    news = current != version and (current is None or _newer(version, current))
-                    if news:
-                        store.put(namespace, name, version, _compact(item, kind, watched.keep_status))
+                    news = store.offer(namespace, name, version, _compact(item, kind, watched.keep_status))
                 CACHED_OBJECTS.labels(kind.kind).set(store.count)
             if news:
                 self._report([item])
