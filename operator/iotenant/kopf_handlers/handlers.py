@@ -12,12 +12,12 @@ from typing import Any
 
 import kopf
 
-from iotenant.customer_instance.live_objects import TENANT_WATCHES
+from iotenant.customer_instance.live_objects import TENANT_WATCHES, cache_dictionary
 from iotenant.customer_instance.reconciler import CustomerInstanceReconciler
 from iotenant.device_fleet.status import report_not_in_customer_namespace
 from iotenant.kopf_handlers import instance_loop
 from iotenant.kopf_handlers.keyring_upkeep import maintain_keyring, publish_jwks
-from iotenant.kopf_handlers.state import OperatorState, state
+from iotenant.kopf_handlers.state import RECONCILE_THREADS, OperatorState, state
 from iotenant.kube.kinds import CRD, NAMESPACE
 from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
@@ -28,9 +28,6 @@ from iotenant.render.stack import OPTIONAL_CRDS
 
 log = logging.getLogger("iotenant.operator")
 GROUP, VERSION = API_VERSION.split("/")
-# Reconciles run in threads; a tenant whose broker takes minutes to admit a big fleet must not hold
-# up the others, so there are more threads than the default (cores + 4).
-RECONCILE_THREADS = 32
 # The watch cache lists every kind once before the first reconcile; an operator that cannot (RBAC, an
 # unreachable API server) stops with the kinds it could not list rather than reconcile blind.
 CACHE_SYNC_SECONDS = 300.0
@@ -68,7 +65,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     s.optional_crds = frozenset(
         [name for name in OPTIONAL_CRDS if await asyncio.to_thread(s.api.get, CRD, name) is not None])
     loop = asyncio.get_running_loop()
-    s.cache = WatchCache(s.api, TENANT_WATCHES, lambda item: loop.call_soon_threadsafe(_wake_owner, item))
+    dictionary = cache_dictionary(s.settings, catalogue)
+    s.cache = WatchCache(s.api, TENANT_WATCHES, lambda item: loop.call_soon_threadsafe(_wake_owner, item), dictionary)
     s.api.observe_writes(s.cache.record)
     s.cache.start()
     unlisted = await asyncio.to_thread(s.cache.wait_synced, CACHE_SYNC_SECONDS)

@@ -9,15 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 from iotenant.customer_instance.reconciler import Outcome
-from iotenant.kopf_handlers.metrics import OBJECTS_APPLIED, OBJECTS_PRUNED, RECONCILE_SECONDS, RECONCILES, count_phases
+from iotenant.kopf_handlers.metrics import (
+    OBJECTS_APPLIED, OBJECTS_PRUNED, RECONCILE_SECONDS, RECONCILE_WAIT_SECONDS, RECONCILES, count_phases,
+)
 from iotenant.kopf_handlers.state import OperatorState
 from iotenant.kube.kinds import CUSTOMER_INSTANCE
 from iotenant.render.meta import namespace_for
 
 log = logging.getLogger("iotenant.operator")
-# While provisioning with nothing left to write, look again this soon. A safety net only: the watch cache
-# wakes the loop as soon as a workload's readiness changes.
-PROVISIONING_RECHECK_SECONDS = 10.0
 
 
 def holder_of(claimants: list[tuple[str, str]]) -> str | None:
@@ -26,7 +25,10 @@ def holder_of(claimants: list[tuple[str, str]]) -> str | None:
 
 
 def _next_wait(s: OperatorState, outcome: Outcome) -> float:
-    timeout = PROVISIONING_RECHECK_SECONDS if outcome.phase == "Provisioning" and not outcome.applied else s.settings.resync_seconds
+    """Until the resync, or sooner when something asked to be tried again. A provisioning tenant needs no
+    sooner look: the watch cache wakes it as soon as a workload's readiness changes (looking every 10 s
+    was a thousand provisioning tenants' 100 reconciles a second, a core the control plane lacked)."""
+    timeout = s.settings.resync_seconds
     return min(timeout, outcome.retry_after) if outcome.retry_after is not None else timeout
 
 
@@ -41,6 +43,34 @@ def _record(s: OperatorState, uid: str, name: str, outcome: Outcome) -> None:
         log.info("%s: applied %d, pruned %d objects; phase %s", name, len(outcome.applied), len(outcome.pruned), outcome.phase)
 
 
+async def _reconcile_once(s: OperatorState, body: Any, uid: str, name: str, backoff: float,
+                          claimants_of: Callable[[str], list[tuple[str, str]]]) -> tuple[float, float]:
+    """One reconcile from the newest copy of the instance; returns (seconds to wait, next backoff).
+
+    The copy is taken when a reconcile thread is free, not while queueing for one (a thousand loops
+    starting at once hold no thousand copies, and none grows stale in the queue), and dropped when this
+    returns."""
+    assert s.cache is not None and s.reconciler is not None
+    due = time.monotonic()
+    async with s.reconcile_slots:
+        started = time.monotonic()
+        RECONCILE_WAIT_SECONDS.observe(started - due)
+        snapshot = s.cache.latest(CUSTOMER_INSTANCE, dict(body))
+        try:
+            customer_id = str((snapshot.get("spec") or {}).get("customerId", ""))
+            outcome = await asyncio.to_thread(s.reconciler.reconcile, snapshot, holder_of(claimants_of(customer_id)))
+        except Exception as error:
+            RECONCILES.labels("error").inc()
+            log.exception("reconcile of %s failed, retrying in %.0f s", name, backoff)
+            await asyncio.to_thread(s.reconciler.report_failure, snapshot, error)
+            return backoff, min(backoff * 2, s.settings.resync_seconds)
+        else:
+            _record(s, uid, name, outcome)
+            return _next_wait(s, outcome), 1.0
+        finally:
+            RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
 async def run(s: OperatorState, body: Any, stopped: Any, claimants_of: Callable[[str], list[tuple[str, str]]]) -> None:
     """Reconcile now, then whenever woken (spec, annotations, children, CRDs, keys) or at every resync."""
     uid, name = body["metadata"]["uid"], body["metadata"]["name"]
@@ -51,24 +81,7 @@ async def run(s: OperatorState, body: Any, stopped: Any, claimants_of: Callable[
     try:
         while not stopped:
             wakeup.clear()
-            assert s.cache is not None
-            snapshot = s.cache.latest(CUSTOMER_INSTANCE, dict(body))
-            started = time.monotonic()
-            assert s.reconciler is not None
-            try:
-                customer_id = str((snapshot.get("spec") or {}).get("customerId", ""))
-                outcome = await asyncio.to_thread(s.reconciler.reconcile, snapshot, holder_of(claimants_of(customer_id)))
-            except Exception as error:
-                RECONCILES.labels("error").inc()
-                log.exception("reconcile of %s failed, retrying in %.0f s", name, backoff)
-                await asyncio.to_thread(s.reconciler.report_failure, snapshot, error)
-                timeout, backoff = backoff, min(backoff * 2, s.settings.resync_seconds)
-            else:
-                _record(s, uid, name, outcome)
-                backoff = 1.0
-                timeout = _next_wait(s, outcome)
-            finally:
-                RECONCILE_SECONDS.observe(time.monotonic() - started)
+            timeout, backoff = await _reconcile_once(s, body, uid, name, backoff, claimants_of)
             try:
                 await asyncio.wait_for(wakeup.wait(), timeout=timeout)
             except asyncio.TimeoutError:

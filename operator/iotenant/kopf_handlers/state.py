@@ -11,6 +11,10 @@ from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
 from iotenant.settings import OperatorSettings
 
+# Reconciles run in threads; a tenant whose broker takes minutes to admit a big fleet must not hold
+# up the others, so there are more threads than the default (cores + 4).
+RECONCILE_THREADS = 32
+
 
 @dataclass
 class OperatorState:
@@ -30,6 +34,8 @@ class OperatorState:
     phases: dict[str, str] = field(default_factory=dict)
     kids: dict[str, str | None] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # One per reconcile thread: an instance's loop takes one before it reads the instance to reconcile.
+    reconcile_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(RECONCILE_THREADS))
 
     def wake(self, uid: str | None = None) -> None:
         targets = [self.wakeups[uid]] if uid in self.wakeups else [] if uid else list(self.wakeups.values())

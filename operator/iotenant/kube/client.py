@@ -44,15 +44,16 @@ class ClusterAPI:
             observer(kind, written, name, namespace)
 
     @classmethod
-    def from_environment(cls) -> "ClusterAPI":
-        """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    def from_environment(cls, connections: int = 32) -> "ClusterAPI":
+        """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config. ``connections``: how many
+        requests may be under way at once without opening (and then discarding) extra connections."""
         try:
             config.load_incluster_config()
             configuration = client.Configuration.get_default_copy()
         except config.ConfigException:
             configuration = client.Configuration()
             config.load_kube_config(client_configuration=configuration)
-        configuration.connection_pool_maxsize = 32
+        configuration.connection_pool_maxsize = connections
         api_client = client.ApiClient(configuration)
         api_client.user_agent = USER_AGENT
         return cls(api_client)

@@ -4,8 +4,9 @@ A converged tenant's reconcile reads from here, never from the API server, so a 
 tenants makes no API reads at all. Each watched kind is listed once (in pages), then watched from that
 list's resourceVersion with bookmarks; a watch the server calls too old (410) is followed by a fresh
 list, whose differences are reported as changes. Objects are kept as compressed JSON (no managedFields,
-no status unless the reconcile reads it), so a thousand tenants' objects take a few tens of MiB, and
-every read hands out a fresh copy that the caller may change.
+no status unless the reconcile reads it), and every read hands out a fresh copy that the caller may
+change. A small object compresses poorly alone; with a preset dictionary of what such objects look like
+(the caller's: for the operator, one rendered tenant) a tenant's 28 objects take about 9 KiB instead of 22.
 
 The operator's own writes are recorded as they succeed (``record``, wired to ``ClusterAPI``'s write
 hook): the next reconcile sees what was just written without waiting for the watch, an older event
@@ -36,6 +37,7 @@ ABSENT_KIND_RECHECK_SECONDS = 30.0  # a kind whose CRD is not installed is liste
 RETRY_SECONDS = 1.0
 
 CACHED_OBJECTS = Gauge("iotenant_operator_cached_objects", "Objects held by the operator's watch cache, by kind", ["kind"])
+CACHED_BYTES = Gauge("iotenant_operator_cached_bytes", "Compressed bytes held by the operator's watch cache, by kind", ["kind"])
 CACHE_RELISTS = Counter("iotenant_operator_cache_relists_total",
                         "Full lists of a watched kind, by reason (start, expired: the watch was too old, error, installed)",
                         ["kind", "reason"])
@@ -53,15 +55,26 @@ class Watched:
     keep_status: bool = False  # keep .status (workload readiness, load balancer addresses); else dropped
 
 
-def _compact(item: Manifest, kind: ResourceKind, keep_status: bool) -> bytes:
-    metadata = {key: value for key, value in item.get("metadata", {}).items() if key != "managedFields"}
-    kept = {key: value for key, value in item.items() if key != "metadata" and (keep_status or key != "status")}
-    return zlib.compress(json.dumps({**kept, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata},
-                                    separators=(",", ":")).encode(), 1)
+# zlib uses at most this much of a preset dictionary (its window): the end of a longer one.
+DICTIONARY_BYTES = 32 * 1024
 
 
-def _expand(data: bytes) -> Manifest:
-    return json.loads(zlib.decompress(data))
+class CompressedJSON:
+    """Objects as compressed JSON, with a preset dictionary shared by every object (may be empty)."""
+
+    def __init__(self, dictionary: bytes) -> None:
+        self.dictionary = dictionary[-DICTIONARY_BYTES:]
+
+    def compact(self, item: Manifest, kind: ResourceKind, keep_status: bool) -> bytes:
+        metadata = {key: value for key, value in item.get("metadata", {}).items() if key != "managedFields"}
+        kept = {key: value for key, value in item.items() if key != "metadata" and (keep_status or key != "status")}
+        text = json.dumps({**kept, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata}, separators=(",", ":"))
+        compressor = zlib.compressobj(1, zdict=self.dictionary) if self.dictionary else zlib.compressobj(1)
+        return compressor.compress(text.encode()) + compressor.flush()
+
+    def expand(self, data: bytes) -> Manifest:
+        decompressor = zlib.decompressobj(zdict=self.dictionary) if self.dictionary else zlib.decompressobj()
+        return json.loads(decompressor.decompress(data) + decompressor.flush())
 
 
 def _newer(candidate: str, current: str) -> bool:
@@ -81,10 +94,12 @@ class _Store:
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, tuple[str, bytes]]] = {}
         self.count = 0
+        self.bytes = 0
 
     def put(self, namespace: str, name: str, version: str, data: bytes) -> None:
         names = self.objects.setdefault(namespace, {})
         self.count += name not in names
+        self.bytes += len(data) - len(names[name][1] if name in names else b"")
         names[name] = (version, data)
 
     def pop(self, namespace: str, name: str) -> tuple[str, bytes] | None:
@@ -93,6 +108,7 @@ class _Store:
             return None
         self.count -= 1
         found = names.pop(name)
+        self.bytes -= len(found[1])
         if not names:
             del self.objects[namespace]
         return found
@@ -113,7 +129,9 @@ class _Store:
 class WatchCache:
     """Holds every ``Watched`` kind; ``start`` it, wait until ``synced``, then read with ``get`` and ``in_namespace``."""
 
-    def __init__(self, api: ClusterAPI, watched: Sequence[Watched], on_change: ChangeHandler) -> None:
+    def __init__(self, api: ClusterAPI, watched: Sequence[Watched], on_change: ChangeHandler, dictionary: bytes = b"") -> None:
+        """``dictionary``: text like the objects to be held (their JSON), which makes each compress better."""
+        self._codec = CompressedJSON(dictionary)
         self._api = api.with_own_connections(len(watched) + 2)
         self._watched = {w.kind: w for w in watched}
         self._stores = {w.kind: _Store() for w in watched}
@@ -150,7 +168,7 @@ class WatchCache:
     def get(self, kind: ResourceKind, name: str, namespace: str | None = None) -> Manifest | None:
         with self._lock:
             found = self._stores[kind].objects.get(namespace or "", {}).get(name)
-        return _expand(found[1]) if found else None
+        return self._codec.expand(found[1]) if found else None
 
     def latest(self, kind: ResourceKind, body: Manifest) -> Manifest:
         """The newer of ``body`` (as another watcher saw it) and the cache's copy (which holds the operator's
@@ -165,7 +183,7 @@ class WatchCache:
         """Copies of the objects of ``kind`` in ``namespace`` whose labels include ``labels``."""
         with self._lock:
             data = [entry[1] for entry in self._stores[kind].objects.get(namespace, {}).values()]
-        items = [_expand(raw) for raw in data]
+        items = [self._codec.expand(raw) for raw in data]
         if not labels:
             return items
         return [item for item in items
@@ -175,6 +193,11 @@ class WatchCache:
         with self._lock:
             return sum(store.count for store in self._stores.values())
 
+    @staticmethod
+    def _count(kind: ResourceKind, store: _Store) -> None:
+        CACHED_OBJECTS.labels(kind.kind).set(store.count)
+        CACHED_BYTES.labels(kind.kind).set(store.bytes)
+
     # ----------------------------------------------------------------------------- the operator's own writes
 
     def record(self, kind: ResourceKind, written: Manifest | None, name: str, namespace: str | None) -> None:
@@ -182,13 +205,13 @@ class WatchCache:
         if kind not in self._watched:
             return
         store, namespace_key = self._stores[kind], namespace or ""
+        data = None if written is None else self._codec.compact(written, kind, self._watched[kind].keep_status)
         with self._lock:
-            if written is None:
+            if data is None:
                 store.pop(namespace_key, name)
             else:
-                version = str(written.get("metadata", {}).get("resourceVersion", ""))
-                store.offer(namespace_key, name, version, _compact(written, kind, self._watched[kind].keep_status))
-            CACHED_OBJECTS.labels(kind.kind).set(store.count)
+                store.offer(namespace_key, name, str(written.get("metadata", {}).get("resourceVersion", "")), data)
+            self._count(kind, store)
 
     # ----------------------------------------------------------------------------- list and watch, one thread per kind
 
@@ -230,7 +253,7 @@ class WatchCache:
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
                     fresh[(metadata.get("namespace", ""), metadata["name"])] = (
-                        str(metadata.get("resourceVersion", "")), _compact(item, kind, watched.keep_status), item)
+                        str(metadata.get("resourceVersion", "")), self._codec.compact(item, kind, watched.keep_status), item)
                 token = page.get("metadata", {}).get("continue") or None
                 if token is None:
                     version = str(page.get("metadata", {}).get("resourceVersion", ""))
@@ -256,11 +279,11 @@ class WatchCache:
             for namespace, name in gone:
                 removed = store.pop(namespace, name)
                 if removed is not None:
-                    changed.append(_expand(removed[1]))
+                    changed.append(self._codec.expand(removed[1]))
             for (namespace, name), (version, data, item) in fresh.items():
                 if store.offer(namespace, name, version, data):
                     changed.append(item)
-            CACHED_OBJECTS.labels(kind.kind).set(store.count)
+            self._count(kind, store)
         if self._synced[kind].is_set():  # the first list is the starting point, not news
             self._report(changed)
 
@@ -282,12 +305,13 @@ class WatchCache:
             namespace, name = metadata.get("namespace", ""), metadata.get("name", "")
             item.setdefault("kind", kind.kind)
             item.setdefault("apiVersion", kind.api_version)
+            data = None if kind_of_event == "DELETED" else self._codec.compact(item, kind, watched.keep_status)
             with self._lock:
-                if kind_of_event == "DELETED":
+                if data is None:
                     news = store.pop(namespace, name) is not None
                 else:
-                    news = store.offer(namespace, name, version, _compact(item, kind, watched.keep_status))
-                CACHED_OBJECTS.labels(kind.kind).set(store.count)
+                    news = store.offer(namespace, name, version, data)
+                self._count(kind, store)
             if news:
                 self._report([item])
         return version
