@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench_cluster import pause_after_poll
 from kubernetes import config
 
 from iotenant.broker.addresses import split_address
@@ -103,6 +104,7 @@ def wait_available(api: ClusterAPI, names: list[str], timeout: float = 3600) -> 
     deadline = time.monotonic() + timeout
     namespaces = {f"customer-{name}" for name in names}
     while time.monotonic() < deadline:
+        polled = time.monotonic()
         workloads = {}
         for kind_name in ("StatefulSet", "Deployment"):
             for item in every(api, kind_of("apps/v1", kind_name)):
@@ -112,5 +114,5 @@ def wait_available(api: ClusterAPI, names: list[str], timeout: float = 3600) -> 
                    if not all(ready_replicas(workloads.get((kind, namespace, name)))[0] for kind, name in REQUIRED_WORKLOADS)]
         if not waiting:
             return
-        time.sleep(1.0)
+        pause_after_poll(time.monotonic() - polled, 1.0)
     raise TimeoutError(f"workloads not available after {timeout:.0f} s")

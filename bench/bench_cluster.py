@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from iotenant.devcluster import cluster as devcluster
@@ -29,3 +30,10 @@ def stop(operator: "subprocess.Popen[bytes]", name: str) -> None:
     operator.send_signal(signal.SIGINT)
     operator.wait(timeout=60)
     devcluster.down(name)
+
+
+def pause_after_poll(took: float, shortest: float) -> None:
+    """Sleep after a poll that took ``took`` seconds: at least ``shortest``, and four times the poll, so that
+    polling takes at most a fifth of a core (listing a thousand tenants' objects costs this process
+    seconds of CPU that the cluster under test, on the same cores, would lack)."""
+    time.sleep(max(shortest, 4 * took))
