@@ -13,10 +13,15 @@ from iotenant.devcluster.binaries import Binaries
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fresh_cluster(name: str, *extra_manifests: Path) -> tuple[Path, Binaries]:
-    """(kubeconfig, binaries) of a new cluster ``name`` with crds/ and ``extra_manifests`` applied."""
+# A starter tenant's pods request about half a CPU, and a fake node offers 64: room for 128 tenants a node.
+TENANTS_PER_NODE = 100
+
+
+def fresh_cluster(name: str, *extra_manifests: Path, tenants: int = 0) -> tuple[Path, Binaries]:
+    """(kubeconfig, binaries) of a new cluster ``name`` with crds/ and ``extra_manifests`` applied, and fake
+    nodes enough for the pods of ``tenants`` starter tenants."""
     devcluster.down(name)
-    kubeconfig = devcluster.up(name)
+    kubeconfig = devcluster.up(name, nodes=max(devcluster.FAKE_NODE_COUNT, 1 + tenants // TENANTS_PER_NODE))
     binaries = devcluster.ensure_binaries()
     files = [argument for path in (REPO / "crds", *extra_manifests) for argument in ("-f", str(path))]
     devcluster.kubectl(binaries, kubeconfig, "apply", "--server-side", *files)

@@ -163,7 +163,7 @@ def lease_holder(core: client.CoordinationV1Api) -> str:
 # ----------------------------------------------------------------------------- 1. the ceiling
 
 def ceiling(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    kubeconfig, _binaries = fresh_cluster(NAME, SERVICE_MONITOR_CRD)
+    kubeconfig, _binaries = fresh_cluster(NAME, SERVICE_MONITOR_CRD, tenants=args.many)
     try:
         ring, settings = KeyRing.new(), OperatorSettings()
         names = [f"c{n}" for n in range(args.many)]
@@ -186,7 +186,7 @@ def ceiling(args: argparse.Namespace, results: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- 2. and 3. the operator
 
 def operator_phases(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    kubeconfig, _binaries = fresh_cluster(NAME, SERVICE_MONITOR_CRD)
+    kubeconfig, _binaries = fresh_cluster(NAME, SERVICE_MONITOR_CRD, tenants=args.many + args.samples + 10)
     audit = devcluster.LocalCluster(NAME).audit_log
     api_client = config.new_client_from_config(config_file=str(kubeconfig))
     custom, leases = client.CustomObjectsApi(api_client), client.CoordinationV1Api(api_client)
@@ -320,7 +320,7 @@ def starvation(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from conftest import Cluster
     from tenants import start_tenant
 
-    kubeconfig, binaries = fresh_cluster(NAME, SERVICE_MONITOR_CRD)
+    kubeconfig, binaries = fresh_cluster(NAME, SERVICE_MONITOR_CRD, tenants=101)
     kube = Cluster(name=NAME, kubeconfig=kubeconfig, binaries=binaries, api=config.new_client_from_config(config_file=str(kubeconfig)))
     root = Path(tempfile.mkdtemp(prefix="iotenant-scale-bench-"))
     root.chmod(0o755)
