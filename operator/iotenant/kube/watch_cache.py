@@ -209,7 +209,7 @@ class WatchCache:
         store, namespace_key = self._stores[kind], namespace or ""
         data = None if written is None else self._codec.compact(written, kind, self._watched[kind].keep_status)
         with self._lock:
-            if data is None:
+            if written is None or data is None:
                 store.pop(namespace_key, name)
             else:
                 store.offer(namespace_key, name, str(written.get("metadata", {}).get("resourceVersion", "")), data)
