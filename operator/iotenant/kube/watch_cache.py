@@ -71,11 +71,11 @@ class CompressedJSON:
         metadata = {key: value for key, value in item.get("metadata", {}).items() if key != "managedFields"}
         kept = {key: value for key, value in item.items() if key != "metadata" and (keep_status or key != "status")}
         text = json.dumps({**kept, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata}, separators=(",", ":"))
-        compressor = zlib.compressobj(1, zdict=self.dictionary) if self.dictionary else zlib.compressobj(1)
+        compressor = zlib.compressobj(1, zdict=self.dictionary)
         return compressor.compress(text.encode()) + compressor.flush()
 
     def expand(self, data: bytes) -> Manifest:
-        decompressor = zlib.decompressobj(zdict=self.dictionary) if self.dictionary else zlib.decompressobj()
+        decompressor = zlib.decompressobj(zdict=self.dictionary)
         return json.loads(decompressor.decompress(data) + decompressor.flush())
 
 
@@ -207,12 +207,15 @@ class WatchCache:
         if kind not in self._watched:
             return
         store, namespace_key = self._stores[kind], namespace or ""
-        data = None if written is None else self._codec.compact(written, kind, self._watched[kind].keep_status)
-        with self._lock:
-            if written is None or data is None:
+        if written is None:
+            with self._lock:
                 store.pop(namespace_key, name)
-            else:
-                store.offer(namespace_key, name, str(written.get("metadata", {}).get("resourceVersion", "")), data)
+                self._count(kind, store)
+            return
+        version = str(written.get("metadata", {}).get("resourceVersion", ""))
+        data = self._codec.compact(written, kind, self._watched[kind].keep_status)  # outside the lock: reads wait for no compression
+        with self._lock:
+            store.offer(namespace_key, name, version, data)
             self._count(kind, store)
 
     # ----------------------------------------------------------------------------- list and watch, one thread per kind
