@@ -34,7 +34,7 @@ clean: dev-down
 ## With Docker (not run in CI): the image, and a kind cluster running the chart and the examples.
 IMAGE ?= iotenant:0.1.0
 KIND_CLUSTER ?= iotenant
-HELM = $(shell $(PY) -c 'from iotenant.devcluster.binaries import ensure_binaries; print(ensure_binaries().path("helm"))')
+HELM = $(shell $(PY) -c 'from iotenant_testbed.binaries import ensure_binaries; print(ensure_binaries().path("helm"))')
 
 image:
 	docker build --tag $(IMAGE) .

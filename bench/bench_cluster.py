@@ -7,8 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from iotenant.devcluster import cluster as devcluster
-from iotenant.devcluster.binaries import Binaries
+from iotenant_testbed import cluster as devcluster
+from iotenant_testbed.binaries import Binaries
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from dataplane import LicenceFiles, broker_identities, write_licence  # noqa: E402
 from real_services import PostgresServer  # noqa: E402
-from iotenant.devcluster.mosquitto import MosquittoBroker  # noqa: E402
+from iotenant_testbed.mosquitto import MosquittoBroker  # noqa: E402
 
 
 @dataclass

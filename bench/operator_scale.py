@@ -45,7 +45,7 @@ import audit_log  # noqa: E402
 from bench_cluster import fresh_cluster, pause_after_poll, stop  # noqa: E402
 from real_services import resident_kib  # noqa: E402
 
-from iotenant.devcluster import cluster as devcluster  # noqa: E402
+from iotenant_testbed import cluster as devcluster  # noqa: E402
 from iotenant.kube.client import ClusterAPI  # noqa: E402
 from iotenant.licensing.plans import DEFAULT_CATALOGUE  # noqa: E402
 from iotenant.licensing.signing_keys import KeyRing  # noqa: E402

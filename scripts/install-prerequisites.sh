@@ -11,14 +11,15 @@ PACKAGES=(mosquitto mosquitto-clients postgresql iproute2)
 MOSQUITTO_VERSION=$(sed -n 's/^MOSQUITTO_VERSION = "\(.*\)"$/\1/p' operator/iotenant/settings.py)
 if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
 
-# The virtual environment with iotenant and its test dependencies, made again when pyproject.toml changes.
+# The virtual environment with iotenant, its test dependencies and the test bed, made again when a pyproject.toml changes.
 install_python_env() {
   local stamp
-  stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  stamp="$VENV/.installed-$(cat pyproject.toml testbed/pyproject.toml | sha256sum | cut -c1-16)"
   if [[ ! -f "$stamp" ]]; then
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    # The product and its test dependencies, and the local test bed (`iotenant dev ...`), which the image does not carry.
+    "$VENV/bin/python" -m pip install -q -e '.[test]' -e ./testbed
     rm -f "$VENV"/.installed-*
     touch "$stamp"
   fi

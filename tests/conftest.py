@@ -19,14 +19,14 @@ import yaml
 from kubernetes import client, config
 
 from real_services import PostgresServer
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from iotenant_testbed.mosquitto import MosquittoBroker
 
 from dataplane import LicenceFiles, Stack, broker_identities, start_stack, write_licence
 from iotenant.licensing import keys as licence_keys
 from iotenant.broker.identities import new_share_group
-from iotenant.devcluster import cluster as devcluster
-from iotenant.devcluster.loopback import free_port
-from iotenant.devcluster.binaries import Binaries, MissingPart, ensure_binaries
+from iotenant_testbed import cluster as devcluster
+from iotenant_testbed.loopback import free_port
+from iotenant_testbed.binaries import Binaries, MissingPart, ensure_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"

@@ -23,8 +23,8 @@ from iotenant.licensing import licence as licences
 from iotenant.licensing import keys as licence_keys
 from iotenant.broker.identities import API, INGEST, Identity, service_identities
 from iotenant.licensing.plans import load_catalogue
-from iotenant.devcluster.loopback import free_port
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from iotenant_testbed.loopback import free_port
+from iotenant_testbed.mosquitto import MosquittoBroker
 from real_services import resident_kib
 
 CUSTOMER_ID = "acme-0001"

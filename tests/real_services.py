@@ -1,10 +1,10 @@
-"""Helpers of the test session: Debian's PostgreSQL (from iotenant.devcluster.postgres) and process memory."""
+"""Helpers of the test session: Debian's PostgreSQL (from iotenant_testbed.postgres) and process memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from iotenant.devcluster.postgres import PostgresServer
+from iotenant_testbed.postgres import PostgresServer
 
 __all__ = ["PostgresServer", "resident_kib"]
 

@@ -20,7 +20,7 @@ from conftest import wait_for
 from dataplane import TOKEN, Stack, start_stack, write_licence
 from iotenant.broker.identities import DeviceCredentials
 from real_services import PostgresServer
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from iotenant_testbed.mosquitto import MosquittoBroker
 
 @pytest.fixture
 def professional(api_stack: Callable[..., Stack]) -> Stack:

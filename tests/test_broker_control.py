@@ -11,7 +11,7 @@ import pytest
 
 from conftest import wait_for
 from mqtt_probe import NOT_AUTHORIZED, Probe, Refused, refused
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from iotenant_testbed.mosquitto import MosquittoBroker
 
 from iotenant.broker.dynamic_security import DynamicSecurity
 from iotenant.broker.sync_plan import LiveState, plan_commands

@@ -15,7 +15,7 @@ import yaml
 from conftest import CHART, OPERATOR_NAMESPACE, Cluster, is_operator_rbac, render_chart
 
 from iotenant import __version__
-from iotenant.devcluster.binaries import Binaries
+from iotenant_testbed.binaries import Binaries
 from iotenant.settings import Images
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,9 +21,9 @@ from tenants import Tenant, delete_tenant, run_generated, start_tenant
 
 from iotenant.broker.dynamic_security import DynamicSecurity
 from iotenant.broker.identities import ADMIN, API, INGEST
-from iotenant.devcluster.local_pods import localise_database_url
-from iotenant.devcluster.mosquitto import admin_tls_of, generated_broker_files
-from iotenant.devcluster.loopback import free_port
+from iotenant_testbed.local_pods import localise_database_url
+from iotenant_testbed.mosquitto import admin_tls_of, generated_broker_files
+from iotenant_testbed.loopback import free_port
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from conftest import wait_for
 from dataplane import DEVICES, Device, IngestProcess, LicenceFiles, telemetry, write_licence
 from hostile_payloads import POISON
 from real_services import PostgresServer
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from iotenant_testbed.mosquitto import MosquittoBroker
 
 def start_ingest(database: str, broker: MosquittoBroker, licence: LicenceFiles, log: Path, **options: object) -> IngestProcess:
     process = IngestProcess(database_url=database, broker_port=broker.port, licence=licence, log=log,  # type: ignore[arg-type]

@@ -14,8 +14,8 @@ import yaml
 
 from conftest import CHART, RunningOperator, render_chart
 from dataplane import ApiProcess, IngestProcess, LicenceFiles
-from iotenant.devcluster.binaries import Binaries
-from iotenant.devcluster.mosquitto import MosquittoBroker
+from iotenant_testbed.binaries import Binaries
+from iotenant_testbed.mosquitto import MosquittoBroker
 from iotenant.render.tenant_alerts import rule_groups
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))

@@ -19,7 +19,7 @@ from pathlib import Path
 from conftest import OPERATOR_IDENTITY, OPERATOR_NAMESPACE, Cluster, RunningOperator, wait_for
 
 from iotenant.kube.client import ClusterAPI
-from iotenant.devcluster.loopback import free_port
+from iotenant_testbed.loopback import free_port
 from iotenant.kube.leader_election import LeaderElection
 
 from kubernetes import config

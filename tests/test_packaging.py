@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE_COPIES = ["pyproject.toml", "README.md", "operator", "workloads"]
-COMMANDS = [[], ["operator"], ["ingest"], ["api"], ["simulate"], ["licence"], ["licence", "issue"], ["dev"]]
+COMMANDS = [[], ["operator"], ["ingest"], ["api"], ["simulate"], ["licence"], ["licence", "issue"]]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,14 @@ def test_every_entry_point_runs_from_the_installed_wheel(image_environment: Path
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "usage: iotenant" in result.stdout
+
+
+def test_the_image_carries_no_test_bed(image_environment: Path, tmp_path: Path) -> None:
+    result = subprocess.run([str(image_environment / "bin" / "iotenant"), "dev", "--help"], cwd=tmp_path,
+                            env={"PATH": f"{image_environment / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "invalid choice: 'dev'" in result.stderr, result.stderr
+    assert not list(image_environment.glob("lib/python*/site-packages/iotenant_testbed"))
 
 
 def test_the_installed_services_import_everything_they_use(image_environment: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Cluster, RunningOperator, is_operator_rbac, render_chart
 
-from iotenant.devcluster.binaries import Binaries
+from iotenant_testbed.binaries import Binaries
 from iotenant.render.monitoring import PROMETHEUS_RULES
 
 # Held so that the operator may grant them to the dedicated Prometheus (RBAC escalation check):

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import BILLING_ISSUER, REPO, BillingIssuer, Cluster, RunningOperator, render_chart, token_kubeconfig, wait_for
 from iotenant.licensing import licence as licences
-from iotenant.devcluster.binaries import Binaries
+from iotenant_testbed.binaries import Binaries
 from iotenant.licensing.plans import load_catalogue
 
 USER_ROLES = ("iotenant-view", "iotenant-edit", "iotenant-billing")

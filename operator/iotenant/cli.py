@@ -8,22 +8,42 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
 from iotenant import __version__
-from iotenant.devcluster.command import UserFacingError
 
-# Each command's module (its ``register`` adds the subcommand), in the order ``--help`` lists them.
-COMMANDS = {
+# The entry-point group through which another installed distribution adds a command: the local
+# test bed adds ``dev`` this way, so the image, which does not carry it, has no ``iotenant dev``.
+COMMAND_ENTRY_POINTS = "iotenant.commands"
+
+# Each product command's module (its ``register`` adds the subcommand), in the order ``--help`` lists them.
+PRODUCT_COMMANDS = {
     "operator": "iotenant.operator_command",
     "licence": "iotenant.licence_command",
-    "dev": "iotenant.devcluster.command",
     "ingest": "iotenant_workloads.ingest.command",
     "database-setup": "iotenant_workloads.database_setup",
     "api": "iotenant_workloads.api.app",
     "simulate": "iotenant_workloads.simulate.simulator",
 }
+
+
+class UserFacingError(Exception):
+    """A failure whose message tells the person at the shell what to do; printed without a traceback."""
+
+
+def _installed_commands() -> dict[str, str]:
+    """The product's commands, then those that installed distributions add (a product name wins)."""
+    added = {
+        entry_point.name: entry_point.value
+        for entry_point in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINTS)
+        if entry_point.name not in PRODUCT_COMMANDS
+    }
+    return {**PRODUCT_COMMANDS, **added}
+
+
+COMMANDS = _installed_commands()
 
 
 def _chosen(argv: Sequence[str]) -> list[str]:

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from iotenant.devcluster.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
-from iotenant.devcluster.loopback import free_port
+from iotenant_testbed.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
+from iotenant_testbed.loopback import free_port
 
 DEFAULT_NAME = "iotenant"
 SERVICE_RANGE = "10.96.0.0/16"

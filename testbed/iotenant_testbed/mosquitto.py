@@ -22,11 +22,11 @@ from kubernetes.client.exceptions import ApiException
 from iotenant.broker.admin_tls import ADMIN_PORT, AdminTLS
 from iotenant.broker.admin_tls import issue as issue_admin_tls
 from iotenant.broker.identities import Identity, dynamic_security_config
-from iotenant.devcluster.binaries import MissingPart
+from iotenant_testbed.binaries import MissingPart
 from iotenant.licensing.plans import BrokerLimits, load_catalogue
 from iotenant.broker.config import ADMIN_TLS_MOUNT, TLS_MOUNT, Listeners, mosquitto_conf
 from iotenant.render.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
-from iotenant.devcluster.loopback import free_port, wait_port
+from iotenant_testbed.loopback import free_port, wait_port
 
 
 DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"

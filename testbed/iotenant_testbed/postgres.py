@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iotenant.devcluster.binaries import MissingPart
-from iotenant.devcluster.loopback import free_port, wait_port
+from iotenant_testbed.binaries import MissingPart
+from iotenant_testbed.loopback import free_port, wait_port
 
 
 def _as_user(user: str) -> list[str]:

@@ -8,12 +8,9 @@ import shlex
 import sys
 import time
 
-from iotenant.devcluster import cluster
-from iotenant.devcluster.binaries import MissingPart, ensure_binaries
-
-
-class UserFacingError(RuntimeError):
-    """An error whose message alone tells the user what went wrong and what to do."""
+from iotenant.cli import UserFacingError
+from iotenant_testbed import cluster
+from iotenant_testbed.binaries import MissingPart, ensure_binaries
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -44,7 +41,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from iotenant.devcluster import demo
+    from iotenant_testbed import demo
 
     return demo.run(args.name)
 

@@ -1,6 +1,6 @@
 """The local control plane's binaries: built from pinned Go modules, cached per machine.
 
-The wrapper modules in ``controlplane/`` (go.mod and go.sum in the repository) pin etcd,
+The wrapper modules in ``testbed/controlplane/`` (go.mod and go.sum in the repository) pin etcd,
 Kubernetes, kwok, promtool, helm and actionlint. Each component's outputs land in a cache folder named by a
 fingerprint of its pins, its linker flags and the Go toolchain, so a warm run reuses them and a change of
 one pin rebuilds that component alone.
@@ -42,13 +42,13 @@ class Binaries:
 
 
 def source_dir() -> Path:
-    """The ``controlplane/`` folder of the repository this package runs from."""
+    """The ``testbed/controlplane/`` folder of the checkout this package runs from."""
     override = os.environ.get("IOTENANT_CONTROLPLANE_SRC")
-    candidate = Path(override) if override else Path(__file__).resolve().parents[3] / "controlplane"
+    candidate = Path(override) if override else Path(__file__).resolve().parents[1] / "controlplane"
     if not (candidate / "kubernetes" / "go.mod").is_file():
         raise MissingPart(
             f"no control-plane build files at {candidate}: run from a checkout of the iotenant "
-            "repository, or set IOTENANT_CONTROLPLANE_SRC to its controlplane/ folder"
+            "repository, or set IOTENANT_CONTROLPLANE_SRC to its testbed/controlplane/ folder"
         )
     return candidate
 
@@ -83,7 +83,7 @@ def go_version(go: str) -> str:
 
 @dataclass(frozen=True)
 class Component:
-    """One wrapper module under ``controlplane/`` and the commands built from it."""
+    """One wrapper module under ``testbed/controlplane/`` and the commands built from it."""
 
     folder: str
     module: str
@@ -113,7 +113,7 @@ COMPONENTS = (KUBERNETES, ETCD, KWOK, PROMETHEUS, HELM, ACTIONLINT)
 def _kubernetes_release(version: str) -> tuple[str, str]:
     match = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", version)
     if not match:
-        raise MissingPart(f"unexpected Kubernetes version {version!r} in controlplane/kubernetes/go.mod")
+        raise MissingPart(f"unexpected Kubernetes version {version!r} in testbed/controlplane/kubernetes/go.mod")
     return match.group(1), match.group(2)
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from iotenant.licensing import licence as licences
 
 from iotenant.licensing import keys as licence_keys
-from iotenant.devcluster import cluster
-from iotenant.devcluster.binaries import cache_dir, ensure_binaries, source_dir
-from iotenant.devcluster.local_stacks import LocalStacks
+from iotenant_testbed import cluster
+from iotenant_testbed.binaries import cache_dir, ensure_binaries, source_dir
+from iotenant_testbed.local_stacks import LocalStacks
 from iotenant.licensing.plans import load_catalogue
 
 OPERATOR_NAMESPACE = "iotenant-system"
@@ -24,7 +24,7 @@ BILLING_NAMESPACE = "billing"
 
 
 def repository_root() -> Path:
-    return source_dir().parent
+    return source_dir().parents[1]
 
 
 DEMO_BILLING_ISSUER = "demo-billing"

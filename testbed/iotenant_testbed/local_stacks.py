@@ -21,10 +21,10 @@ from kubernetes.client.exceptions import ApiException
 
 from iotenant import tenant_database
 from iotenant.broker.identities import DeviceCredentials
-from iotenant.devcluster.local_pods import LocalProcess, localise_database_url, read_secret, run_container
-from iotenant.devcluster.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
-from iotenant.devcluster.loopback import free_port
-from iotenant.devcluster.postgres import PostgresServer
+from iotenant_testbed.local_pods import LocalProcess, localise_database_url, read_secret, run_container
+from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
+from iotenant_testbed.loopback import free_port
+from iotenant_testbed.postgres import PostgresServer
 from iotenant.render.fleet import FLEET_LABEL
 from iotenant.render.meta import COMPONENT, namespace_for
 
