@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
-PACKAGES=(mosquitto mosquitto-clients postgresql iproute2)
+# The real node: containerd, runc and the CNI plugins; iptables and conntrack for kube-proxy; mmdebstrap
+# for the images' root filesystems; gcc and libc6-dev for the static pause binary.
+PACKAGES=(mosquitto mosquitto-clients postgresql iproute2 containerd runc containernetworking-plugins iptables conntrack
+  mmdebstrap gcc libc6-dev)
 # The broker version the stack ships (settings.py), so that the tests run the broker we ship.
 MOSQUITTO_VERSION=$(sed -n 's/^MOSQUITTO_VERSION = "\(.*\)"$/\1/p' operator/iotenant/settings.py)
 if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
@@ -67,10 +70,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-command -v go >/dev/null || { echo "Go 1.25 or newer is required on PATH to build the local control plane" >&2; exit 1; }
+command -v go >/dev/null || { echo "Go 1.26 or newer is required on PATH to build the local control plane" >&2; exit 1; }
 
 install_python_env
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl and promtool
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, kwok,
+# kwokctl, prometheus, promtool, CoreDNS, helm and actionlint
 # once per pin and machine (a few minutes cold); prints the folder they are in.
 "$VENV/bin/iotenant" dev build

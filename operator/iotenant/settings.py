@@ -20,7 +20,7 @@ class Images:
     """Pinned container images of a customer stack. The chart sets each (``iotenant`` is the chart's own image)."""
 
     broker: str = f"eclipse-mosquitto:{MOSQUITTO_VERSION}"
-    database: str = "postgres:16.4-alpine"
+    database: str = "postgres:17.12-trixie"
     prometheus: str = "prom/prometheus:v2.54.1"
     iotenant: str = f"ghcr.io/iotenant/iotenant:{__version__}"
 

@@ -73,7 +73,7 @@ def required_version(go_mod: Path, module: str) -> str:
 def go_executable() -> str:
     go = shutil.which("go")
     if go is None:
-        raise MissingPart("the Go toolchain is missing: install Go 1.25 or newer and put `go` on PATH")
+        raise MissingPart("the Go toolchain is missing: install Go 1.26 or newer and put `go` on PATH")
     return go
 
 
@@ -97,17 +97,22 @@ class Component:
         return required_version(self.go_mod(src), self.module)
 
 
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
 KUBERNETES = Component(
-    "kubernetes", "k8s.io/kubernetes", ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
-    ("k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
-     "k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kubectl"),
+    "kubernetes", "k8s.io/kubernetes", KUBERNETES_COMMANDS,
+    tuple(f"k8s.io/kubernetes/cmd/{command}" for command in KUBERNETES_COMMANDS),
 )
 ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", ("etcd",), ("go.etcd.io/etcd/server/v3",))
 KWOK = Component("kwok", "sigs.k8s.io/kwok", ("kwok", "kwokctl"), ("sigs.k8s.io/kwok/cmd/kwok", "sigs.k8s.io/kwok/cmd/kwokctl"))
-PROMETHEUS = Component("prometheus", "github.com/prometheus/prometheus", ("promtool",), ("github.com/prometheus/prometheus/cmd/promtool",))
+PROMETHEUS = Component(
+    "prometheus", "github.com/prometheus/prometheus", ("prometheus", "promtool"),
+    ("github.com/prometheus/prometheus/cmd/prometheus", "github.com/prometheus/prometheus/cmd/promtool"),
+)
+# The wrapper's own main package: CoreDNS with only the plugins the local cluster's DNS uses.
+COREDNS = Component("coredns", "github.com/coredns/coredns", ("coredns",), ("iotenant.io/controlplane/coredns",))
 HELM = Component("helm", "helm.sh/helm/v3", ("helm",), ("helm.sh/helm/v3/cmd/helm",))
 ACTIONLINT = Component("actionlint", "github.com/rhysd/actionlint", ("actionlint",), ("github.com/rhysd/actionlint/cmd/actionlint",))
-COMPONENTS = (KUBERNETES, ETCD, KWOK, PROMETHEUS, HELM, ACTIONLINT)
+COMPONENTS = (KUBERNETES, ETCD, KWOK, PROMETHEUS, COREDNS, HELM, ACTIONLINT)
 
 
 def _kubernetes_release(version: str) -> tuple[str, str]:
@@ -155,7 +160,7 @@ def fingerprint(component: Component, src: Path, go_release: str) -> str:
     """Pins, Go version and linker flags of one component: a change of any rebuilds that component alone."""
     digest = hashlib.sha256(go_release.encode())
     folder = src / component.folder
-    for name in sorted(folder.glob("go.*")) + sorted(folder.glob("tools.go")):
+    for name in sorted(folder.glob("go.*")) + sorted(folder.glob("*.go")):
         digest.update(name.name.encode())
         digest.update(name.read_bytes())
     digest.update(ldflags(component, src).encode())

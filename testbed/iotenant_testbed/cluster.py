@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from iotenant_testbed import real_node
 from iotenant_testbed.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
 from iotenant_testbed.loopback import free_port
 
@@ -32,6 +33,7 @@ STORAGE_CLASS = {
     "volumeBindingMode": "Immediate",
 }
 FAKE_NODE_COUNT = 2
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node=fake"
 
 # Only writes are recorded: enough to count what a controller changes, small enough to keep.
 AUDIT_POLICY = """\
@@ -65,6 +67,15 @@ class LocalCluster:
     @property
     def kubeconfig(self) -> Path:
         return cache_dir() / "clusters" / self.name / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def real_node_marker(self) -> Path:
+        """Present while this cluster has the machine's real node."""
+        return self.kubeconfig.parent / "real-node"
 
     @property
     def audit_log(self) -> Path:
@@ -141,7 +152,7 @@ def wait_ready(binaries: Binaries, cluster: LocalCluster, timeout: float = 60.0)
     raise RuntimeError(f"the local apiserver did not become ready within {timeout:.0f} s; its log ends:\n{tail}")
 
 
-def _create(binaries: Binaries, cluster: LocalCluster) -> None:
+def _create(binaries: Binaries, cluster: LocalCluster, with_real_node: bool) -> None:
     cluster.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
     cluster.workdir.mkdir(parents=True, exist_ok=True)
     policy = cluster.kubeconfig.parent / "audit-policy.yaml"
@@ -165,8 +176,14 @@ def _create(binaries: Binaries, cluster: LocalCluster) -> None:
             "service-cluster-ip-range": SERVICE_RANGE,
         },
         "kube-scheduler": {"bind-address": loopback},
-        "kwok-controller": {"server-address": f"{loopback}:{kwok_port}"},
+        # kwok fakes only the nodes annotated as fake; a real node is left to its kubelet.
+        "kwok-controller": {"server-address": f"{loopback}:{kwok_port}", "manage-all-nodes": "false",
+                            "manage-nodes-with-annotation-selector": FAKE_NODE_ANNOTATION},
     }
+    certificate_names: list[str] = []
+    if with_real_node:
+        extra_args["kube-apiserver"].update(real_node.apiserver_arguments(cluster.pki))
+        certificate_names = real_node.certificate_names()
     args = [
         "create", "cluster",
         "--runtime", "binary",
@@ -183,15 +200,16 @@ def _create(binaries: Binaries, cluster: LocalCluster) -> None:
     ]
     # Extra flags go through a configuration file: kwokctl 0.8's --extra-args mixes up components.
     configuration = cluster.kubeconfig.parent / "kwokctl.yaml"
-    configuration.write_text(json.dumps(_kwokctl_configuration(extra_args)))
+    configuration.write_text(json.dumps(_kwokctl_configuration(extra_args, certificate_names)))
     args = ["--config", str(configuration), *args]
     _kwokctl(binaries, cluster, *args)
 
 
-def _kwokctl_configuration(extra_args: dict[str, dict[str, str]]) -> dict[str, object]:
+def _kwokctl_configuration(extra_args: dict[str, dict[str, str]], certificate_names: list[str]) -> dict[str, object]:
     return {
         "kind": "KwokctlConfiguration",
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "options": {"kubeApiserverCertSANs": certificate_names},
         "componentsPatches": [
             {"name": component, "extraArgs": [{"key": key, "value": value} for key, value in flags.items()]}
             for component, flags in extra_args.items()
@@ -210,7 +228,7 @@ def fake_nodes_manifest(count: int) -> str:
                 "kind": "Node",
                 "metadata": {
                     "name": name,
-                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "annotations": {FAKE_NODE_ANNOTATION.split("=")[0]: FAKE_NODE_ANNOTATION.split("=")[1], "node.alpha.kubernetes.io/ttl": "0"},
                     "labels": {
                         "kubernetes.io/arch": "amd64",
                         "kubernetes.io/os": "linux",
@@ -229,8 +247,13 @@ def fake_nodes_manifest(count: int) -> str:
 
 
 def _ensure_nodes(binaries: Binaries, cluster: LocalCluster, count: int) -> None:
-    kubectl(binaries, cluster.kubeconfig, "apply", "-f", "-", stdin=fake_nodes_manifest(count))
-    kubectl(binaries, cluster.kubeconfig, "apply", "-f", "-", stdin=json.dumps(STORAGE_CLASS))
+    """The real node (with its local volumes) when this cluster has it, and ``count`` fake nodes."""
+    if cluster.real_node_marker.is_file():
+        real_node.up(binaries, cluster.kubeconfig, cluster.pki)
+    else:
+        kubectl(binaries, cluster.kubeconfig, "apply", "-f", "-", stdin=json.dumps(STORAGE_CLASS))
+    if count:
+        kubectl(binaries, cluster.kubeconfig, "apply", "-f", "-", stdin=fake_nodes_manifest(count))
     kubectl(binaries, cluster.kubeconfig, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
 
 
@@ -251,10 +274,25 @@ def _link_current_binaries(binaries: Binaries, cluster: LocalCluster) -> None:
             link.symlink_to(current)
 
 
-def up(name: str = DEFAULT_NAME, nodes: int = FAKE_NODE_COUNT) -> Path:
-    """Start (or reuse) the named local cluster and return its kubeconfig path."""
+def _claim_real_node(cluster: LocalCluster) -> None:
+    """Make this cluster the one with the machine's real node (one per machine), before it starts."""
+    for marker in (cache_dir() / "clusters").glob("*/real-node"):
+        if marker != cluster.real_node_marker and real_node.is_running():
+            raise MissingPart(f"the real node belongs to cluster {marker.parent.name!r}: "
+                              f"`iotenant dev down --name {marker.parent.name}` first (one real node per machine)")
+    real_node.prepare()
+    cluster.real_node_marker.parent.mkdir(parents=True, exist_ok=True)
+    cluster.real_node_marker.touch()
+
+
+def up(name: str = DEFAULT_NAME, nodes: int = FAKE_NODE_COUNT, with_real_node: bool = False) -> Path:
+    """Start (or reuse) the named local cluster and return its kubeconfig path. ``with_real_node``: the
+    cluster gets the machine's real node, whose pods run (see ``real_node``); ``nodes`` fake nodes
+    run nothing and hold many tenants for scale tests."""
     binaries = ensure_binaries()
     cluster = LocalCluster(name)
+    if with_real_node:
+        _claim_real_node(cluster)
     if cluster.state_dir.is_dir() and is_ready(binaries, cluster):
         _ensure_nodes(binaries, cluster, nodes)
         return cluster.kubeconfig
@@ -269,11 +307,13 @@ def up(name: str = DEFAULT_NAME, nodes: int = FAKE_NODE_COUNT) -> Path:
             print(f"iotenant: the stopped cluster {cluster.name} did not start again ({str(error).splitlines()[0]}); "
                   "making it anew", file=sys.stderr)
             down(cluster.name)
-            _create(binaries, cluster)
+            if with_real_node:
+                _claim_real_node(cluster)
+            _create(binaries, cluster, with_real_node)
     else:
         if cluster.state_dir.is_dir():
             _kwokctl(binaries, cluster, "delete", "cluster", check=False)
-        _create(binaries, cluster)
+        _create(binaries, cluster, with_real_node)
     wait_ready(binaries, cluster)
     _ensure_nodes(binaries, cluster, nodes)
     return cluster.kubeconfig
@@ -286,6 +326,10 @@ def down(name: str = DEFAULT_NAME, keep_data: bool = False) -> list[str]:
         return []
     binaries = ensure_binaries()
     stopped = sorted(running_pids(cluster))
+    if cluster.real_node_marker.is_file():
+        stopped += real_node.down(binaries)
+        if not keep_data:
+            cluster.real_node_marker.unlink()
     _kwokctl(binaries, cluster, "stop" if keep_data else "delete", "cluster")
     deadline = time.monotonic() + 15
     while running_pids(cluster) and time.monotonic() < deadline:

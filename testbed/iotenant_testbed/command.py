@@ -13,9 +13,24 @@ from iotenant_testbed import cluster
 from iotenant_testbed.binaries import MissingPart, ensure_binaries
 
 
+def _with_real_node(args: argparse.Namespace) -> bool:
+    """A new cluster gets the real node unless told otherwise; an existing one stays as it was made."""
+    local = cluster.LocalCluster(args.name)
+    existing = local.state_dir.is_dir() and local.kubeconfig.is_file()
+    if not existing:
+        return args.real_node is not False
+    has_node = local.real_node_marker.is_file()
+    if args.real_node is not None and args.real_node != has_node:
+        raise UserFacingError(f"cluster {args.name!r} was made {'with' if has_node else 'without'} the real node: "
+                              f"`iotenant dev down --name {args.name}` first to make it anew")
+    return has_node
+
+
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    kubeconfig = cluster.up(args.name, nodes=args.nodes)
+    with_real_node = _with_real_node(args)
+    nodes = args.nodes if args.nodes is not None else (0 if with_real_node else cluster.FAKE_NODE_COUNT)
+    kubeconfig = cluster.up(args.name, nodes=nodes, with_real_node=with_real_node)
     print(f"iotenant: cluster {args.name!r} ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
     print(kubeconfig)
     return 0
@@ -67,8 +82,8 @@ def _guarded(handler):  # type: ignore[no-untyped-def]
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dev = commands.add_parser(
         "dev",
-        help="run a local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)",
-        description="A real Kubernetes control plane on loopback, built from pinned Go modules; no Docker needed.",
+        help="run a local Kubernetes cluster (etcd, kube-apiserver, controller-manager, scheduler, a real node, kwok)",
+        description="A real Kubernetes cluster on this machine, built from pinned Go modules and Debian packages; no Docker needed.",
     )
     actions = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -79,7 +94,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         return parser
 
     up = add("up", _up, "start or reuse the cluster; the last line printed is the kubeconfig path")
-    up.add_argument("--nodes", type=int, default=cluster.FAKE_NODE_COUNT, help="fake kwok nodes (default: %(default)s)")
+    up.add_argument("--real-node", action=argparse.BooleanOptionalAction, default=None,
+                    help="give the cluster this machine's real node (containerd, kubelet, kube-proxy, cluster DNS, the "
+                         "stack's images); needs root and changes the host until `down` (default: on for a new "
+                         "cluster, as it was made for an existing one)")
+    up.add_argument("--nodes", type=int, default=None,
+                    help=f"fake kwok nodes, which run nothing (default: 0 with the real node, {cluster.FAKE_NODE_COUNT} without)")
     add("env", _env, "print `export KUBECONFIG=...` for the cluster")
     down = add("down", _down, "stop every process that `up` started, by process id, and delete the cluster")
     down.add_argument("--keep-data", action="store_true", help="only stop the processes; `up` resumes with the same data")

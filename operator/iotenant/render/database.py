@@ -7,7 +7,8 @@ from iotenant.render.builders import Manifest, container, empty_dir, pod_templat
 from iotenant.render.contract import DATABASE_CREDENTIALS
 from iotenant.render.inputs import StackInput
 
-DATABASE_UID = 70
+# The postgres image's Debian variant runs as uid 999 (postgres).
+DATABASE_UID = 999
 DATABASE_DEFAULT = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
 
 
