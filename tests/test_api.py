@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from conftest import wait_for
 from dataplane import TOKEN, Stack, start_stack, write_licence
 from iotenant.broker.identities import DeviceCredentials
+from iotenant.render.contract import PROBE_TIMEOUT_SECONDS
 from real_services import PostgresServer
 from iotenant_testbed.mosquitto import MosquittoBroker
 
@@ -207,6 +208,12 @@ def test_database_down_gives_503_and_recovers(professional: Stack, postgres: Pos
         status, error = api.request("GET", "/api/v1/devices", token=TOKEN)
         assert (status, error["error"]) == (503, "database_unavailable")
         assert "Traceback" not in json.dumps(error)
+        # The kubelet gives /readyz PROBE_TIMEOUT_SECONDS: it hears "not ready" and why, not a timeout,
+        # also once the pool has no connection left to try.
+        for _ in range(3):
+            with pytest.raises(urllib.error.HTTPError) as not_ready:
+                urllib.request.urlopen(f"http://127.0.0.1:{api.metrics_port}/readyz", timeout=PROBE_TIMEOUT_SECONDS)
+            assert not_ready.value.code == 503 and "database" in json.loads(not_ready.value.read())["detail"]
     finally:
         postgres.start()
     wait_for(lambda: api.request("GET", "/api/v1/devices", token=TOKEN)[0] == 200, timeout=30, what="the API to recover")

@@ -27,6 +27,7 @@ from mqtt_probe import Probe, Refused
 from iotenant.broker.identities import DeviceCredentials
 from iotenant.render.contract import API_TOKEN_KEY, API_TOKEN_SECRET
 from iotenant_testbed import cluster as devcluster
+from iotenant_testbed import containerd_runtime, real_node
 from iotenant_testbed.binaries import Binaries
 from iotenant_testbed.real_node import NODE_NAME
 from iotenant_testbed.node_network import NODE_ADDRESS
@@ -143,6 +144,22 @@ def test_each_plan_runs_its_stack_under_restricted_pod_security(node_cluster: Cl
     delete_instance(node_cluster, name)
 
 
+def api_request_from_pod(kube: Cluster, namespace: str, pod: str, path: str, token: str) -> tuple[int, Any]:
+    """A request to the tenant's API by its Service name, made inside ``pod`` (cluster DNS, kube-proxy)."""
+    script = ("import json, sys, urllib.error, urllib.request\n"
+              "request = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.stdin.read()})\n"
+              "try:\n"
+              "    response = urllib.request.urlopen(request, timeout=10); print(response.status, response.read().decode())\n"
+              "except urllib.error.HTTPError as error:\n"
+              "    print(error.code, error.read().decode())\n")
+    url = f"http://api.{namespace}.svc:8080{path}"
+    result = kube.kubectl("exec", "-i", "-n", namespace, pod, "--", "python3", "-c", script, url, stdin=token, check=False)
+    if result.returncode != 0 or " " not in result.stdout:
+        return 0, result.stderr
+    status, body = result.stdout.split(" ", 1)
+    return int(status), json.loads(body)
+
+
 def api_request(kube: Cluster, namespace: str, path: str, token: str) -> tuple[int, Any]:
     """A request to the tenant's API Service from this machine (kube-proxy routes Service addresses here)."""
     service = kube.core.read_namespaced_service("api", namespace)
@@ -202,15 +219,7 @@ def replace_pod(kube: Cluster, namespace: str, name: str) -> None:
     """Delete a pod of a StatefulSet and wait for its successor to run and be ready."""
     old_uid = kube.core.read_namespaced_pod(name, namespace).metadata.uid
     kube.core.delete_namespaced_pod(name, namespace)
-
-    def successor_ready() -> bool:
-        try:
-            pod = kube.core.read_namespaced_pod(name, namespace)
-        except ApiException:
-            return False
-        return pod.metadata.uid != old_uid and running_and_ready(pod)
-
-    wait_for(successor_ready, timeout=180, interval=1, what=f"{namespace}/{name} to run again")
+    wait_for(lambda: _pod_replaced(kube, namespace, name, old_uid), timeout=180, interval=1, what=f"{namespace}/{name} to run again")
 
 
 def test_devices_reach_the_api_through_a_node_port_and_survive_broker_and_database_restarts(node_cluster: Cluster) -> None:
@@ -222,27 +231,99 @@ def test_devices_reach_the_api_through_a_node_port_and_survive_broker_and_databa
     apply_fleet(node_cluster, namespace, "simulated", {"count": 2, "idPrefix": "meter-"}, simulator=True)
     apply_fleet(node_cluster, namespace, "probes", {"ids": ["probe-1"]}, simulator=False)
 
-    # The simulator's pod publishes with its fleet's credentials; ingest stores it; the API serves it.
-    wait_for(lambda: last_measurements(node_cluster, namespace, "meter-001", token), timeout=180, interval=2,
-             what="telemetry of the simulated meter-001 through the API")
+    # The simulator's pod publishes with its fleet's credentials; ingest stores it; another pod reads it
+    # from the API by its Service's name.
+    simulator = wait_for(lambda: next((pod.metadata.name for pod in pods(node_cluster, namespace, "app.kubernetes.io/component=simulator")
+                                       if running_and_ready(pod)), None), timeout=120, what="the simulator's pod")
+    reader = next(pod.metadata.name for pod in pods(node_cluster, namespace, "app.kubernetes.io/component=api"))
+
+    def simulated_telemetry() -> list[dict[str, Any]]:
+        status, body = api_request_from_pod(node_cluster, namespace, reader, "/api/v1/devices/meter-001/telemetry/last", token)
+        return body.get("measurements", []) if status == 200 else []
+
+    assert simulator
+    wait_for(simulated_telemetry, timeout=180, interval=2, what="telemetry of the simulated meter-001 through the API's Service")
 
     device = device_credentials(node_cluster, namespace, "probes")["probe-1"]
     node_port = node_cluster.core.read_namespaced_service("broker-devices", namespace).spec.ports[0].node_port
     assert (device.host, device.port) == (NODE_ADDRESS, node_port), "credentials name the node port that reaches the broker"
     publish_reading(device, 1, 21.5)
     wait_for(lambda: last_value(node_cluster, namespace, "probe-1", token) == 21.5, timeout=60, what="probe-1's first reading")
+    status = json.dumps({"v": 2, "device_id": device.device_id, "online": True, "fw": "e2e"}).encode()
+    publish_retained(device, status)
 
+    # The broker's volume keeps its retained messages and the device identities across a new pod. The
+    # device waits for ingest to be back: until then Mosquitto 2.0 delivers nothing to its restored
+    # shared subscription (the README's known gap).
     replace_pod(node_cluster, namespace, "broker-0")
-    wait_for(lambda: _published(device, 2, 22.5), timeout=60, interval=2, what="the broker to take devices again")
+    wait_for(lambda: "as ingest-ingest-0" in node_cluster.kubectl("logs", "-n", namespace, "broker-0", "-c", "mosquitto").stdout,
+             timeout=60, interval=1, what="ingest to be connected to the new broker")
+    wait_for(lambda: _published(device, 2, 22.5), timeout=60, interval=2, what="the broker to take the device again")
     wait_for(lambda: last_value(node_cluster, namespace, "probe-1", token) == 22.5, timeout=90, what="a reading after the broker restarted")
+    assert retained_status(device) == status, "the retained status survives the broker's pod"
 
-    replace_pod(node_cluster, namespace, "database-0")
-    wait_for(lambda: last_value(node_cluster, namespace, "probe-1", token) == 22.5, timeout=120,
-             what="the stored reading after the database restarted (its volume kept the data)")
-    publish_reading(device, 3, 23.5)
-    wait_for(lambda: last_value(node_cluster, namespace, "probe-1", token) == 23.5, timeout=90, what="a reading after the database restarted")
+    # Readings sent while the database is down wait in ingest's session and are all stored after it.
+    old_database = node_cluster.core.read_namespaced_pod("database-0", namespace).metadata.uid
+    node_cluster.core.delete_namespaced_pod("database-0", namespace)
+    during = [30.0 + index for index in range(10)]
+    for index, value in enumerate(during):
+        wait_for(lambda: _published(device, 10 + index, value), timeout=60, interval=1, what=f"reading {value} accepted by the broker")
+    wait_for(lambda: _pod_replaced(node_cluster, namespace, "database-0", old_database), timeout=180, interval=1,
+             what="the database's pod to run again")
+    wait_for(lambda: {21.5, 22.5, *during} <= set(temperatures(node_cluster, namespace, "probe-1", token)), timeout=180, interval=2,
+             what="every reading, the ones sent while the database was down included")
 
     delete_instance(node_cluster, name)
+    assert_nothing_left(node_cluster, namespace)
+
+
+def publish_retained(credentials: DeviceCredentials, payload: bytes) -> None:
+    probe = Probe.connect(credentials.port, credentials.username, credentials.password, host=credentials.host)
+    try:
+        acknowledged = probe.client.publish(f"iot/{credentials.device_id}/status", payload, qos=1, retain=True)
+        acknowledged.wait_for_publish(10)
+    finally:
+        probe.close()
+
+
+def retained_status(credentials: DeviceCredentials) -> bytes | None:
+    """The retained message on the device's status topic, as a new subscription of the device gets it."""
+    probe = Probe.connect(credentials.port, credentials.username, credentials.password, host=credentials.host)
+    try:
+        probe.subscribe(f"iot/{credentials.device_id}/status")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not probe.messages:
+            time.sleep(0.1)
+        return probe.messages[0].payload if probe.messages else None
+    finally:
+        probe.close()
+
+
+def temperatures(kube: Cluster, namespace: str, device: str, token: str) -> list[float]:
+    status, body = api_request(kube, namespace, f"/api/v1/devices/{device}/telemetry?type=temperature&limit=100", token)
+    return [measurement["val"] for measurement in body.get("measurements", [])] if status == 200 else []
+
+
+def _pod_replaced(kube: Cluster, namespace: str, name: str, old_uid: str) -> bool:
+    try:
+        pod = kube.core.read_namespaced_pod(name, namespace)
+    except ApiException:
+        return False
+    return pod.metadata.uid != old_uid and running_and_ready(pod)
+
+
+def assert_nothing_left(kube: Cluster, namespace: str) -> None:
+    """No container of the namespace is left on the node, and its volumes are released for reuse."""
+    def containers_left() -> list[str]:
+        listed = containerd_runtime.ctr(real_node.folder() / "containerd", "containers", "list", "--quiet",
+                                        f"labels.\"io.kubernetes.pod.namespace\"=={namespace}", check=False)
+        return listed.stdout.split()
+
+    wait_for(lambda: not containers_left(), timeout=120, interval=2, what=f"the node's containers of {namespace} to be removed")
+    volumes = kube.core.list_persistent_volume().items
+    claimed = [volume.metadata.name for volume in volumes
+               if volume.spec.claim_ref is not None and volume.spec.claim_ref.namespace == namespace and volume.status.phase == "Bound"]
+    assert claimed == [], f"volumes still bound to {namespace}: {claimed}"
 
 
 def _published(device: DeviceCredentials, seq: int, value: float) -> bool:

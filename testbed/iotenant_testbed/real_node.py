@@ -93,8 +93,7 @@ def storage(node_folder: Path) -> list[dict[str, object]]:
         "reclaimPolicy": "Retain",
     }]
     for index in range(1, VOLUME_COUNT + 1):
-        path = node_folder / "volumes" / f"volume-{index:02d}"
-        path.mkdir(parents=True, exist_ok=True)
+        path = volume_folder(node_folder, index)
         manifests.append({
             "apiVersion": "v1",
             "kind": "PersistentVolume",
@@ -112,17 +111,28 @@ def storage(node_folder: Path) -> list[dict[str, object]]:
     return manifests
 
 
-def _recycle_released_volumes(binaries: Binaries, kubeconfig: Path) -> None:
-    """A volume whose claim is gone is emptied and offered again (local volumes have no deleter)."""
+def _prepare_volumes(binaries: Binaries, kubeconfig: Path, node_folder: Path) -> None:
+    """Empty every volume folder this cluster does not use: a volume whose claim is gone (local volumes
+    have no deleter), and a folder whose volume this cluster has not made yet (it may hold another,
+    deleted, cluster's data). Both are then offered anew."""
     from iotenant_testbed.cluster import kubectl
 
     listed = json.loads(kubectl(binaries, kubeconfig, "get", "pv", "-l", "iotenant.io/node-volume=true", "-o", "json").stdout)
+    in_use = set()
     for volume in listed["items"]:
-        if volume["status"].get("phase") not in ("Released", "Failed"):
-            continue
-        kubectl(binaries, kubeconfig, "delete", "pv", volume["metadata"]["name"], "--wait=true")
-        path = Path(volume["spec"]["local"]["path"])
-        shutil.rmtree(path, ignore_errors=True)
+        if volume["status"].get("phase") in ("Released", "Failed"):
+            kubectl(binaries, kubeconfig, "delete", "pv", volume["metadata"]["name"], "--wait=true")
+        else:
+            in_use.add(volume["spec"]["local"]["path"])
+    for index in range(1, VOLUME_COUNT + 1):
+        path = volume_folder(node_folder, index)
+        if str(path) not in in_use:
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+
+
+def volume_folder(node_folder: Path, index: int) -> Path:
+    return node_folder / "volumes" / f"volume-{index:02d}"
 
 
 def _start_containerd(node_folder: Path) -> Path:
@@ -211,7 +221,7 @@ def up(binaries: Binaries, kubeconfig: Path, pki: Path) -> None:
     _start("cluster-dns", cluster_dns.command(binaries.path("coredns"), corefile))
     _wait_node_ready(binaries, kubeconfig)
     _wait_cluster_dns_ready()
-    _recycle_released_volumes(binaries, kubeconfig)
+    _prepare_volumes(binaries, kubeconfig, node_folder)
     _apply(binaries, kubeconfig, storage(node_folder))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from iotenant.render.contract import PROBE_TIMEOUT_SECONDS
 from iotenant.render.meta import Owner
 from iotenant.render.pod_security import container_security_context, pod_security_context
 
@@ -87,7 +88,7 @@ def container(name: str, image: str, **fields: Any) -> Manifest:
 
 
 def http_probe(path: str, port: str) -> Manifest:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": 10, "timeoutSeconds": PROBE_TIMEOUT_SECONDS, "failureThreshold": 3}
 
 
 def empty_dir(name: str) -> Manifest:

@@ -13,6 +13,8 @@ MQTTS_PORT = 8883
 MQTT_INTERNAL_PORT = 1884
 API_PORT = 8080
 METRICS_PORT = 9100
+# How long the kubelet waits for /healthz and /readyz: a service answers within it, ready or not.
+PROBE_TIMEOUT_SECONDS = 2
 
 # Objects of the customer namespace that the services read, and their keys.
 LICENCE_SECRET, LICENCE_KEY = "licence", "licence.jwt"

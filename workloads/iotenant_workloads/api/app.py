@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from iotenant import logs
 from iotenant.environment_flags import flag
-from iotenant.render.contract import API_PORT, API_TOKEN_FILE, Env
+from iotenant.render.contract import API_PORT, API_TOKEN_FILE, PROBE_TIMEOUT_SECONDS, Env
 from iotenant_workloads.api.command_routes import CommandPublisher
 from iotenant_workloads.api.customer_api import CustomerApi
 from iotenant_workloads.api.openapi import ROUTES, openapi_document
@@ -47,7 +47,8 @@ def add_endpoints(app: web.Application, api: CustomerApi) -> None:
 
     async def readyz(_request: web.Request) -> web.Response:
         try:
-            await api.query("SELECT 1")
+            # Within the kubelet's probe timeout, so that not ready is a 503 with its reason, not a timeout.
+            await api.query("SELECT 1", wait_seconds=PROBE_TIMEOUT_SECONDS / 2)
         except ApiError as error:
             return web.json_response({"status": "not_ready", "detail": error.message}, status=503)
         if api.licence.refresh() is None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from iotenant_workloads.api.command_routes import CommandPublisher
 
 T = TypeVar("T")
+# How long a request waits for a database connection before it is answered 503.
+CONNECTION_WAIT_SECONDS = 5.0
 DATABASE_UP = Gauge("iotenant_api_database_up", "1 when the last database query succeeded")
 
 
@@ -70,17 +72,20 @@ class CustomerApi:
         if not getattr(self.claims().features, feature):
             raise ApiError(403, "feature_not_licensed", f"the licence does not include {feature}")
 
-    async def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    async def query(self, sql: str, parameters: tuple[Any, ...] = (),
+                    wait_seconds: float = CONNECTION_WAIT_SECONDS) -> list[dict[str, Any]]:
         async def one_statement(cursor: AsyncCursor[dict[str, Any]]) -> list[dict[str, Any]]:
             await cursor.execute(sql, parameters)
             return await cursor.fetchall() if cursor.description else []
 
-        return await self.transaction(one_statement)
+        return await self.transaction(one_statement, wait_seconds)
 
-    async def transaction(self, work: Callable[[AsyncCursor[dict[str, Any]]], Awaitable[T]]) -> T:
-        """``work`` in one transaction (committed when it returns); database trouble becomes an ``ApiError``."""
+    async def transaction(self, work: Callable[[AsyncCursor[dict[str, Any]]], Awaitable[T]],
+                          wait_seconds: float = CONNECTION_WAIT_SECONDS) -> T:
+        """``work`` in one transaction (committed when it returns); database trouble, or no connection within
+        ``wait_seconds``, becomes an ``ApiError``."""
         try:
-            async with self.pool.connection(timeout=5) as connection:
+            async with self.pool.connection(timeout=wait_seconds) as connection:
                 async with connection.transaction(), connection.cursor(row_factory=dict_row) as cursor:
                     result = await work(cursor)
             DATABASE_UP.set(1)

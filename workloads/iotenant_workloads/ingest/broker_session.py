@@ -36,6 +36,10 @@ INFLIGHT = Gauge("iotenant_ingest_inflight_messages", "Messages received and not
 # MQTT 5 subscription identifiers: which of ingest's subscriptions delivered a message.
 SHARED_SUBSCRIPTION, RETAINED_STATUS_SUBSCRIPTION = 1, 2
 SESSION_EXPIRY_SECONDS = 86400
+# Mosquitto 2.0 keeps a shared subscription over its own restart but delivers nothing to it until the
+# subscriber is back: a device message in between is acknowledged and lost. Coming back within
+# seconds of the broker keeps that window short.
+RECONNECT_MAX_SECONDS = 2
 
 
 class BrokerSession:
@@ -53,7 +57,7 @@ class BrokerSession:
         )
         client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
         client.max_inflight_messages_set(self.settings.inflight)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_SECONDS)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
