@@ -20,10 +20,11 @@ from pathlib import Path
 
 from iotenant_testbed import real_node
 from iotenant_testbed.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
+from iotenant_testbed.kubectl import kubectl
 from iotenant_testbed.loopback import free_port
+from iotenant_testbed.node_network import SERVICE_RANGE
 
 DEFAULT_NAME = "iotenant"
-SERVICE_RANGE = "10.96.0.0/16"
 STORAGE_CLASS = {
     "apiVersion": "storage.k8s.io/v1",
     "kind": "StorageClass",
@@ -95,19 +96,6 @@ def _kwokctl(binaries: Binaries, cluster: LocalCluster, *args: str, check: bool 
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"kwokctl {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
-
-
-def kubectl(binaries: Binaries, kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the pinned kubectl against ``kubeconfig``."""
-    result = subprocess.run(
-        [str(binaries.path("kubectl")), "--kubeconfig", str(kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
     return result
 
 

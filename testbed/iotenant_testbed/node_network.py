@@ -17,6 +17,9 @@ from pathlib import Path
 BRIDGE = "iotenant0"
 POD_CIDR = "10.244.0.0/24"
 NODE_ADDRESS = str(next(ipaddress.ip_network(POD_CIDR).hosts()))
+# The cluster's Service addresses; the first is the ``kubernetes`` Service's.
+SERVICE_RANGE = "10.96.0.0/16"
+KUBERNETES_SERVICE_ADDRESS = str(next(ipaddress.ip_network(SERVICE_RANGE).hosts()))
 NETWORK_NAME = "iotenant-pods"
 GUARD_FORWARD = "IOTENANT-POD-EGRESS"
 GUARD_INPUT = "IOTENANT-APISERVER"
@@ -55,9 +58,9 @@ def delete_bridge() -> None:
         _ip("link", "delete", BRIDGE)
 
 
-def route_services(service_range: str) -> None:
+def route_services() -> None:
     """Service addresses go to the bridge, where kube-proxy's rules answer for them."""
-    _ip("route", "replace", service_range, "dev", BRIDGE, "src", NODE_ADDRESS)
+    _ip("route", "replace", SERVICE_RANGE, "dev", BRIDGE, "src", NODE_ADDRESS)
 
 
 def guard(apiserver_port: int) -> None:

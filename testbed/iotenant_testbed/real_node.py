@@ -22,11 +22,11 @@ import yaml
 
 from iotenant_testbed import cluster_dns, containerd_runtime, kube_proxy, kubelet, node_host, node_identity, node_network
 from iotenant_testbed.binaries import Binaries, cache_dir
+from iotenant_testbed.kubectl import kubectl
 from iotenant_testbed.node_images import PAUSE_REFERENCE, build_images
 from iotenant_testbed.node_processes import Daemon
 
 NODE_NAME = "iotenant-node"
-SERVICE_ADDRESS = "10.96.0.1"
 # Local volumes made ahead for PersistentVolumeClaims: the kubelet gives them the pod's fsGroup.
 VOLUME_COUNT = 24
 VOLUME_CAPACITY = "100Gi"
@@ -63,7 +63,7 @@ def apiserver_arguments(pki: Path) -> dict[str, str]:
 
 def certificate_names() -> list[str]:
     """Names the apiserver's certificate must carry for pods: the node's address and the Service's."""
-    return [node_network.NODE_ADDRESS, SERVICE_ADDRESS]
+    return [node_network.NODE_ADDRESS, node_network.KUBERNETES_SERVICE_ADDRESS]
 
 
 def prepare() -> None:
@@ -76,8 +76,6 @@ def prepare() -> None:
 
 
 def _apply(binaries: Binaries, kubeconfig: Path, manifests: list[dict[str, object]]) -> None:
-    from iotenant_testbed.cluster import kubectl
-
     kubectl(binaries, kubeconfig, "apply", "--server-side", "--force-conflicts", "--field-manager=iotenant-testbed",
             "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
 
@@ -115,8 +113,6 @@ def _prepare_volumes(binaries: Binaries, kubeconfig: Path, node_folder: Path) ->
     """Empty every volume folder this cluster does not use: a volume whose claim is gone (local volumes
     have no deleter), and a folder whose volume this cluster has not made yet (it may hold another,
     deleted, cluster's data). Both are then offered anew."""
-    from iotenant_testbed.cluster import kubectl
-
     listed = json.loads(kubectl(binaries, kubeconfig, "get", "pv", "-l", "iotenant.io/node-volume=true", "-o", "json").stdout)
     in_use = set()
     for volume in listed["items"]:
@@ -163,8 +159,6 @@ def _start(name: str, argv: list[str], config: tuple[Path, dict[str, object]] | 
 
 
 def _wait_node_ready(binaries: Binaries, kubeconfig: Path, timeout: float = 120.0) -> None:
-    from iotenant_testbed.cluster import kubectl
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         probe = kubectl(binaries, kubeconfig, "get", "node", NODE_NAME, "-o",
@@ -198,7 +192,7 @@ def up(binaries: Binaries, kubeconfig: Path, pki: Path) -> None:
     node_folder = folder()
     server = _server(kubeconfig)
     node_network.guard(int(urlsplit(server).port or 443))
-    node_network.route_services("10.96.0.0/16")
+    node_network.route_services()
     runtime_folder = _start_containerd(node_folder)
     _import_images(binaries, runtime_folder)
     ca_cert, ca_key = pki / "ca.crt", pki / "ca.key"
