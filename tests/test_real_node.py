@@ -230,51 +230,59 @@ def test_devices_reach_the_api_through_a_node_port_and_survive_broker_and_databa
     token = secret_value(node_cluster, namespace, API_TOKEN_SECRET, API_TOKEN_KEY)
     apply_fleet(node_cluster, namespace, "simulated", {"count": 2, "idPrefix": "meter-"}, simulator=True)
     apply_fleet(node_cluster, namespace, "probes", {"ids": ["probe-1"]}, simulator=False)
-
-    # The simulator's pod publishes with its fleet's credentials; ingest stores it; another pod reads it
-    # from the API by its Service's name.
-    simulator = wait_for(lambda: next((pod.metadata.name for pod in pods(node_cluster, namespace, "app.kubernetes.io/component=simulator")
-                                       if running_and_ready(pod)), None), timeout=120, what="the simulator's pod")
-    reader = next(pod.metadata.name for pod in pods(node_cluster, namespace, "app.kubernetes.io/component=api"))
-
-    def simulated_telemetry() -> list[dict[str, Any]]:
-        status, body = api_request_from_pod(node_cluster, namespace, reader, "/api/v1/devices/meter-001/telemetry/last", token)
-        return body.get("measurements", []) if status == 200 else []
-
-    assert simulator
-    wait_for(simulated_telemetry, timeout=180, interval=2, what="telemetry of the simulated meter-001 through the API's Service")
+    simulated_telemetry_reaches_another_pod(node_cluster, namespace, token)
 
     device = device_credentials(node_cluster, namespace, "probes")["probe-1"]
     node_port = node_cluster.core.read_namespaced_service("broker-devices", namespace).spec.ports[0].node_port
     assert (device.host, device.port) == (NODE_ADDRESS, node_port), "credentials name the node port that reaches the broker"
     publish_reading(device, 1, 21.5)
     wait_for(lambda: last_value(node_cluster, namespace, "probe-1", token) == 21.5, timeout=60, what="probe-1's first reading")
-    status = json.dumps({"v": 2, "device_id": device.device_id, "online": True, "fw": "e2e"}).encode()
-    publish_retained(device, status)
-
-    # The broker's volume keeps its retained messages and the device identities across a new pod. The
-    # device waits for ingest to be back: until then Mosquitto 2.0 delivers nothing to its restored
-    # shared subscription (the README's known gap).
-    replace_pod(node_cluster, namespace, "broker-0")
-    wait_for(lambda: "as ingest-ingest-0" in node_cluster.kubectl("logs", "-n", namespace, "broker-0", "-c", "mosquitto").stdout,
-             timeout=60, interval=1, what="ingest to be connected to the new broker")
-    wait_for(lambda: _published(device, 2, 22.5), timeout=60, interval=2, what="the broker to take the device again")
-    wait_for(lambda: last_value(node_cluster, namespace, "probe-1", token) == 22.5, timeout=90, what="a reading after the broker restarted")
-    assert retained_status(device) == status, "the retained status survives the broker's pod"
-
-    # Readings sent while the database is down wait in ingest's session and are all stored after it.
-    old_database = node_cluster.core.read_namespaced_pod("database-0", namespace).metadata.uid
-    node_cluster.core.delete_namespaced_pod("database-0", namespace)
-    during = [30.0 + index for index in range(10)]
-    for index, value in enumerate(during):
-        wait_for(lambda: _published(device, 10 + index, value), timeout=60, interval=1, what=f"reading {value} accepted by the broker")
-    wait_for(lambda: _pod_replaced(node_cluster, namespace, "database-0", old_database), timeout=180, interval=1,
-             what="the database's pod to run again")
-    wait_for(lambda: {21.5, 22.5, *during} <= set(temperatures(node_cluster, namespace, "probe-1", token)), timeout=180, interval=2,
-             what="every reading, the ones sent while the database was down included")
+    broker_restart_keeps_retained_status_and_identities(node_cluster, namespace, device, token)
+    database_restart_loses_no_reading(node_cluster, namespace, device, token)
 
     delete_instance(node_cluster, name)
     assert_nothing_left(node_cluster, namespace)
+
+
+def simulated_telemetry_reaches_another_pod(kube: Cluster, namespace: str, token: str) -> None:
+    """The simulator's pod publishes with its fleet's credentials, ingest stores it, and another pod
+    reads it from the API by its Service's name."""
+    wait_for(lambda: any(running_and_ready(pod) for pod in pods(kube, namespace, "app.kubernetes.io/component=simulator")),
+             timeout=120, what="the simulator's pod")
+    reader = next(pod.metadata.name for pod in pods(kube, namespace, "app.kubernetes.io/component=api"))
+
+    def simulated_telemetry() -> list[dict[str, Any]]:
+        status, body = api_request_from_pod(kube, namespace, reader, "/api/v1/devices/meter-001/telemetry/last", token)
+        return body.get("measurements", []) if status == 200 else []
+
+    wait_for(simulated_telemetry, timeout=180, interval=2, what="telemetry of the simulated meter-001 through the API's Service")
+
+
+def broker_restart_keeps_retained_status_and_identities(kube: Cluster, namespace: str, device: DeviceCredentials, token: str) -> None:
+    """The broker's volume keeps its retained messages and the device identities across a new pod. The
+    device waits for ingest to be back: until then Mosquitto 2.0 delivers nothing to its restored
+    shared subscription (the README's known gap)."""
+    status = json.dumps({"v": 2, "device_id": device.device_id, "online": True, "fw": "e2e"}).encode()
+    publish_retained(device, status)
+    replace_pod(kube, namespace, "broker-0")
+    wait_for(lambda: "as ingest-ingest-0" in kube.kubectl("logs", "-n", namespace, "broker-0", "-c", "mosquitto").stdout,
+             timeout=60, interval=1, what="ingest to be connected to the new broker")
+    wait_for(lambda: _published(device, 2, 22.5), timeout=60, interval=2, what="the broker to take the device again")
+    wait_for(lambda: last_value(kube, namespace, "probe-1", token) == 22.5, timeout=90, what="a reading after the broker restarted")
+    assert retained_status(device) == status, "the retained status survives the broker's pod"
+
+
+def database_restart_loses_no_reading(kube: Cluster, namespace: str, device: DeviceCredentials, token: str) -> None:
+    """Readings sent while the database is down wait in ingest's session and are all stored after it."""
+    old_database = kube.core.read_namespaced_pod("database-0", namespace).metadata.uid
+    kube.core.delete_namespaced_pod("database-0", namespace)
+    during = [30.0 + index for index in range(10)]
+    for index, value in enumerate(during):
+        wait_for(lambda: _published(device, 10 + index, value), timeout=60, interval=1, what=f"reading {value} accepted by the broker")
+    wait_for(lambda: _pod_replaced(kube, namespace, "database-0", old_database), timeout=180, interval=1,
+             what="the database's pod to run again")
+    wait_for(lambda: {21.5, 22.5, *during} <= set(temperatures(kube, namespace, "probe-1", token)), timeout=180, interval=2,
+             what="every reading, the ones sent while the database was down included")
 
 
 def publish_retained(credentials: DeviceCredentials, payload: bytes) -> None:

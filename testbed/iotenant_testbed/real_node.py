@@ -23,7 +23,8 @@ import yaml
 from iotenant_testbed import cluster_dns, containerd_runtime, kube_proxy, kubelet, node_host, node_identity, node_network
 from iotenant_testbed.binaries import Binaries, cache_dir
 from iotenant_testbed.kubectl import kubectl
-from iotenant_testbed.node_images import PAUSE_REFERENCE, build_images
+from iotenant_testbed.image_recipes import PAUSE_REFERENCE
+from iotenant_testbed.node_images import build_images
 from iotenant_testbed.node_processes import Daemon
 
 NODE_NAME = "iotenant-node"

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from iotenant import settings
-from iotenant_testbed import cluster_dns, containerd_runtime, kube_proxy, kubelet, node_images, node_network
+from iotenant_testbed import cluster_dns, containerd_runtime, image_recipes, kube_proxy, kubelet, node_network
 from iotenant_testbed.debian_sources import suite_sources
 from iotenant_testbed.image_archive import layer_from_files, write_archive
 
@@ -55,12 +55,12 @@ def test_an_image_archive_names_the_rendered_reference_and_its_layer_by_digest(t
 
 
 def test_images_are_laid_out_like_upstream_under_the_rendered_references() -> None:
-    broker, database = node_images.broker_image(), node_images.database_image()
+    broker, database = image_recipes.broker_image(), image_recipes.database_image()
     assert broker.reference == settings.Images.broker and database.reference == settings.Images.database
     assert broker.versions == {"mosquitto": settings.MOSQUITTO_VERSION}
     assert any("/usr/lib/mosquitto_dynamic_security.so" in hook for hook in broker.after)
     assert database.container["Cmd"] == ["postgres"] and "PGDATA=/var/lib/postgresql/data" in database.container["Env"]
-    assert node_images.PROMETHEUS_CONTAINER["Entrypoint"] == ["/bin/prometheus"]
+    assert image_recipes.PROMETHEUS_CONTAINER["Entrypoint"] == ["/bin/prometheus"]
 
 
 def test_the_pod_network_never_masquerades_and_routes_through_the_bridge(tmp_path: Path) -> None:
@@ -72,9 +72,9 @@ def test_the_pod_network_never_masquerades_and_routes_through_the_bridge(tmp_pat
 
 
 def test_the_runtime_and_kubelet_fit_a_host_without_systemd(tmp_path: Path) -> None:
-    toml = containerd_runtime.configuration(tmp_path, node_images.PAUSE_REFERENCE, tmp_path / "net.d")
+    toml = containerd_runtime.configuration(tmp_path, image_recipes.PAUSE_REFERENCE, tmp_path / "net.d")
     assert "restrict_oom_score_adj = true" in toml and "SystemdCgroup = false" in toml
-    assert f'sandbox_image = "{node_images.PAUSE_REFERENCE}"' in toml
+    assert f'sandbox_image = "{image_recipes.PAUSE_REFERENCE}"' in toml
     config = kubelet.configuration(tmp_path, tmp_path / "containerd.sock", tmp_path / "ca.crt")
     assert config["cgroupDriver"] == "cgroupfs" and config["failCgroupV1"] is False
     assert config["authentication"]["anonymous"] == {"enabled": False} and config["authorization"] == {"mode": "Webhook"}
