@@ -220,6 +220,27 @@ def test_spoofed_device_id_is_refused(database: str, broker: MosquittoBroker, en
     ingest.stop()
 
 
+def test_a_device_clock_ahead_of_ingest_decides_nothing(
+    database: str, broker: MosquittoBroker, enterprise_licence: LicenceFiles, tmp_path: Path
+) -> None:
+    """A measurement, a message or a status dated to come is refused (it would pin the last telemetry,
+    the online state or an alert); the same device's next honest message is stored."""
+    ingest = start_ingest(database, broker, enterprise_licence, tmp_path / "ingest.log")
+    (device,) = devices(broker, 1)
+    now, year_2099 = time.time(), 4070908800
+    future_measurement = {"v": 2, "device_id": device.device_id, "ts": now, "seq": 1, "msg_type": "telemetry",
+                          "measurements": [{"ts": year_2099, "type": "m0", "val": 95, "unit": "C"}]}
+    device.publish("telemetry", json.dumps(future_measurement).encode())
+    device.publish("telemetry", telemetry(device.device_id, now + 3600, 2))
+    device.publish("status", json.dumps({"device_id": device.device_id, "state": "online", "ts": year_2099}).encode())
+    device.publish("telemetry", telemetry(device.device_id, now + 60, 3))  # a clock a minute fast is a clock
+    device.flush()
+    wait_for(lambda: stored_seqs(database, device.device_id) == {3}, timeout=20, what="the honest message alone")
+    refused = ingest.metrics().get('iotenant_ingest_rejected_total{reason="timestamp_out_of_range"}', 0)
+    assert refused == 3, ingest.metrics()
+    ingest.stop()
+
+
 def stored_seqs(database: str, device_id: str) -> set[int]:
     with psycopg.connect(database) as connection:
         return {row[0] for row in connection.execute("SELECT DISTINCT seq FROM telemetry WHERE device_id = %s", (device_id,))}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import Counter
 
@@ -28,6 +28,22 @@ RECEIVED = Counter("iotenant_ingest_received_total", "MQTT messages received", [
 # in bursts of a few seconds' worth (a device catching up after a lost connection).
 DEVICE_SHARE_OF_RATE = 0.1
 DEVICE_BURST_SECONDS = 2.0
+# How far a device's clock may run ahead of ingest's: a message or measurement dated later is refused,
+# so that no device can pin "last telemetry", its online state or an alert with a date to come.
+CLOCK_AHEAD_LIMIT = timedelta(minutes=5)
+
+
+def not_ahead(moment: datetime, received: datetime) -> None:
+    """Refuse a time later than the message's arrival plus the clock allowance."""
+    if moment > received + CLOCK_AHEAD_LIMIT:
+        raise Unacceptable(datagram.TIMESTAMP_OUT_OF_RANGE, f"{moment.isoformat()} is ahead of this service's clock")
+
+
+def in_window(moment: datetime, window: tuple[datetime, datetime], received: datetime) -> None:
+    """Refuse a time outside the stored partitions (retention) or ahead of the clock allowance."""
+    if not window[0] <= moment < window[1]:
+        raise Unacceptable(datagram.TIMESTAMP_OUT_OF_RANGE, moment.isoformat())
+    not_ahead(moment, received)
 
 
 @dataclass
@@ -77,8 +93,8 @@ class MessageJudge:
             message: datagram.Telemetry | datagram.DeviceEvent | ota.Report
             if kind == topics.TELEMETRY:
                 message = datagram.parse_telemetry(device_id, item.payload)
-                if not window[0] <= message.ts < window[1]:
-                    raise Unacceptable(datagram.TIMESTAMP_OUT_OF_RANGE, message.ts.isoformat())
+                for moment in (message.ts, *(measurement.ts for measurement in message.measurements)):
+                    in_window(moment, window, item.received)
                 self._take_device_share(device_id)
                 if self.bucket is not None and not self.bucket.take():
                     raise Unacceptable(datagram.RATE_LIMITED, f"over {limits.maxMessagesPerSecond} msg/s")
@@ -87,6 +103,7 @@ class MessageJudge:
                 self._take_device_share(device_id)
             else:
                 message = datagram.parse_event(device_id, kind, item.payload, item.received)
+                not_ahead(message.ts, item.received)
             self.known_devices.add(device_id)
             accepted.append(Accepted(item.topic, item.payload, message))
         except Unacceptable as refusal:
