@@ -83,13 +83,15 @@ def broker_ceiling(svc: Services, devices: list[str], messages: int) -> float:
     subscribed = threading.Event()
     counter.on_subscribe = lambda *_: subscribed.set()
     counter.connect("127.0.0.1", svc.broker.port)
-    counter.subscribe("$share/bench/iot/+/telemetry", qos=1)
+    # The broker lets ingest's identity into its own share group only.
+    shared = f"$share/{svc.broker.share_group}/iot/+/telemetry"
+    counter.subscribe(shared, qos=1)
     counter.loop_start()
     subscribed.wait(10)
     started = publish(svc.broker.port, devices, messages)
     done.wait(300)
     elapsed = time.time() - started
-    counter.unsubscribe("$share/bench/iot/+/telemetry")
+    counter.unsubscribe(shared)
     counter.disconnect()
     counter.loop_stop()
     return received / elapsed

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from iotenant_testbed import real_node
 from iotenant_testbed.binaries import Binaries, MissingPart, cache_dir, ensure_binaries
-from iotenant_testbed.kubectl import kubectl
+from iotenant_testbed.kubectl import kubectl, run_tool
 from iotenant_testbed.loopback import free_port
 from iotenant_testbed.node_network import SERVICE_RANGE
 
@@ -88,15 +88,7 @@ class LocalCluster:
 
 def _kwokctl(binaries: Binaries, cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, KWOK_WORKDIR=str(cluster.workdir))
-    result = subprocess.run(
-        [str(binaries.path("kwokctl")), "--name", cluster.name, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"kwokctl {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
+    return run_tool([str(binaries.path("kwokctl")), "--name", cluster.name, *args], env=env, check=check)
 
 
 def _process_alive(pid: int) -> bool:

@@ -226,14 +226,15 @@ def _server(kubeconfig: Path) -> str:
 
 
 def _remove_pods(runtime_folder: Path) -> None:
-    """Stop every pod sandbox so that no container, mount or network namespace outlives the node."""
-    containers = containerd_runtime.ctr(runtime_folder, "tasks", "list", "--quiet", check=False).stdout.split()
-    for container in containers:
-        containerd_runtime.ctr(runtime_folder, "tasks", "kill", "--signal", "SIGKILL", container, check=False)
+    """Kill and delete every container task so that no container, mount or network namespace outlives the node."""
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and containerd_runtime.ctr(runtime_folder, "tasks", "list", "--quiet", check=False).stdout.split():
-        for container in containerd_runtime.ctr(runtime_folder, "tasks", "list", "--quiet", check=False).stdout.split():
-            containerd_runtime.ctr(runtime_folder, "tasks", "delete", "--force", container, check=False)
+    while time.monotonic() < deadline:
+        tasks = containerd_runtime.ctr(runtime_folder, "tasks", "list", "--quiet", check=False).stdout.split()
+        if not tasks:
+            return
+        for task in tasks:
+            containerd_runtime.ctr(runtime_folder, "tasks", "kill", "--signal", "SIGKILL", task, check=False)
+            containerd_runtime.ctr(runtime_folder, "tasks", "delete", "--force", task, check=False)
         time.sleep(0.2)
 
 
