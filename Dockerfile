@@ -9,8 +9,9 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY workloads ./workloads
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+COPY requirements.lock ./
 COPY scripts/install-wheel.sh /usr/local/bin/install-wheel
-RUN PYTHON=python install-wheel /opt/iotenant /dist/iotenant-*.whl
+RUN PYTHON=python install-wheel /opt/iotenant /dist/iotenant-*.whl requirements.lock
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0

@@ -8,6 +8,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 NOT_AUTHORIZED = 135
 BAD_CREDENTIALS = 134
@@ -22,10 +24,13 @@ class Refused(Exception):
 class Probe:
     """One MQTT 5 connection as ``username``; ``Probe.connect`` raises ``Refused`` when the broker says no."""
 
-    def __init__(self, port: int, username: str, password: str, client_id: str | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, username: str, password: str, client_id: str | None = None, host: str = "127.0.0.1",
+                 will_topic: str | None = None, session_seconds: int = 0) -> None:
         self.username = username
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username, protocol=mqtt.MQTTv5)
         self.client.username_pw_set(username, password)
+        if will_topic is not None:
+            self.client.will_set(will_topic, b'{"state": "offline"}', qos=1)
         self.client.reconnect_delay_set(3600, 3600)  # a dropped probe stays dropped: tests look for that
         self.connack = threading.Event()
         self.connect_reason: Any = None
@@ -40,11 +45,16 @@ class Probe:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda _c, _u, message: self.messages.append(message)
         self.host, self.port = host, port
+        self.session_seconds = session_seconds
 
     @classmethod
     def connect(cls, port: int, username: str, password: str, **kwargs: Any) -> "Probe":
         probe = cls(port, username, password, **kwargs)
-        probe.client.connect(probe.host, port, keepalive=30)
+        properties = None
+        if probe.session_seconds:  # a session the broker keeps (and queues for) while the client is away
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = probe.session_seconds
+        probe.client.connect(probe.host, port, keepalive=30, clean_start=not probe.session_seconds, properties=properties)
         probe.client.loop_start()
         if not probe.connack.wait(10):
             probe.close()
@@ -83,9 +93,9 @@ class Probe:
                 self._lock.wait(remaining)
             return self._acks.pop(mid)
 
-    def publish(self, topic: str, payload: bytes = b"{}") -> int:
+    def publish(self, topic: str, payload: bytes = b"{}", retain: bool = False) -> int:
         """Publish at QoS 1; the PUBACK reason code (0 or 16: accepted, 135: not authorised)."""
-        info = self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         return int(self._wait_ack(info.mid).value)
 
     def subscribe(self, topic: str) -> int:
@@ -97,6 +107,13 @@ class Probe:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def drop(self) -> None:
+        """Gone without DISCONNECT, as a device that loses power: the broker publishes its will."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
 
 
 def refused(port: int, username: str, password: str) -> bool:

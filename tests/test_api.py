@@ -34,8 +34,10 @@ def test_every_api_route_needs_the_bearer_token(professional: Stack) -> None:
         assert api.request("GET", path) == (401, {"error": "unauthorized", "message": "a valid bearer token is required"})
         assert api.request("GET", path, token="wrong")[0] == 401
         assert api.request("GET", path, token=TOKEN)[0] == 200
-    assert api.request("GET", "/healthz") == (200, {"status": "ok"})
-    assert api.request("GET", "/readyz")[1] == {"status": "ready"}
+    # Health, readiness and metrics are on the metrics port only: the public port tells nobody the service's state.
+    for endpoint in ("/healthz", "/readyz", "/metrics"):
+        assert api.request("GET", endpoint)[0] == 404, endpoint
+    assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api.metrics_port}/readyz", timeout=5).read()) == {"status": "ready"}
     assert api.request("GET", "/openapi.json")[1]["paths"]["/api/v1/devices/{device_id}/telemetry"]["get"]["summary"]
     assert api.request("GET", "/nowhere") == (404, {"error": "not_found", "message": "Not Found"})
     assert api.request("GET", "/api/v1/nowhere", token=TOKEN) == (404, {"error": "not_found", "message": "Not Found"})
@@ -108,6 +110,17 @@ def test_licence_and_stats(professional: Stack) -> None:
     assert licence["limits"]["maxDevices"] == 500
     status, stats = api.request("GET", "/api/v1/stats", token=TOKEN)
     assert status == 200 and stats["devices"] == 2 and stats["measurements"] == 301 and stats["deviceLimit"] == 500
+    assert stats["countedAt"].endswith("Z")
+
+    # Counting reads every measurement: a burst of requests takes the counts from the database once.
+    def counts_taken() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{api.metrics_port}/metrics", timeout=5).read().decode()
+        return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("iotenant_api_tenant_counts_total "))
+
+    before = counts_taken()
+    burst = [api.request("GET", "/api/v1/stats", token=TOKEN) for _ in range(20)]
+    assert all(status == 200 and answer == stats for status, answer in burst)
+    assert counts_taken() - before == 0
 
 
 FEATURE_ROUTES = [
@@ -146,6 +159,9 @@ def test_too_many_requests_get_429(database: str, broker: MosquittoBroker, tmp_p
         time.sleep(1.2)
         guesses = [stack.api.request("GET", "/api/v1/devices", token=f"guess-{n}")[0] for n in range(30)]
         assert guesses.count(429) >= 20, "token guesses are not throttled before authentication"
+        # Requests without the token, all from one address (as behind an Ingress), do not use up the
+        # rate of the token's holders at that address.
+        assert stack.api.request("GET", "/api/v1/devices", token=TOKEN)[0] == 200
     finally:
         stack.api.stop()
         stack.ingest.stop()

@@ -15,7 +15,7 @@ from iotenant_testbed.mosquitto import MosquittoBroker
 
 from iotenant.broker.dynamic_security import DynamicSecurity
 from iotenant.broker.sync_plan import LiveState, plan_commands
-from iotenant.broker.identities import ADMIN, INGEST, Identity, Role, desired_roles, device_role, service_identities
+from iotenant.broker.identities import ADMIN, INGEST, Identity, Role, desired_roles, service_identities
 
 SHARE_GROUP = "ingest-0123456789abcdef"
 
@@ -49,22 +49,21 @@ def desired(*names: str) -> dict[str, Identity]:
 
 def test_plan_deletes_first_never_touches_the_admin_and_skips_what_matches() -> None:
     wanted = desired("d1", "d2", "d3")
-    roles = desired_roles(list(wanted.values()), SHARE_GROUP)
+    roles = desired_roles(SHARE_GROUP)
     live = LiveState(
         clients={ADMIN: {"username": ADMIN}, "rogue": {"username": "rogue"}, "d1": wanted["d1"].client(),
                  "d2": {**wanted["d2"].client(), "textname": "fleet/test 000000000000"},
                  "d3": {**wanted["d3"].client(), "clientid": None}, INGEST: wanted[INGEST].client()},
-        roles={"stale": frozenset(),
-               **{name: Role.allows_of(role.acls()) for name, role in roles.items() if name != "device:d2"},
-               "device:d3": Role.allows_of(device_role("d1").acls())},
+        roles={"device:d1": frozenset(), "api": frozenset(),
+               **{name: Role.allows_of(role.acls()) for name, role in roles.items() if name not in ("device", "api")}},
     )
     commands, result = plan_commands(live, wanted, roles)
     assert [(c["command"], c.get("username") or c.get("rolename")) for c in commands] == [
-        ("deleteClient", "rogue"), ("deleteRole", "stale"), ("createRole", "device:d2"), ("modifyRole", "device:d3"),
-        ("modifyClient", "d2"), ("modifyClient", "d3"), ("createClient", "iotenant:api"),
+        ("deleteClient", "rogue"), ("modifyRole", "api"), ("createRole", "device"),
+        ("modifyClient", "d2"), ("modifyClient", "d3"), ("createClient", "iotenant:api"), ("deleteRole", "device:d1"),
     ]
     assert (result.deleted, result.modified, result.created) == (["rogue"], ["d2", "d3"], ["iotenant:api"])
-    assert commands[-2]["clientid"] == "d3" and commands[-2]["roles"] == [{"rolename": "device:d3"}]
+    assert commands[4]["clientid"] == "d3" and commands[4]["roles"] == [{"rolename": "device"}]
 
 
 def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_broker: MosquittoBroker) -> None:
@@ -160,15 +159,30 @@ def test_a_device_is_confined_to_its_own_topics_and_client_id(bare_broker: Mosqu
     device.close()
 
 
+def test_a_will_on_another_devices_topic_is_never_delivered(bare_broker: MosquittoBroker) -> None:
+    with admin(bare_broker) as broker:
+        broker.sync(desired("d1", "d2", "d3"), SHARE_GROUP)
+    victim = Probe.connect(bare_broker.port, "d2", "d2-pw")
+    assert victim.subscribe("iot/d2/#") == 1
+    watcher = Probe.connect(bare_broker.port, INGEST, "ingest-pw", client_id="watcher")
+    assert watcher.subscribe("iot/+/status") == 1
+    Probe.connect(bare_broker.port, "d1", "d1-pw", will_topic="iot/d2/command").drop()
+    Probe.connect(bare_broker.port, "d3", "d3-pw", will_topic="iot/d3/status").drop()
+    wait_for(lambda: any(m.topic == "iot/d3/status" for m in watcher.messages), timeout=30, what="d3's own will")
+    assert [m.topic for m in victim.messages] == [], "a will on another device's topic was delivered"
+    victim.close()
+    watcher.close()
+
+
 def test_a_changed_device_role_is_restored(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
     with admin(bare_broker) as broker:
         broker.sync(desired("d1"), SHARE_GROUP)
-        broker.execute([{"command": "modifyRole", "rolename": "device:d1",
+        broker.execute([{"command": "modifyRole", "rolename": "device",
                          "acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}]},
                         {"command": "modifyClient", "username": "d1", "clientid": ""}])
         healed = broker.sync(desired("d1"), SHARE_GROUP)
-        assert healed.roles_changed == ["device:d1"] and healed.modified == ["d1"]
+        assert healed.roles_changed == ["device"] and healed.modified == ["d1"]
         assert broker.sync(desired("d1"), SHARE_GROUP).changed is False
     device = Probe.connect(port, "d1", "d1-pw")
     assert device.subscribe("#") == NOT_AUTHORIZED

@@ -53,6 +53,10 @@ def test_the_release_workflow_passes_actionlint_and_publishes_what_the_chart_pul
     assert build["with"]["platforms"] == "linux/amd64,linux/arm64" and build["with"]["push"] is True
     assert any("helm push" in str(step.get("run", "")) for step in steps) and release["env"]["CHARTS"].startswith("oci://")
     assert "tags" in release[True]["push"], "released on a tag"
+    # A job that may write packages runs no action a tag could move: each is pinned by its commit.
+    unpinned = [step["uses"] for step in steps if "uses" in step and not re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"])]
+    assert unpinned == [], unpinned
+    assert any('cosign sign --yes "${IMAGE}@${DIGEST}"' in str(step.get("run", "")) for step in steps), "the pushed image is signed by digest"
     repository = yaml.safe_load((CHART / "values.yaml").read_text())["image"]["repository"]
     assert repository.endswith("/iotenant") and "IMAGE: ghcr.io/${{ github.repository_owner }}/iotenant" in (
         REPO / ".github" / "workflows" / "release.yaml").read_text()
@@ -171,6 +175,14 @@ def test_values_schema_rejects_bad_values_naming_the_field(binaries: Binaries, a
     result = helm(binaries, "template", "iotenant", str(CHART), *arguments)
     assert result.returncode != 0
     assert field in result.stderr, result.stderr
+
+
+def test_images_may_be_pinned_by_digest(binaries: Binaries) -> None:
+    digest = "sha256:" + "a" * 64
+    objects = render_chart(binaries, "--set", f"stackImages.broker=eclipse-mosquitto:2.1.2@{digest}",
+                           "--set", f"stackImages.database=postgres@{digest}")
+    env = {i["name"]: i.get("value") for i in by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["IOTENANT_BROKER_IMAGE"] == f"eclipse-mosquitto:2.1.2@{digest}" and env["IOTENANT_DATABASE_IMAGE"] == f"postgres@{digest}"
 
 
 def test_monitoring_objects_are_optional_and_the_alert_rules_pass_promtool(binaries: Binaries, tmp_path: Path) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import wait_for
 from dataplane import DEVICES, Device, IngestProcess, LicenceFiles, telemetry, write_licence
+from raw_mqtt import MQTT_311, RawClient, publish_packet
 from hostile_payloads import POISON
 from real_services import PostgresServer
 from iotenant_testbed.mosquitto import MosquittoBroker
@@ -421,6 +424,38 @@ def test_partitions_follow_the_licence_retention(database: str) -> None:
         assert [row[0] for row in connection.execute("SELECT device_id FROM ota_reports")] == ["kept"]
 
 
+def test_partition_upkeep_never_stops_ingest_behind_a_reader_of_the_table(
+    database: str, broker: MosquittoBroker, enterprise_licence: LicenceFiles, tmp_path: Path
+) -> None:
+    """Dropping an expired partition locks all of telemetry and waits for its readers, and every writer
+    queues behind the wait: with a reader holding the table (as a slow export does), ingest puts the
+    upkeep off and keeps storing."""
+    from datetime import date
+
+    from iotenant_workloads import tenant_schema as schema
+
+    with psycopg.connect(database) as connection:
+        schema.migrate(connection)
+        schema.ensure_partitions(connection, 1, today=date.today())
+        schema.ensure_partitions(connection, 1, today=date(2020, 1, 2))  # expired: retention drops them
+    reader = psycopg.connect(database)
+    reader.execute("SELECT count(*) FROM telemetry")  # its transaction stays open, holding the table
+    try:
+        ingest = start_ingest(database, broker, enterprise_licence, tmp_path / "ingest.log")  # upkeep runs at start
+        device = devices(broker, 1)[0]
+        device.publish("telemetry", telemetry(device.device_id, time.time() - 1, 1))
+        device.flush()
+        wait_for(lambda: stored_seqs(database, device.device_id) == {1}, timeout=20, what="a message stored while the table is read")
+        assert ingest.metrics()["iotenant_ingest_upkeep_deferred_total"] >= 1
+        device.close()
+        ingest.stop()
+    finally:
+        reader.close()
+    with psycopg.connect(database) as connection:  # the reader gone, the put-off upkeep goes through
+        dropped = schema.apply_retention(connection, 1)
+        assert dropped and all(name.startswith("telemetry_p2020") for name in dropped), dropped
+
+
 def test_a_changed_licence_file_is_re_read(database: str, broker: MosquittoBroker, tmp_path: Path) -> None:
     licence = write_licence(tmp_path / "licence", "enterprise")
     ingest = start_ingest(database, broker, licence, tmp_path / "ingest.log")
@@ -544,4 +579,48 @@ def test_retained_status_from_before_ingest_subscribed_is_stored_and_a_last_will
     for client in online[1:]:
         client.disconnect()
         client.loop_stop()
+    ingest.stop()
+
+
+def flood_while_an_honest_device_publishes(broker: MosquittoBroker, ingest: IngestProcess, attacker_packets: list[bytes],
+                                           seconds: float) -> tuple[float, int]:
+    """A raw client floods ``attacker_packets`` (QoS 0, never reading) for ``seconds`` while an honest device
+    of the same tenant publishes one telemetry message every 0.5 s; returns ingest's memory growth (MiB)
+    and how many honest messages were sent."""
+    honest = devices(broker, 1)[0]
+    attacker = RawClient(broker.port, DEVICES[1], f"{DEVICES[1]}-password", MQTT_311)
+    flood = threading.Thread(target=attacker.send_for, args=(attacker_packets, seconds), daemon=True)
+    before = peak = ingest.rss_kib()
+    started, sent = time.monotonic(), 0
+    flood.start()
+    while time.monotonic() - started < seconds:
+        honest.publish("telemetry", telemetry(honest.device_id, time.time() - 5 + sent * 0.001, sent))
+        sent += 1
+        time.sleep(0.5)
+        peak = max(peak, ingest.rss_kib())
+    flood.join()
+    attacker.close()
+    honest.close()
+    return (peak - before) / 1024, sent
+
+
+@pytest.mark.parametrize("kind", ["hello", "telemetry"])
+def test_one_devices_qos0_flood_neither_grows_ingest_nor_starves_its_neighbour(
+    database: str, broker: MosquittoBroker, tmp_path: Path, kind: str
+) -> None:
+    licence = write_licence(tmp_path / "licence", "starter")  # 50 msg/s, a device a tenth of it
+    ingest = start_ingest(database, broker, licence, tmp_path / "ingest.log")
+    padding = "x" * 15_000  # as large as the starter plan's packets go
+    document = {"v": 2, "device_id": DEVICES[1], "ts": time.time() - 5, "seq": 1, "msg_type": kind, "fw": padding}
+    if kind == "telemetry":
+        document = {**document, "measurements": [{"ts": time.time() - 5, "type": "t", "val": 1.0, "unit": padding}]}
+    packets = [publish_packet(f"iot/{DEVICES[1]}/{kind}", json.dumps(document).encode(), 0, 0, MQTT_311)]
+    growth_mib, sent = flood_while_an_honest_device_publishes(broker, ingest, packets, seconds=10)
+    try:
+        wait_for(lambda: len(stored_seqs(database, DEVICES[0])) == sent, timeout=60, what=f"the honest device's {sent} messages")
+    finally:
+        print(f"QoS 0 {kind} flood: ingest +{growth_mib:.0f} MiB, honest device {len(stored_seqs(database, DEVICES[0]))} of {sent} stored")
+    # Unbounded, a 10 s flood grew ingest by 736 MiB; bounded, 31 (hello) and 55 MiB (telemetry) were measured.
+    assert growth_mib < 96, f"ingest grew by {growth_mib:.0f} MiB"
+    assert ingest.alive()
     ingest.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCKERFILE_COPIES = ["pyproject.toml", "README.md", "operator", "workloads"]
+DOCKERFILE_COPIES = ["pyproject.toml", "requirements.lock", "README.md", "operator", "workloads"]
 COMMANDS = [[], ["operator"], ["ingest"], ["api"], ["simulate"], ["licence"], ["licence", "issue"]]
 
 
@@ -34,7 +34,7 @@ def image_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = dist.glob("iotenant-*.whl")
     venv = tmp_path_factory.mktemp("image") / "iotenant"
     clean_env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV", "IOTENANT_"))}
-    result = subprocess.run([str(REPO / "scripts" / "install-wheel.sh"), str(venv), str(wheel)],
+    result = subprocess.run([str(REPO / "scripts" / "install-wheel.sh"), str(venv), str(wheel), str(context / "requirements.lock")],
                             env={**clean_env, "PYTHON": sys.executable}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return venv
@@ -43,7 +43,8 @@ def image_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_dockerfile_installs_with_the_same_script() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY scripts/install-wheel.sh /usr/local/bin/install-wheel" in dockerfile
-    assert re.search(r"^RUN .*install-wheel /opt/iotenant /dist/iotenant-\*\.whl$", dockerfile, re.M)
+    assert "COPY requirements.lock ./" in dockerfile
+    assert re.search(r"^RUN .*install-wheel /opt/iotenant /dist/iotenant-\*\.whl requirements\.lock$", dockerfile, re.M)
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
     assert "USER 10001:10001" in final_stage and "COPY --from=build /opt/iotenant /opt/iotenant" in final_stage
     assert not re.search(r"^RUN .*(pip|apt-get|gcc)", final_stage, re.M), "the final stage must not install anything"

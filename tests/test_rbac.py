@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Cluster, RunningOperator, is_operator_rbac, render_chart
 
 from iotenant_testbed.binaries import Binaries
+from iotenant.render.guardrails import POD_SECURITY_LABELS
 from iotenant.render.monitoring import PROMETHEUS_RULES
 
 # Held so that the operator may grant them to the dedicated Prometheus (RBAC escalation check):
@@ -79,3 +80,34 @@ def test_the_admission_fence_refuses_the_operator_outside_customer_namespaces(ku
     own = {**secret, "metadata": {"name": "fence-probe", "namespace": OPERATOR_NAMESPACE}}
     assert as_operator("apply", "--server-side", "--field-manager=iotenant-operator", "-f", "-", stdin=json.dumps(own)).returncode == 0
     kube.kubectl("delete", "secret", "fence-probe", "-n", OPERATOR_NAMESPACE)
+
+
+def test_the_fence_keeps_the_operator_to_the_namespaces_it_manages(kube: Cluster, operator_kubeconfig: Path) -> None:
+    """A stolen operator token cannot adopt a namespace by labelling it, relax a customer namespace's Pod
+    Security, create namespaces of its choosing or delete one it does not manage; its own work still passes."""
+    def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(kube.binaries.path("kubectl")), "--kubeconfig", str(operator_kubeconfig), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def refused(result: subprocess.CompletedProcess[str], rule: str) -> bool:
+        return result.returncode != 0 and rule in result.stderr
+
+    managed = {"app.kubernetes.io/managed-by": "iotenant-operator", **POD_SECURITY_LABELS}
+    probe = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "customer-fence-probe", "labels": managed}}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(probe))
+    try:
+        adopt = as_operator("label", "namespace", "kube-system", "app.kubernetes.io/managed-by=iotenant-operator")
+        assert refused(adopt, "only namespaces managed by iotenant"), adopt.stderr
+        assert "app.kubernetes.io/managed-by" not in (kube.core.read_namespace("kube-system").metadata.labels or {})
+        relax = as_operator("label", "--overwrite", "namespace", "customer-fence-probe", "pod-security.kubernetes.io/enforce=privileged")
+        assert refused(relax, "only with Pod Security restricted"), relax.stderr
+        planted = as_operator("create", "namespace", "planted")
+        assert refused(planted, "may create only customer-<name> namespaces"), planted.stderr
+        for foreign in ("default", "kube-system"):
+            deleted = as_operator("delete", "namespace", foreign, "--wait=false")
+            assert refused(deleted, "only namespaces managed by iotenant"), deleted.stderr
+        # What the operator does stays possible: labelling and deleting a namespace it manages.
+        assert as_operator("label", "namespace", "customer-fence-probe", "iotenant.io/probe=1").returncode == 0
+        assert as_operator("delete", "namespace", "customer-fence-probe", "--wait=false").returncode == 0
+    finally:
+        kube.kubectl("delete", "namespace", "customer-fence-probe", "--wait=false", check=False)

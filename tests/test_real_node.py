@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from conftest import Cluster, wait_for
 from mqtt_probe import Probe, Refused
-from iotenant.broker.identities import DeviceCredentials
+from iotenant.broker.identities import INGEST, DeviceCredentials
 from iotenant.render.contract import API_TOKEN_KEY, API_TOKEN_SECRET
 from iotenant_testbed import cluster as devcluster
 from iotenant_testbed import containerd_runtime, real_node
@@ -269,7 +269,7 @@ def broker_restart_keeps_retained_status_and_identities(kube: Cluster, namespace
              timeout=60, interval=1, what="ingest to be connected to the new broker")
     wait_for(lambda: _published(device, 2, 22.5), timeout=60, interval=2, what="the broker to take the device again")
     wait_for(lambda: last_value(kube, namespace, "probe-1", token) == 22.5, timeout=90, what="a reading after the broker restarted")
-    assert retained_status(device) == status, "the retained status survives the broker's pod"
+    assert retained_status(kube, namespace, device) == status, "the retained status survives the broker's pod"
 
 
 def database_restart_loses_no_reading(kube: Cluster, namespace: str, device: DeviceCredentials, token: str) -> None:
@@ -294,9 +294,11 @@ def publish_retained(credentials: DeviceCredentials, payload: bytes) -> None:
         probe.close()
 
 
-def retained_status(credentials: DeviceCredentials) -> bytes | None:
-    """The retained message on the device's status topic, as a new subscription of the device gets it."""
-    probe = Probe.connect(credentials.port, credentials.username, credentials.password, host=credentials.host)
+def retained_status(kube: Cluster, namespace: str, credentials: DeviceCredentials) -> bytes | None:
+    """The retained message on the device's status topic, as a new subscription gets it (ingest's identity:
+    a device receives only its commands)."""
+    password = secret_value(kube, namespace, "broker-service-credentials", "ingest-password")
+    probe = Probe.connect(credentials.port, INGEST, password, host=credentials.host, client_id="retained-status-check")
     try:
         probe.subscribe(f"iot/{credentials.device_id}/status")
         deadline = time.monotonic() + 10

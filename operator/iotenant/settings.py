@@ -11,8 +11,8 @@ from iotenant import __version__
 from iotenant.environment_flags import boolean, flag
 
 
-# The Mosquitto the stack ships; scripts/install-prerequisites.sh installs the same version for the tests.
-MOSQUITTO_VERSION = "2.0.21"
+# The Mosquitto the stack ships; `iotenant dev build` unpacks the same release from Debian for the tests.
+MOSQUITTO_VERSION = "2.1.2"
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,12 @@ class OperatorSettings:
     # Where the tenants' pods resolve names: the cluster DNS's namespace (and pods, when a selector is
     # given) on these ports, plus addresses outside any pod network (NodeLocal DNSCache's link-local one).
     dns_namespace: str = "kube-system"
-    dns_pod_selector: tuple[str, ...] = ()
+    dns_pod_selector: tuple[str, ...] = ("k8s-app=kube-dns",)
     dns_ports: tuple[int, ...] = (53,)
     dns_cidrs: tuple[str, ...] = ()
+    # The API server's own addresses (the endpoints of Service default/kubernetes), the only ones a
+    # dedicated Prometheus may reach on 443/6443; empty: any address on those ports.
+    apiserver_cidrs: tuple[str, ...] = ()
     # The StorageClass of tenant volumes whose spec names none (empty: the cluster's default class).
     storage_class: str = ""
     images: Images = Images()
@@ -102,10 +105,13 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "host:port written into device credentials (what devices connect to); {namespace} and {customer} are replaced"),
     ("dns_namespace", "IOTENANT_DNS_NAMESPACE", str, "namespace of the cluster DNS that tenant pods may query (openshift-dns on OpenShift)"),
     ("dns_pod_selector", "IOTENANT_DNS_POD_SELECTOR", label_list,
-     "labels (key=value, comma-separated) of the DNS pods in that namespace; empty: any pod there"),
+     "labels (key=value, comma-separated) of the DNS pods in that namespace (default k8s-app=kube-dns); empty: any pod there"),
     ("dns_ports", "IOTENANT_DNS_PORTS", port_list, "DNS ports tenant pods may use, UDP and TCP, comma-separated (5353 on OpenShift)"),
     ("dns_cidrs", "IOTENANT_DNS_CIDRS", comma_list,
      "addresses outside the pod network that serve DNS (NodeLocal DNSCache: 169.254.20.10/32), comma-separated"),
+    ("apiserver_cidrs", "IOTENANT_APISERVER_CIDRS", comma_list,
+     "the Kubernetes API server's addresses (endpoints of default/kubernetes), comma-separated: all a dedicated "
+     "Prometheus may reach on 443/6443; empty: any address on those ports"),
     ("storage_class", "IOTENANT_STORAGE_CLASS", str,
      "StorageClass of new tenant volumes whose spec names none (empty: the cluster's default); volumes keep the class they were made in"),
     ("create_signing_keys", "IOTENANT_CREATE_SIGNING_KEYS", boolean,

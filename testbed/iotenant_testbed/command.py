@@ -9,7 +9,7 @@ import sys
 import time
 
 from iotenant.cli import UserFacingError
-from iotenant_testbed import cluster
+from iotenant_testbed import cluster, mosquitto_package
 from iotenant_testbed.binaries import MissingPart, ensure_binaries
 
 
@@ -64,6 +64,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     for folder in ensure_binaries().folders():
         print(folder)
+    for release in (mosquitto_package.SHIPPED, mosquitto_package.PREVIOUS):
+        print(mosquitto_package.unpack(release).root)
     return 0
 
 
@@ -105,5 +107,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     down.add_argument("--keep-data", action="store_true", help="only stop the processes; `up` resumes with the same data")
     add("demo", _demo, "the main job: cluster, CRDs, the operator and the examples, status shown until Ctrl-C")
     add("status", _status, "print the cluster's kubeconfig path and running components as JSON")
-    build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries and print their folders")
+    build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries, unpack the shipped Mosquitto (and the previous one, whose volumes the tests upgrade), and print their folders")
     build.set_defaults(run=_guarded(_build))

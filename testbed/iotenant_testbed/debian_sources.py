@@ -1,7 +1,7 @@
 """Debian package sources for another suite, derived from this machine's own Debian sources.
 
-Image root filesystems come from Debian suites the host may not use (bookworm-backports for the
-broker, trixie for PostgreSQL). Their source entries reuse the mirror and keyring that the machine
+Image root filesystems and the tests' broker come from Debian suites the host may not use (sid for
+the broker, trixie for PostgreSQL). Their source entries reuse the mirror and keyring that the machine
 already trusts, so nothing names a host and nothing is trusted that the machine does not trust.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+ROLLING_SUITES = frozenset({"sid", "unstable"})
 
 
 class NoDebianSources(RuntimeError):
@@ -67,7 +68,15 @@ def suite_sources(suite: str, extra_suites: tuple[str, ...] = (), sources: Path 
             lines.append(f"Signed-By: {mirror.signed_by}")
         return "\n".join(lines) + "\n"
 
+    if suite in ROLLING_SUITES:  # no updates or security suites of its own
+        return paragraph(archive, [suite, *extra_suites])
     blocks = [paragraph(archive, [suite, f"{suite}-updates", *extra_suites])]
     if security is not None:
         blocks.append(paragraph(security, [f"{suite}-security"]))
     return "\n".join(blocks)
+
+
+def apt_options(suite: str) -> dict[str, str]:
+    """Options apt needs for ``suite``: a rolling suite's Release file is valid for days only, and the
+    machine's mirror may serve a snapshot of it (still signed, so still verified) past that date."""
+    return {"Acquire::Check-Valid-Until": "false"} if suite in ROLLING_SUITES else {}

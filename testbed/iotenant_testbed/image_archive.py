@@ -2,8 +2,8 @@
 
 The archive is in the layout ``docker save`` writes (``manifest.json`` with ``RepoTags``), which
 containerd's importer reads and whose names it normalises exactly as the kubelet's image references
-are normalised: an image imported as ``eclipse-mosquitto:2.0.21`` is found by a pod asking for
-``eclipse-mosquitto:2.0.21``.
+are normalised: an image imported as ``eclipse-mosquitto:2.1.2`` is found by a pod asking for
+``eclipse-mosquitto:2.1.2``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from iotenant import settings
 from iotenant.render.broker import BROKER_UID
 from iotenant.render.database import DATABASE_UID
 from iotenant.render.ingest_and_api import IOTENANT_UID
+from iotenant_testbed import mosquitto_package
 from iotenant_testbed.binaries import source_dir
 
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
@@ -93,10 +94,8 @@ def broker_image() -> DebianImage:
     reference = settings.Images.broker
     return DebianImage(
         reference=reference,
-        suite=HOST_SUITE,
-        extra_suites=(f"{HOST_SUITE}-backports",),
-        packages=(f"mosquitto/{HOST_SUITE}-backports", f"mosquitto-clients/{HOST_SUITE}-backports",
-                  f"libmosquitto1/{HOST_SUITE}-backports"),
+        suite=mosquitto_package.SHIPPED.suite,
+        packages=("mosquitto", "mosquitto-clients", "libmosquitto1"),
         versions={"mosquitto": _upstream_version(reference)},
         before=(_system_user("mosquitto", BROKER_UID, "/var/empty"),),
         after=(
@@ -104,7 +103,7 @@ def broker_image() -> DebianImage:
             'cp "$1/etc/mosquitto/mosquitto.conf" "$1/mosquitto/config/mosquitto.conf"',
             f'chown -R {BROKER_UID}:{BROKER_UID} "$1/mosquitto"',
             # Upstream's plugin path, which the rendered configuration names.
-            'ln -s x86_64-linux-gnu/mosquitto_dynamic_security.so "$1/usr/lib/mosquitto_dynamic_security.so"',
+            'ln -s x86_64-linux-gnu/mosquitto/mosquitto_dynamic_security.so "$1/usr/lib/mosquitto_dynamic_security.so"',
         ),
         files={"/docker-entrypoint.sh": (MOSQUITTO_ENTRYPOINT, 0o755)},
         container={
@@ -151,8 +150,9 @@ def database_image() -> DebianImage:
 def iotenant_image(wheels: Path | None) -> DebianImage:
     """Our image as the Dockerfile makes it: Debian's Python 3.11, the wheel in /opt/iotenant, uid 10001
     (``wheels``: our wheel and its dependencies', None for the recipe alone)."""
-    install_wheel = (source_dir().parents[1] / "scripts" / "install-wheel.sh").read_bytes()
-    files = {"/tmp/install-wheel.sh": (install_wheel, 0o755)}
+    repo = source_dir().parents[1]
+    files = {"/tmp/install-wheel.sh": ((repo / "scripts" / "install-wheel.sh").read_bytes(), 0o755),
+             "/tmp/requirements.lock": ((repo / "requirements.lock").read_bytes(), 0o644)}
     for wheel in sorted(wheels.glob("*.whl")) if wheels else []:
         files[f"/tmp/wheels/{wheel.name}"] = (wheel.read_bytes(), 0o644)
     ours = next((path for path in files if Path(path).name.startswith("iotenant-")), "/tmp/wheels/iotenant.whl")
@@ -164,8 +164,8 @@ def iotenant_image(wheels: Path | None) -> DebianImage:
         before=(_system_user("iotenant", IOTENANT_UID, "/nonexistent"),),
         after=(
             'chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheels '
-            f'PYTHON=python3 sh /tmp/install-wheel.sh /opt/iotenant {ours}',
-            'rm -rf "$1/tmp/wheels" "$1/tmp/install-wheel.sh"',
+            f'PYTHON=python3 sh /tmp/install-wheel.sh /opt/iotenant {ours} /tmp/requirements.lock',
+            'rm -rf "$1/tmp/wheels" "$1/tmp/install-wheel.sh" "$1/tmp/requirements.lock"',
         ),
         files=files,
         container={

@@ -1,4 +1,4 @@
-"""Debian's Mosquitto on this machine, running a tenant broker's configuration (demo, tests, benchmarks).
+"""The shipped Mosquitto (Debian's build, unpacked privately) on this machine, running a tenant broker's configuration (demo, tests, benchmarks).
 
 Pods on the local cluster's fake nodes run nothing, so a tenant's broker runs here instead: from
 the files the operator generated (ConfigMap ``broker-config``, Secret ``broker-dynamic-security``),
@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import pwd
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +21,17 @@ from kubernetes.client.exceptions import ApiException
 from iotenant.broker.admin_tls import ADMIN_PORT, AdminTLS
 from iotenant.broker.admin_tls import issue as issue_admin_tls
 from iotenant.broker.identities import Identity, dynamic_security_config
-from iotenant_testbed.binaries import MissingPart
 from iotenant.licensing.plans import BrokerLimits, load_catalogue
 from iotenant.broker.config import ADMIN_TLS_MOUNT, TLS_MOUNT, Listeners, mosquitto_conf
 from iotenant.render.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant_testbed.loopback import free_port, wait_port
+from iotenant_testbed.mosquitto_package import MosquittoPackage, installed
+
+# The plugin path the rendered configuration names (upstream image layout).
+IMAGE_DYNSEC_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
 
 
-DEBIAN_DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
-
-
-def localise_broker_conf(conf: str, data_dir: Path, admin_tls_dir: Path, port: int, admin_port: int,
+def localise_broker_conf(conf: str, package: MosquittoPackage, data_dir: Path, admin_tls_dir: Path, port: int, admin_port: int,
                          tls_dir: Path | None = None, tls_port: int | None = None) -> str:
     """The operator-generated mosquitto.conf with this machine's paths and loopback listeners.
 
@@ -47,7 +46,7 @@ def localise_broker_conf(conf: str, data_dir: Path, admin_tls_dir: Path, port: i
         raise AssertionError(f"the generated mosquitto.conf has no plaintext listener:\n{conf}")
     replacements = {
         "persistence_location /mosquitto/data/": f"persistence_location {data_dir}/",
-        "plugin /usr/lib/mosquitto_dynamic_security.so": f"plugin {DEBIAN_DYNSEC_PLUGIN}",
+        f"plugin {IMAGE_DYNSEC_PLUGIN}": f"plugin {package.dynamic_security_plugin}",
         "plugin_opt_config_file /mosquitto/data/dynamic-security.json": f"plugin_opt_config_file {data_dir}/dynamic-security.json",
         plaintext: f"listener {port} 127.0.0.1",
         f"listener {ADMIN_PORT}": f"listener {admin_port} 127.0.0.1",
@@ -71,7 +70,7 @@ def localise_broker_conf(conf: str, data_dir: Path, admin_tls_dir: Path, port: i
 
 @dataclass
 class MosquittoBroker:
-    """Debian's Mosquitto running a configuration, a dynamic-security file and the admin listener's certificates.
+    """Mosquitto running a configuration, a dynamic-security file and the admin listener's certificates.
 
     ``write_configuration`` renders them with the operator's functions (data-plane tests);
     ``write_generated`` takes them as the operator stored them in the cluster (fleet tests).
@@ -81,10 +80,13 @@ class MosquittoBroker:
     identities: list[Identity] = field(default_factory=list)
     share_group: str = "ingest"
     limits: BrokerLimits = field(default_factory=lambda: load_catalogue()["enterprise"].broker)
+    container_memory_bytes: int | None = None  # the broker container's memory limit the configuration is rendered for
     admin_tls: AdminTLS = field(default_factory=lambda: issue_admin_tls("local"))
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
+    # The shipped release unless a test runs another (the previous one, to upgrade its volume).
+    package: MosquittoPackage = field(default_factory=installed)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,22 +98,18 @@ class MosquittoBroker:
         return self.root / "data"
 
     def write_configuration(self) -> None:
-        conf = mosquitto_conf(Listeners(), limits=self.limits)
+        conf = mosquitto_conf(Listeners(), limits=self.limits, container_memory_bytes=self.container_memory_bytes)
         seed = json.dumps(dynamic_security_config(self.identities, self.share_group))
         self.write_generated(conf, seed, self.admin_tls.server_secret())
 
     def write_generated(self, conf: str, dynamic_security: str, admin_listener: dict[str, str],
                         device_tls: dict[str, str] | None = None) -> None:
         """``device_tls``: the device listener's ``tls.crt`` and ``tls.key`` when the configuration has one."""
-        if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
-            raise MissingPart("Mosquitto is missing: apt-get install mosquitto mosquitto-clients (or run scripts/install-prerequisites.sh)")
-        if not Path(DEBIAN_DYNSEC_PLUGIN).exists():
-            raise MissingPart(f"the dynamic-security plugin is missing at {DEBIAN_DYNSEC_PLUGIN}: apt-get install mosquitto")
         config, data, admin_tls, device_tls_dir = self.config_dir, self.data_dir, self.config_dir / "admin-tls", self.config_dir / "tls"
         for folder in (admin_tls, device_tls_dir, data):
             folder.mkdir(parents=True, exist_ok=True)
         (config / "mosquitto.conf").write_text(
-            localise_broker_conf(conf, data, admin_tls, self.port, self.admin_port, device_tls_dir, self.tls_port))
+            localise_broker_conf(conf, self.package, data, admin_tls, self.port, self.admin_port, device_tls_dir, self.tls_port))
         for folder, files in ((admin_tls, admin_listener), (device_tls_dir, device_tls or {})):
             for name, text in files.items():
                 (folder / name).write_text(text)
@@ -125,9 +123,8 @@ class MosquittoBroker:
                 path.chmod(0o750 if path.is_dir() else 0o600 if path == seeded else 0o640)
 
     def start(self) -> None:
-        executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.process = subprocess.Popen(
-            [executable, "-c", str(self.config_dir / "mosquitto.conf")],
+            self.package.argv("mosquitto", "-c", str(self.config_dir / "mosquitto.conf")),
             stdout=(self.root / "mosquitto.log").open("ab"), stderr=subprocess.STDOUT,
         )
         wait_port(self.port)

@@ -25,7 +25,7 @@ from typing import Any
 from iotenant import settings
 from iotenant.render.monitoring import PROMETHEUS_UID
 from iotenant_testbed.binaries import Binaries, MissingPart, cache_dir, source_dir
-from iotenant_testbed.debian_sources import suite_sources
+from iotenant_testbed.debian_sources import apt_options, suite_sources
 from iotenant_testbed.image_archive import layer_from_files, write_archive
 from iotenant_testbed.image_recipes import (
     DPKG_EXCLUDES, PAUSE_REFERENCE, PAUSE_SOURCE, PROMETHEUS_CONFIG, PROMETHEUS_CONTAINER, DebianImage, broker_image,
@@ -73,6 +73,7 @@ def _mmdebstrap(image: DebianImage, layer: Path, work: Path, log: Path) -> None:
     command = [
         "mmdebstrap", "--mode=root", "--variant=minbase", "--format=tar", "--quiet",
         f"--include={','.join(image.packages)}",
+        *[f'--aptopt={name} "{value}"' for name, value in apt_options(image.suite).items()],
         *[f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES],
         *[f"--essential-hook={hook}" for hook in image.before],
         f'--customize-hook=tar -C {files} -cf - . | tar -C "$1" -xf - --no-same-owner',
@@ -112,16 +113,15 @@ def _build_wheels(target: Path, log: Path) -> None:
     repo = source_dir().parents[1]
     target.mkdir(parents=True, exist_ok=True)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(target), str(repo)], log, "building the iotenant wheel")
-    wheel = next(target.glob("iotenant-*.whl"))
-    _run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(target), str(wheel)],
-         log, "downloading the iotenant wheel's dependencies")
+    _run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--require-hashes", "--no-deps", "--dest", str(target),
+          "-r", str(repo / "requirements.lock")], log, "downloading the iotenant wheel's locked dependencies")
 
 
 def _source_fingerprint() -> str:
     """The content the Dockerfile copies into our image."""
     repo = source_dir().parents[1]
     digest = hashlib.sha256()
-    for top in ("pyproject.toml", "README.md", "operator", "workloads", "scripts/install-wheel.sh"):
+    for top in ("pyproject.toml", "requirements.lock", "README.md", "operator", "workloads", "scripts/install-wheel.sh"):
         path = repo / top
         for item in sorted([path] if path.is_file() else path.rglob("*")):
             if item.is_file() and "__pycache__" not in item.parts and not item.name.endswith(".egg-info"):

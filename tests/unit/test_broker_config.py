@@ -25,6 +25,18 @@ def test_the_configuration_carries_the_plan_limits_and_the_admin_listener() -> N
     ]
     assert not any(line.startswith("acl_file") for line in lines)
     assert "allow_anonymous false" in lines
+    assert f"max_inflight_messages {starter.maxInflightMessages}" in lines
+    assert not any(line.startswith("memory_limit") for line in lines)  # no container limit given: none
+
+
+def test_the_broker_heap_stays_inside_its_container_and_devices_get_no_qos_2() -> None:
+    lines = mosquitto_conf(Listeners(tls=True), limits=load_catalogue()["starter"].broker,
+                           container_memory_bytes=512 * 2**20).splitlines()
+    assert f"memory_limit {int(512 * 2**20 * 0.8)}" in lines
+    for listener in ("listener 1883", "listener 8883"):  # where devices connect
+        assert lines[lines.index(listener) + 1] == "max_qos 1", listener
+    admin = lines.index(f"listener {ADMIN_PORT}")
+    assert "max_qos 1" not in lines[admin:admin + 6]
 
 
 @pytest.mark.parametrize(("listeners", "expected", "absent"), [
@@ -41,14 +53,14 @@ def test_the_listeners_follow_the_tls_settings(listeners: Listeners, expected: l
     assert not any(line in lines for line in absent), lines
 
 
-def test_a_device_role_allows_only_its_own_topics() -> None:
-    role = device_role("dev-1")
-    assert role.name == "device:dev-1"
+def test_the_device_role_allows_only_each_devices_own_topics_by_pattern() -> None:
+    role = device_role()
+    assert role.name == "device"
     assert set(role.allows) == {
-        ("publishClientSend", "iot/dev-1/telemetry"), ("publishClientSend", "iot/dev-1/hello"),
-        ("publishClientSend", "iot/dev-1/status"), ("publishClientSend", "iot/dev-1/command/ack"),
-        ("publishClientSend", "iot/dev-1/ota/status"), ("subscribePattern", "iot/dev-1/#"),
-        ("publishClientReceive", "iot/dev-1/#"),
+        ("publishClientSend", "iot/%u/telemetry"), ("publishClientSend", "iot/%u/hello"),
+        ("publishClientSend", "iot/%u/status"), ("publishClientSend", "iot/%u/command/ack"),
+        ("publishClientSend", "iot/%u/ota/status"), ("subscribePattern", "iot/%u/#"),
+        ("publishClientReceive", "iot/%u/command"),
     }
 
 
@@ -56,7 +68,7 @@ def test_the_seed_gives_the_admin_no_password_and_every_device_its_role_and_clie
     document = dynamic_security_config(service_identities("i", "a") + [Identity("dev-1", "pw", None, "fleet/f")], "group-x")
     clients = {client["username"]: client for client in document["clients"]}
     assert "password" not in clients[ADMIN] and "salt" not in clients[ADMIN]
-    assert clients["dev-1"]["clientid"] == "dev-1" and clients["dev-1"]["roles"] == [{"rolename": "device:dev-1"}]
+    assert clients["dev-1"]["clientid"] == "dev-1" and clients["dev-1"]["roles"] == [{"rolename": "device"}]
     roles = {role["rolename"]: role for role in document["roles"]}
     assert {acl["topic"] for acl in roles["ingest"]["acls"] if acl["acltype"] == "subscribePattern"} == {
         *(f"$share/group-x/iot/+/{kind}" for kind in ("telemetry", "hello", "status", "command/ack", "ota/status")), "iot/+/status"}

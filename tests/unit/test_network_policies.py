@@ -17,11 +17,26 @@ def dns_rule(settings: OperatorSettings) -> dict:
     return policy["spec"]["egress"][0]
 
 
-def test_the_default_is_kube_system_on_port_53() -> None:
+def test_the_default_is_the_kube_dns_pods_of_kube_system_on_port_53() -> None:
     assert dns_rule(OperatorSettings()) == {
-        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
     }
+    anywhere_there = dns_rule(OperatorSettings(dns_pod_selector=()))
+    assert anywhere_there["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
+
+
+def test_a_dedicated_prometheus_reaches_only_the_api_servers_addresses_when_they_are_named() -> None:
+    def apiserver_rule(settings: OperatorSettings) -> dict:
+        stack = dataclasses.replace(fixture_stack("enterprise"), settings=settings)
+        (policy,) = [p for p in network_policies(stack) if p["metadata"]["name"] == "allow-prometheus-to-apiserver"]
+        return policy["spec"]["egress"][0]
+
+    assert "to" not in apiserver_rule(OperatorSettings())
+    named = apiserver_rule(OperatorSettings(apiserver_cidrs=("10.0.0.1/32", "10.0.0.2/32")))
+    assert named["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}, {"ipBlock": {"cidr": "10.0.0.2/32"}}]
+    assert {port["port"] for port in named["ports"]} == {443, 6443}
 
 
 def test_openshift_and_node_local_dns() -> None:

@@ -35,6 +35,8 @@ def test_another_suite_reuses_the_hosts_mirrors_and_keyring(tmp_path: Path) -> N
     assert "URIs: http://mirror.invalid/debian-security\nSuites: trixie-security" in derived
     assert derived.count("Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg") == 2
     assert "Suites: bookworm bookworm-updates bookworm-backports" in suite_sources("bookworm", ("bookworm-backports",), sources=sources)
+    rolling = suite_sources("sid", sources=sources)  # no updates or security suite of its own
+    assert "Suites: sid\n" in rolling and "security" not in rolling
 
 
 def test_an_image_archive_names_the_rendered_reference_and_its_layer_by_digest(tmp_path: Path) -> None:

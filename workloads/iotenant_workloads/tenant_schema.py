@@ -168,11 +168,18 @@ def partition_name(day: date) -> str:
     return f"telemetry_p{day:%Y%m%d}"
 
 
+# Creating or dropping a partition locks the whole telemetry table, and waits for every reader of it (a
+# long export) while every writer queues behind the wait: upkeep waits this long at most, then gives up
+# (psycopg.errors.LockNotAvailable) and tries again later, so that ingest never stops behind a reader.
+WAIT_FOR_TABLE_LOCKS = "SET LOCAL lock_timeout = '2s'"
+
+
 def ensure_partitions(connection: psycopg.Connection, retention_days: int, today: date | None = None) -> list[str]:
     """Daily partitions from the oldest retained day to a few days ahead; returns those created."""
     today = today or datetime.now(timezone.utc).date()
     created = []
     with connection.transaction():
+        connection.execute(WAIT_FOR_TABLE_LOCKS)
         connection.execute("SELECT pg_advisory_xact_lock(4242002)")
         existing = {
             row[0]
@@ -200,6 +207,7 @@ def apply_retention(connection: psycopg.Connection, retention_days: int, today: 
     oldest = today - timedelta(days=retention_days)
     dropped = []
     with connection.transaction():
+        connection.execute(WAIT_FOR_TABLE_LOCKS)
         rows = connection.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'"

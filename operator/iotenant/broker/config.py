@@ -27,11 +27,22 @@ class Listeners:
     tls: bool = False
 
 
-def mosquitto_conf(listeners: Listeners, limits: BrokerLimits) -> str:
-    """The broker configuration (tests run this very file, with local paths, on Debian's Mosquitto).
+# Where devices connect, QoS 0 and 1 only: the broker must hold a QoS 2 message until its sender releases
+# it, so a device that never does could hold the broker's memory; a QoS 2 publisher is disconnected
+# (MQTT 5 clients are told in CONNACK). Nothing of the stack uses QoS 2.
+DEVICE_LISTENER_MAX_QOS = "max_qos 1"
+
+# The share of the broker container's memory limit that Mosquitto may allocate: past it, the message
+# being received is dropped and its sender disconnected, rather than the whole broker killed.
+HEAP_SHARE_OF_CONTAINER_LIMIT = 0.8
+
+
+def mosquitto_conf(listeners: Listeners, limits: BrokerLimits, container_memory_bytes: int | None = None) -> str:
+    """The broker configuration (tests run this very file, with local paths, on the shipped Mosquitto).
 
     Nothing is allowed without a dynamic-security role (``iotenant.broker.identities``); ``limits`` come from
-    the plan of the verified licence.
+    the plan of the verified licence; ``container_memory_bytes``, the broker container's memory limit,
+    bounds the broker's heap.
     """
     data_dir = "/mosquitto/data"
     lines = [
@@ -50,12 +61,15 @@ def mosquitto_conf(listeners: Listeners, limits: BrokerLimits) -> str:
         f"max_queued_messages {limits.maxQueuedMessages}",
         f"max_queued_bytes {limits.maxQueuedBytes}",
         f"persistent_client_expiration {max(1, -(-limits.sessionExpirySeconds // 3600))}h",
-        # Outgoing QoS 1 messages in flight per client; each client's own Receive Maximum still applies.
-        # (0, unlimited, makes Mosquitto 2.1 log a quota warning for every message.)
-        "max_inflight_messages 65534",
+        # QoS 1 and 2 messages in flight per client: the Receive Maximum the broker advertises (what an
+        # MQTT 5 client may leave unacknowledged towards it), and towards MQTT 3.1.1 clients; towards an
+        # MQTT 5 client (ingest), that client's own Receive Maximum applies.
+        f"max_inflight_messages {limits.maxInflightMessages}",
+        *([f"memory_limit {int(container_memory_bytes * HEAP_SHARE_OF_CONTAINER_LIMIT)}"] if container_memory_bytes else []),
         "plugin /usr/lib/mosquitto_dynamic_security.so",
         f"plugin_opt_config_file {data_dir}/dynamic-security.json",
         f"listener {MQTT_PORT if listeners.device_plaintext else MQTT_INTERNAL_PORT}",
+        DEVICE_LISTENER_MAX_QOS,
         # The operator's admin identity: a client certificate from the tenant's private CA, no password.
         f"listener {ADMIN_PORT}",
         f"cafile {ADMIN_TLS_MOUNT}/{CA_CERT}",
@@ -65,7 +79,7 @@ def mosquitto_conf(listeners: Listeners, limits: BrokerLimits) -> str:
         "use_identity_as_username true",
     ]
     if listeners.tls:
-        lines += [f"listener {MQTTS_PORT}", f"certfile {TLS_MOUNT}/tls.crt", f"keyfile {TLS_MOUNT}/tls.key"]
+        lines += [f"listener {MQTTS_PORT}", DEVICE_LISTENER_MAX_QOS, f"certfile {TLS_MOUNT}/tls.crt", f"keyfile {TLS_MOUNT}/tls.key"]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,8 @@ The operator connects as the broker's admin identity, reads the clients the brok
 the commands that make them equal to the desired identities: delete what is not desired (this also
 drops the client's live connection), modify what changed (a new password; the broker drops the old
 connection), create what is missing. Nothing restarts, and clients that did not change stay
-connected.
+connected. Every device holds the one ``device`` role, whose access rules name the device's own topics
+by the ``%u`` pattern; only Mosquitto 2.1 and later substitute it, so an older broker is refused.
 
 Mosquitto 2.0 rewrites its whole dynamic-security file after every command, so a command costs
 time proportional to the number of clients (about 2.5 ms per thousand here) and blocks the broker
@@ -30,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotenant.broker.admin_tls import AdminTLS, client_context
 from iotenant.broker.identities import BROKER_VERSION_TOPIC, Identity, Role, desired_roles
 from iotenant.broker.sync_plan import (
-    COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, LiveState, SyncResult, commands_per_message, next_message, parse_version, plan_commands,
+    COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, PATTERN_ACLS_FROM, LiveState, SyncResult, commands_per_message, next_message, parse_version, plan_commands,
 )
 
 log = logging.getLogger("iotenant.broker_control")
@@ -175,8 +176,12 @@ class DynamicSecurity:
     def sync(self, desired: dict[str, Identity], share_group: str) -> SyncResult:
         """Make the broker's clients exactly ``desired`` and its roles theirs (plus the admin and its role);
         return what changed."""
+        if self.version is not None and self.version < PATTERN_ACLS_FROM:
+            shown = ".".join(map(str, self.version))
+            raise BrokerCommandFailed(f"Mosquitto {shown} does not substitute %u in access rules, which confine every device "
+                                      "to its own topics: the stack needs Mosquitto 2.1 or later (stackImages.broker)")
         live = self.live_state()
-        commands, result = plan_commands(live, desired, desired_roles(list(desired.values()), share_group))
+        commands, result = plan_commands(live, desired, desired_roles(share_group))
         if not commands:
             return result
         started = time.monotonic()

@@ -1,12 +1,12 @@
 """Broker identities: who may connect to a tenant's Mosquitto, what each may do, and what a device needs.
 
 Nothing is allowed by default. Every device is a dynamic-security client whose username and MQTT
-client id are its device id, holding its own role ``device:<id>``: it may publish only the topic
-kinds of the data-plane layout under ``iot/<id>/`` (so it can leave at most one retained message
-per kind), and subscribe to and receive only ``iot/<id>/#``. A SUBSCRIBE to anything else (another
-device, ``#``, any ``$share`` group, ``$SYS``) is refused with "not authorised". (Mosquitto 2.0's
-dynamic-security ACLs do not substitute ``%u``, and its ACL file grants every SUBSCRIBE, so a role
-per device is what confines subscriptions.)
+client id are its device id, holding the one shared role ``device``, whose ACLs name the device's
+own prefix by pattern (``iot/%u/...``, substituted by Mosquitto 2.1 and later): it may publish only
+the topic kinds of the data-plane layout under ``iot/<id>/`` (so it can leave at most one retained
+message per kind), subscribe only to ``iot/<id>/#``, and receive only its commands. A SUBSCRIBE to
+anything else (another device, ``#``, any ``$share`` group, ``$SYS``) is refused with "not
+authorised". A device costs the broker one client entry, whatever the fleet's size.
 
 Services (admin, ingest, api) get explicit roles; their usernames contain a ``:``, which a device id
 cannot, so no device can ever take a service's name. Ingest subscribes through the tenant's own
@@ -35,8 +35,9 @@ ITERATIONS = 101
 ADMIN = "iotenant:admin"
 INGEST = "iotenant:ingest"
 API = "iotenant:api"
-ADMIN_ROLE, INGEST_ROLE, API_ROLE = "admin", "ingest", "api"
-DEVICE_ROLE_PREFIX = "device:"
+ADMIN_ROLE, INGEST_ROLE, API_ROLE, DEVICE_ROLE = "admin", "ingest", "api", "device"
+# What the broker substitutes with a client's username in an ACL topic (Mosquitto 2.1 and later).
+USERNAME_PATTERN = "%u"
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,15 @@ ADMIN_ACLS = (
 ADMIN_ROLE_DEFINITION = Role(ADMIN_ROLE, ADMIN_ACLS)
 
 
-def device_role(device_id: str) -> Role:
-    own = topics.device_filter(device_id)
+def device_role() -> Role:
+    """Every device's role: its own topics, named by the username pattern. A device receives only what
+    the tenant sends it (its commands), never its own messages back: one that publishes to a topic it
+    subscribed to and stops reading would otherwise make the broker queue every echo for it."""
     return Role(
-        DEVICE_ROLE_PREFIX + device_id,
-        tuple(("publishClientSend", topics.device_topic(device_id, kind)) for kind in topics.DEVICE_PUBLISHES)
-        + (("subscribePattern", own), ("publishClientReceive", own)),
+        DEVICE_ROLE,
+        tuple(("publishClientSend", topics.device_topic(USERNAME_PATTERN, kind)) for kind in topics.DEVICE_PUBLISHES)
+        + (("subscribePattern", topics.device_filter(USERNAME_PATTERN)),
+           ("publishClientReceive", topics.device_topic(USERNAME_PATTERN, topics.COMMAND))),
     )
 
 
@@ -123,7 +127,7 @@ class Identity:
 
     username: str
     password: str
-    role: str | None = None  # a service's role; None: a device, confined by its own role
+    role: str | None = None  # a service's role; None: a device, confined by the device role
     label: str = "service"
 
     @property
@@ -132,7 +136,7 @@ class Identity:
 
     @property
     def role_name(self) -> str:
-        return self.role if self.role is not None else DEVICE_ROLE_PREFIX + self.username
+        return self.role if self.role is not None else DEVICE_ROLE
 
     @property
     def client_id(self) -> str | None:
@@ -155,11 +159,9 @@ def service_identities(ingest_password: str, api_password: str) -> list[Identity
     return [Identity(INGEST, ingest_password, INGEST_ROLE), Identity(API, api_password, API_ROLE)]
 
 
-def desired_roles(identities: list[Identity], share_group: str) -> dict[str, Role]:
-    """Every role the broker must hold for ``identities``, the admin's included."""
-    roles = {role.name: role for role in [ADMIN_ROLE_DEFINITION, *service_roles(share_group)]}
-    roles.update({identity.role_name: device_role(identity.username) for identity in identities if identity.is_device})
-    return roles
+def desired_roles(share_group: str) -> dict[str, Role]:
+    """Every role the broker must hold, the admin's and the devices' included."""
+    return {role.name: role for role in [ADMIN_ROLE_DEFINITION, *service_roles(share_group), device_role()]}
 
 
 def dynamic_security_config(identities: list[Identity], share_group: str) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def dynamic_security_config(identities: list[Identity], share_group: str) -> dic
     clients: list[dict[str, Any]] = [{"username": ADMIN, "textname": "iotenant operator", "roles": [{"rolename": ADMIN_ROLE}]}]
     for identity in identities:
         clients.append({**identity.client(), **password_entry(identity.password, stable_salt(identity.username, identity.password))})
-    roles = [{"rolename": role.name, "acls": role.acls()} for role in desired_roles(identities, share_group).values()]
+    roles = [{"rolename": role.name, "acls": role.acls()} for role in desired_roles(share_group).values()]
     return {
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True},
         "clients": clients,

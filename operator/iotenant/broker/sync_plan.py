@@ -18,6 +18,8 @@ MAX_COMMANDS_PER_MESSAGE = 100
 # Brokers that save once per message (Mosquitto 2.1 and later) take this many commands in one.
 MAX_COMMANDS_PER_SAVING_MESSAGE = 2000
 SAVES_ONCE_PER_MESSAGE_FROM = (2, 1)
+# Brokers whose dynamic-security access rules substitute %u (the device role needs it).
+PATTERN_ACLS_FROM = (2, 1)
 # Commands per message times entries (clients and roles) in the broker: about a quarter of a second of
 # broker time on 2.0 (measured: a device's client and role take about 1.3 KB of the file it rewrites).
 COMMAND_CLIENT_BUDGET = 30_000
@@ -71,9 +73,9 @@ def _client_shape(entry: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
 def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str, Role]) -> tuple[list[dict[str, Any]], SyncResult]:
     """The commands that turn the broker's clients and roles into ``desired`` and ``roles``.
 
-    Deletions come first (revocation matters most), then what is live and wrong (roles, then the
-    clients that use them), then each new device's role and client together, so that a device can
-    connect as soon as its own pair is in (a big fleet becomes usable progressively). The admin
+    Deletions of clients come first (revocation matters most), then the roles that are missing or
+    wrong, then the clients that are wrong, then the new clients (each usable as soon as it is in, so
+    a big fleet becomes usable progressively), and last the roles no client should hold. The admin
     identity is never touched: it is the operator's own way in (its role is among ``roles``, so it
     is kept as it must be).
     """
@@ -83,20 +85,11 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
         if username != ADMIN and username not in desired:
             commands.append({"command": "deleteClient", "username": username})
             result.deleted.append(username)
-    for name in sorted(live.roles):
-        if name not in roles:
-            commands.append({"command": "deleteRole", "rolename": name})
-            result.roles_changed.append(name)
-    new_devices_roles = {i.role_name for u, i in desired.items() if u not in live.clients and i.is_device}
-
-    def create_role(name: str) -> None:
-        commands.append({"command": "createRole", "rolename": name, "acls": roles[name].acls()})
-        result.roles_changed.append(name)
-
     for name, role in sorted(roles.items()):
-        if name not in live.roles and name not in new_devices_roles:
-            create_role(name)
-        elif name in live.roles and live.roles[name] != Role.allows_of(role.acls()):
+        if name not in live.roles:
+            commands.append({"command": "createRole", "rolename": name, "acls": role.acls()})
+            result.roles_changed.append(name)
+        elif live.roles[name] != Role.allows_of(role.acls()):
             commands.append({"command": "modifyRole", "rolename": name, "acls": role.acls()})
             result.roles_changed.append(name)
     for username, identity in sorted(desired.items()):
@@ -105,10 +98,12 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
             result.modified.append(username)
     for username, identity in sorted(desired.items()):
         if username not in live.clients:
-            if identity.role_name in new_devices_roles and identity.role_name not in live.roles:
-                create_role(identity.role_name)
             commands.append(_client_command("createClient", identity))
             result.created.append(username)
+    for name in sorted(live.roles):
+        if name not in roles:
+            commands.append({"command": "deleteRole", "rolename": name})
+            result.roles_changed.append(name)
     return commands, result
 
 

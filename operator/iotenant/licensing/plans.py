@@ -32,12 +32,16 @@ class BrokerLimits:
     """What one client may cost the tenant's broker (mosquitto.conf): every device is untrusted.
 
     ``maxPacketBytes`` bounds every MQTT packet a client sends (a larger one disconnects it);
-    ``maxQueuedMessages`` and ``maxQueuedBytes`` bound what the broker keeps for one client that is
-    away or slow (ingest's persistent session while it restarts); ``sessionExpirySeconds`` is how
-    long the session of a client that left is kept at most.
+    ``maxInflightMessages`` is how many QoS 1 messages an MQTT 5 client may leave unacknowledged
+    towards the broker (the Receive Maximum it advertises), and the broker towards an MQTT 3.1.1
+    client; ``maxQueuedMessages`` and
+    ``maxQueuedBytes`` bound what the broker keeps for one client that is away or slow (ingest's
+    persistent session while it restarts); ``sessionExpirySeconds`` is how long the session of a
+    client that left is kept at most.
     """
 
     maxPacketBytes: int = 17_408
+    maxInflightMessages: int = 20
     maxQueuedMessages: int = 100_000
     maxQueuedBytes: int = 64 * 1024 * 1024
     sessionExpirySeconds: int = 86_400
@@ -79,21 +83,21 @@ DEFAULT_CATALOGUE: dict[str, dict[str, Any]] = {
         "features": {},
         "monitoring": {"tier": "shared"},
         "quota": {"cpu": "2", "memory": "4Gi", "limitsCpu": "8", "limitsMemory": "8Gi", "storage": "20Gi", "pods": 20, "persistentVolumeClaims": 4},
-        "broker": {"maxPacketBytes": 17_408, "maxQueuedMessages": 100_000, "maxQueuedBytes": 64 * 1024 * 1024, "sessionExpirySeconds": 86_400},
+        "broker": {"maxPacketBytes": 17_408, "maxInflightMessages": 20, "maxQueuedMessages": 100_000, "maxQueuedBytes": 64 * 1024 * 1024, "sessionExpirySeconds": 86_400},
     },
     "professional": {
         "limits": {"maxDevices": 500, "maxFleets": 20, "retentionDays": 30, "maxMessagesPerSecond": 1000, "maxAlertRules": 100},
         "features": {"commands": True, "alerts": True},
         "monitoring": {"tier": "shared"},
         "quota": {"cpu": "8", "memory": "16Gi", "limitsCpu": "32", "limitsMemory": "64Gi", "storage": "200Gi", "pods": 60, "persistentVolumeClaims": 8},
-        "broker": {"maxPacketBytes": 66_560, "maxQueuedMessages": 500_000, "maxQueuedBytes": 256 * 1024 * 1024, "sessionExpirySeconds": 3 * 86_400},
+        "broker": {"maxPacketBytes": 66_560, "maxInflightMessages": 20, "maxQueuedMessages": 500_000, "maxQueuedBytes": 256 * 1024 * 1024, "sessionExpirySeconds": 3 * 86_400},
     },
     "enterprise": {
         "limits": {"maxDevices": 10000, "maxFleets": 200, "retentionDays": 365, "maxMessagesPerSecond": 10000, "maxAlertRules": 1000},
         "features": {"commands": True, "alerts": True, "export": True, "ota": True},
         "monitoring": {"tier": "dedicated", "retentionDays": 30, "storageGb": 50},
         "quota": {"cpu": "32", "memory": "64Gi", "limitsCpu": "128", "limitsMemory": "256Gi", "storage": "2Ti", "pods": 250, "persistentVolumeClaims": 16},
-        "broker": {"maxPacketBytes": 66_560, "maxQueuedMessages": 2_000_000, "maxQueuedBytes": 1024 * 1024 * 1024, "sessionExpirySeconds": 7 * 86_400},
+        "broker": {"maxPacketBytes": 66_560, "maxInflightMessages": 20, "maxQueuedMessages": 2_000_000, "maxQueuedBytes": 1024 * 1024 * 1024, "sessionExpirySeconds": 7 * 86_400},
     },
 }
 

@@ -7,6 +7,8 @@ import ipaddress
 import json
 from typing import Any
 
+from kubernetes.utils.quantity import parse_quantity
+
 from iotenant.broker.admin_tls import ADMIN_PORT
 from iotenant.broker.config import ADMIN_TLS_MOUNT, DYNSEC_SEED, TLS_MOUNT, Listeners, mosquitto_conf
 from iotenant.broker.device_endpoint import DEVICE_SERVICE
@@ -60,6 +62,7 @@ def broker(stack: StackInput) -> list[Manifest]:
         volumeMounts=[{"name": "data", "mountPath": "/mosquitto/data"}, {"name": "seed", "mountPath": "/seed", "readOnly": True}],
         resources=resources(None, SMALL),
     )
+    broker_resources = resources(spec.get("resources"), SMALL)
     main = container(
         "mosquitto",
         stack.settings.images.broker,
@@ -68,7 +71,7 @@ def broker(stack: StackInput) -> list[Manifest]:
         env=[{"name": "MOSQUITTO_UNSAFE_ALLOW_SYMLINKS", "value": "1"}],
         ports=ports,
         volumeMounts=mounts,
-        resources=resources(spec.get("resources"), SMALL),
+        resources=broker_resources,
         readinessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 5},
         livenessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 20},
     )
@@ -88,7 +91,7 @@ def broker(stack: StackInput) -> list[Manifest]:
                {"ingest-password": generated.ingest_broker_password, "api-password": generated.api_broker_password,
                 SHARE_GROUP_KEY: generated.ingest_share_group}),
         secret(owner, "broker-dynamic-security", "broker", {"dynamic-security.json": seed}),
-        config_map(owner, "broker-config", "broker", {"mosquitto.conf": mosquitto_conf(listeners, stack.broker_limits)}),
+        config_map(owner, "broker-config", "broker", {"mosquitto.conf": mosquitto_conf(listeners, stack.broker_limits, memory_limit_bytes(broker_resources))}),
         stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi"),
                      storage_class=stack.storage_classes.get("broker")),
         service(owner, "broker", "broker", service_ports),
@@ -98,6 +101,12 @@ def broker(stack: StackInput) -> list[Manifest]:
     if (spec.get("tls") or {}).get("issuerRef") and stack.certificate_crd_present:
         objects.append(certificate(stack))
     return objects
+
+
+def memory_limit_bytes(container_resources: dict[str, Any]) -> int | None:
+    """A container's memory limit in bytes, or None when it has none."""
+    limit = (container_resources.get("limits") or {}).get("memory")
+    return int(parse_quantity(limit)) if limit else None
 
 
 def device_service(stack: StackInput) -> Manifest:

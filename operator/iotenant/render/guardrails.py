@@ -85,6 +85,15 @@ def _ports(*numbers: int) -> list[Manifest]:
     return [{"protocol": "TCP", "port": number} for number in numbers]
 
 
+def _apiserver_egress(settings: OperatorSettings) -> Manifest:
+    """Egress to the Kubernetes API server (service discovery of a dedicated Prometheus): its addresses
+    when the operator's settings name them, any address on its ports otherwise."""
+    rule: Manifest = {"ports": _ports(443, 6443)}
+    if settings.apiserver_cidrs:
+        rule["to"] = [{"ipBlock": {"cidr": cidr}} for cidr in settings.apiserver_cidrs]
+    return rule
+
+
 def _dns_egress(settings: OperatorSettings) -> Manifest:
     """Egress to the cluster DNS as the operator's settings place it (kube-system:53 by default)."""
     peer = _from_namespace(settings.dns_namespace)
@@ -191,7 +200,7 @@ def network_policies(stack: StackInput) -> list[Manifest]:
                 owner,
                 "allow-prometheus-to-apiserver",
                 {COMPONENT: "monitoring"},
-                {"policyTypes": ["Egress"], "egress": [{"ports": _ports(443, 6443)}]},
+                {"policyTypes": ["Egress"], "egress": [_apiserver_egress(settings)]},
             )
         )
     return policies

@@ -63,17 +63,16 @@ def add_endpoints(app: web.Application, api: CustomerApi) -> None:
     app.router.add_get("/metrics", metrics)
 
 
-def build_app(api: CustomerApi) -> web.Application:
+def build_app(api: CustomerApi, endpoints: bool) -> web.Application:
+    """The customer's API; ``endpoints``: /healthz, /readyz and /metrics too (when they have no port of
+    their own: on the public port they would tell anyone the service's state and figures)."""
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         started = time.perf_counter()
         try:
             if request.path.startswith("/api/"):
-                # The rate first: guessing tokens is throttled like everything else.
-                if not api.rate.take(request.remote or "?"):
-                    raise ApiError(429, "rate_limited", "too many requests; slow down")
-                api.authorise(request)
+                api.admit(request)
             result = await handler(request)
             response = result if isinstance(result, web.StreamResponse) else web.json_response(result)
         except ApiError as error:
@@ -95,7 +94,8 @@ def build_app(api: CustomerApi) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, functools.partial(route.handler, api))
 
-    add_endpoints(app, api)
+    if endpoints:
+        add_endpoints(app, api)
 
     async def openapi(_request: web.Request) -> Any:
         return openapi_document()
@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         pool = AsyncConnectionPool(args.database_url, min_size=2, max_size=args.pool_size, open=False, timeout=5)
         await pool.open(wait=False)
         api = CustomerApi(pool, licence, Path(args.token_file), publisher, KeyedBuckets(args.requests_per_second, MAX_TRACKED_CLIENTS))
-        app = build_app(api)
+        app = build_app(api, endpoints=args.metrics_port == args.port)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         sites = [web.TCPSite(runner, args.address, args.port)]

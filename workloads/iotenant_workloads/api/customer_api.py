@@ -16,7 +16,7 @@ from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from iotenant_workloads.api import export_routes
+from iotenant_workloads.api import device_routes, export_routes
 from iotenant_workloads.api.requests import ApiError
 from iotenant_workloads.mounted_licence import MountedLicence
 from iotenant_workloads.rate_limits import KeyedBuckets
@@ -38,6 +38,7 @@ class CustomerApi:
         self.publisher = publisher
         self.rate = rate
         self.exports = export_routes.Exports()
+        self.counts = device_routes.TenantCounts()
         self._token = b""
         self._token_stamp = 0.0
         self._token_checked = 0.0
@@ -55,11 +56,22 @@ class CustomerApi:
             self._token, self._token_stamp = self.token_file.read_text().strip().encode(), stamp
         return self._token
 
-    def authorise(self, request: web.Request) -> None:
+    def holds_token(self, request: web.Request) -> bool:
+        """Whether the request presents the tenant's bearer token (compared in constant time)."""
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         expected = self._expected_token()
-        if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(presented.strip().encode(), expected):
+        return scheme.lower() == "bearer" and bool(expected) and hmac.compare_digest(presented.strip().encode(), expected)
+
+    def admit(self, request: web.Request) -> None:
+        """The request's rate, then its token. Requests with the token and requests without it are counted
+        apart (per client address each): behind an Ingress every client has the controller's address,
+        and a flood of requests without the token must not use up the token holders' rate. Guessing
+        tokens is throttled all the same."""
+        authorised = self.holds_token(request)
+        if not self.rate.take(f"{'token' if authorised else 'anonymous'} {request.remote or '?'}"):
+            raise ApiError(429, "rate_limited", "too many requests; slow down")
+        if not authorised:
             raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
     def claims(self) -> Any:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from iotenant_workloads.api import requests as api_requests
 from iotenant_workloads.api.requests import ApiError, Route
 
 if TYPE_CHECKING:
     from iotenant_workloads.api.customer_api import CustomerApi
+
+# How old the counts of /api/v1/stats may be.
+STATS_MAX_AGE_SECONDS = 30.0
+COUNTS_TAKEN = Counter("iotenant_api_tenant_counts_total", "Times the tenant's counts were taken from the database (/api/v1/stats)")
 
 
 async def list_devices(api: CustomerApi, request: web.Request) -> Any:
@@ -69,14 +76,36 @@ async def licence_state(api: CustomerApi, request: web.Request) -> Any:
             "expiresAt": datetime.fromtimestamp(claims.exp, timezone.utc).isoformat().replace("+00:00", "Z"),
             "features": vars(claims.features), "limits": vars(claims.limits), "monitoring": vars(claims.monitoring)}
 
+class TenantCounts:
+    """The tenant's counts, computed at most once every ``STATS_MAX_AGE_SECONDS`` and by one request at a
+    time: counting every measurement reads the whole table, which no request rate may repeat at will."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._value: dict[str, Any] | None = None
+        self._taken = 0.0
+        self._taken_at = datetime.now(timezone.utc)
+
+    async def get(self, api: CustomerApi) -> dict[str, Any]:
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._taken >= STATS_MAX_AGE_SECONDS:
+                (counts,) = await api.query(
+                    "SELECT (SELECT count(*) FROM devices) AS devices, (SELECT count(*) FROM devices WHERE online) AS online, "
+                    "(SELECT count(*) FROM telemetry) AS measurements, (SELECT count(*) FROM commands) AS commands"
+                )
+                rejected = await api.query("SELECT reason, sum(count)::bigint AS n FROM refusal_counts GROUP BY reason ORDER BY reason")
+                self._value = {**counts, "rejected": {r["reason"]: r["n"] for r in rejected}}
+                self._taken, self._taken_at = time.monotonic(), datetime.now(timezone.utc)
+                COUNTS_TAKEN.inc()
+            return self._value
+
+    def counted_at(self) -> str | None:
+        return api_requests.iso(self._taken_at) if self._value is not None else None
+
+
 async def stats(api: CustomerApi, request: web.Request) -> Any:
-    (counts,) = await api.query(
-        "SELECT (SELECT count(*) FROM devices) AS devices, (SELECT count(*) FROM devices WHERE online) AS online, "
-        "(SELECT count(*) FROM telemetry) AS measurements, (SELECT count(*) FROM commands) AS commands"
-    )
-    rejected = await api.query("SELECT reason, sum(count)::bigint AS n FROM refusal_counts GROUP BY reason ORDER BY reason")
-    limits = api.claims().limits
-    return {**counts, "rejected": {r["reason"]: r["n"] for r in rejected}, "deviceLimit": limits.maxDevices}
+    counts = await api.counts.get(api)
+    return {**counts, "countedAt": api.counts.counted_at(), "deviceLimit": api.claims().limits.maxDevices}
 
 
 ROUTES = [

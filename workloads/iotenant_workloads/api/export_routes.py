@@ -4,7 +4,7 @@ Rows come from a server-side cursor a chunk at a time and leave as they come, so
 does not grow with the export. The range is half-open (``from`` <= ts < ``to``), ordered by time,
 and bounded by the licence's retention; ``X-Export-From`` and ``X-Export-To`` state the range served,
 so an interrupted export resumes with ``from`` = the last complete row's ts (rows of that instant
-come again). An export that fails part-way closes the connection: the client sees an incomplete
+come again). A client that takes no data for ``CLIENT_STALL_SECONDS`` loses its export. An export that fails part-way closes the connection: the client sees an incomplete
 answer, never a short one that looks whole. Text a device chose (type, unit) cannot become a
 spreadsheet formula in CSV.
 """
@@ -39,6 +39,8 @@ FORMATS = (CSV, NDJSON)
 CONTENT_TYPES = {CSV: "text/csv; charset=utf-8", NDJSON: "application/x-ndjson"}
 CSV_HEADER = ("ts", "deviceId", "type", "val", "unit", "seq")
 CHUNK_ROWS = 5000
+# How long a client may take no data before its export ends (it holds a connection and a transaction).
+CLIENT_STALL_SECONDS = 60.0
 # Exports one API process streams at once (each holds a database connection); more get 429.
 MAX_CONCURRENT = 2
 
@@ -102,6 +104,12 @@ async def export(api: CustomerApi, request: web.Request) -> web.StreamResponse:
         exports.running -= 1
 
 
+async def _send(response: web.StreamResponse, chunk: bytes) -> None:
+    """One chunk to the client, which must take it within ``CLIENT_STALL_SECONDS``: the export holds a
+    database connection and a transaction open, which a client that stops reading must not keep."""
+    await asyncio.wait_for(response.write(chunk), CLIENT_STALL_SECONDS)
+
+
 async def _stream(api: CustomerApi, request: web.Request, chosen: str, statement: str, parameters: tuple[Any, ...],
                   since: datetime, until: datetime) -> web.StreamResponse:
     encode = _csv_chunk if chosen == CSV else _ndjson_chunk
@@ -117,9 +125,9 @@ async def _stream(api: CustomerApi, request: web.Request, chosen: str, statement
                 rows = await cursor.fetchmany(CHUNK_ROWS)
                 await response.prepare(request)
                 if chosen == CSV:
-                    await response.write(_csv_chunk([CSV_HEADER]))
+                    await _send(response, _csv_chunk([CSV_HEADER]))
                 while rows:
-                    await response.write(encode(rows))
+                    await _send(response, encode(rows))
                     rows_sent += len(rows)
                     EXPORTED_ROWS.labels(chosen).inc(len(rows))
                     rows = await cursor.fetchmany(CHUNK_ROWS)

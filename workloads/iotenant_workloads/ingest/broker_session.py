@@ -25,6 +25,7 @@ from prometheus_client import Gauge
 
 from iotenant import topics
 from iotenant_workloads.ingest.judge import Incoming
+from iotenant_workloads.ingest.refusals import BUSY, REJECTED
 
 if TYPE_CHECKING:
     from iotenant_workloads.ingest.service import IngestSettings
@@ -40,10 +41,32 @@ SESSION_EXPIRY_SECONDS = 86400
 # subscriber is back: a device message in between is acknowledged and lost. Coming back within
 # seconds of the broker keeps that window short.
 RECONNECT_MAX_SECONDS = 2
+# QoS 0 messages are dropped on arrival while this many bytes of them wait (or ``--inflight`` messages
+# of any QoS): no Receive Maximum bounds them, and at most once is all they promise.
+QOS0_BACKLOG_BYTES = 16 * 1024 * 1024
+
+
+class Inbox(queue.Queue[Incoming]):
+    """What arrived and awaits judging, in order; it also counts the bytes of the QoS 0 messages waiting."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self.qos0_bytes = 0
+
+    def _put(self, item: Incoming) -> None:
+        super()._put(item)
+        if item.qos == 0:
+            self.qos0_bytes += len(item.payload)
+
+    def _get(self) -> Incoming:
+        item = super()._get()
+        if item.qos == 0:
+            self.qos0_bytes -= len(item.payload)
+        return item
 
 
 class BrokerSession:
-    def __init__(self, settings: IngestSettings, inbox: queue.Queue[Incoming], leaving: Callable[[], bool]) -> None:
+    def __init__(self, settings: IngestSettings, inbox: Inbox, leaving: Callable[[], bool]) -> None:
         """``leaving``: whether a disconnection is meant (stopping or paused), so not worth a warning."""
         self.settings = settings
         self.inbox = inbox
@@ -100,6 +123,9 @@ class BrokerSession:
             # A live status through the direct subscription: its copy comes through the share group.
             if message.qos > 0:
                 client.ack(message.mid, message.qos)
+            return
+        if message.qos == 0 and (self.inbox.qos0_bytes >= QOS0_BACKLOG_BYTES or self.inbox.qsize() >= self.settings.inflight):
+            REJECTED.labels(BUSY).inc()  # no device's flood can grow this process
             return
         self.inbox.put(Incoming(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(timezone.utc)))
         INFLIGHT.inc()

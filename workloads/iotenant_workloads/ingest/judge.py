@@ -1,7 +1,7 @@
 """Judging each message ingest receives, alone: stored, or refused with a reason; nothing escapes.
 
-The licence's limits are applied here: devices, the tenant's messages per second, and one device's
-share of them (telemetry and OTA reports, the kinds that become rows).
+The licence's limits are applied here: devices, the tenant's messages per second (telemetry), and
+one device's share of them (every kind: each becomes a row or an update).
 """
 
 from __future__ import annotations
@@ -101,9 +101,10 @@ class MessageJudge:
             elif kind == topics.OTA_STATUS:  # each report is a row: the device's own rate bounds them
                 message = ota.parse_report(device_id, item.payload, item.received)
                 self._take_device_share(device_id)
-            else:
+            else:  # hello, status, command/ack: each is a write too, so it takes from the device's share
                 message = datagram.parse_event(device_id, kind, item.payload, item.received)
                 not_ahead(message.ts, item.received)
+                self._take_device_share(device_id)
             self.known_devices.add(device_id)
             accepted.append(Accepted(item.topic, item.payload, message))
         except Unacceptable as refusal:

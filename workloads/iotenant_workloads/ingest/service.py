@@ -14,7 +14,9 @@
   splitting its batch and refused alone, so no message is redelivered forever.
 - Duplicates are removed by the durable key (device, message ts, seq), never by memory.
 - Memory is bounded: the broker sends at most ``--inflight`` unacknowledged messages (MQTT 5
-  Receive Maximum) and none larger than the datagram limit (MQTT 5 Maximum Packet Size).
+  Receive Maximum) and none larger than the datagram limit (MQTT 5 Maximum Packet Size); QoS 0
+  messages, which no Receive Maximum bounds, are dropped on arrival (counted, reason ``busy``)
+  while as many messages, or 16 MiB of QoS 0 ones, are waiting.
 - Alert rules (``features.alerts``) are judged after each batch is committed and acknowledged, by a
   thread of their own (``alert_evaluation``): a rule never slows or blocks storage.
 - OTA progress (``iot/<id>/ota/status``) is stored as reports and as the state of the update it names.
@@ -92,7 +94,7 @@ class Ingest:
     def __init__(self, settings: IngestSettings, licence: MountedLicence) -> None:
         self.settings = settings
         self.licence = licence
-        self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self.inbox = broker_session.Inbox()
         self.stopping = threading.Event()
         self.paused = False
         self.database_ok = False
