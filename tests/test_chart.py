@@ -122,8 +122,8 @@ def test_the_deployment_runs_two_replicas_with_one_leader_and_passes_pod_securit
                                           "ports": [{"port": "metrics", "protocol": "TCP"}]}]
     assert by_kind(render_chart(binaries, "--set", "networkPolicy.enabled=false"), "NetworkPolicy") == []
     env = {item["name"]: item.get("value") for item in container["env"]}
-    assert (env["IOTENANT_DNS_NAMESPACE"], env["IOTENANT_DNS_POD_SELECTOR"], env["IOTENANT_DNS_PORTS"], env["IOTENANT_DNS_CIDRS"]) == (
-        "kube-system", "", "53", "")
+    assert (env["IOTENANT_DNS_NAMESPACE"], env["IOTENANT_DNS_PORTS"], env["IOTENANT_DNS_CIDRS"]) == ("kube-system", "53", "")
+    assert "IOTENANT_DNS_POD_SELECTOR" not in env, "no selector given: the operator's default (k8s-app=kube-dns)"
     assert env["IOTENANT_STORAGE_CLASS"] == ""
     (classed,) = by_kind(render_chart(binaries, "--set", "operator.storageClassName=fast-ssd"), "Deployment")
     assert {i["name"]: i.get("value") for i in classed["spec"]["template"]["spec"]["containers"][0]["env"]}["IOTENANT_STORAGE_CLASS"] == "fast-ssd"

@@ -267,7 +267,14 @@ def test_the_same_device_id_in_two_fleets_is_refused_for_the_newer(starter: Tena
     starter.delete_fleet("two")
 
 
-def test_a_fleet_outside_a_customer_namespace_is_told_so(kube: Cluster, operator: RunningOperator) -> None:
+def cached_fleets(operator: RunningOperator) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith('iotenant_operator_cached_objects{kind="DeviceFleet"}'))
+
+
+def test_a_fleet_outside_a_customer_namespace_is_told_so_and_never_held(kube: Cluster, operator: RunningOperator) -> None:
+    """Anyone who may create fleets in some namespace: the operator tells them, and holds nothing of it."""
+    held_before = cached_fleets(operator)
     kube.kubectl("create", "namespace", "not-a-customer", check=False)
     body = {
         "apiVersion": "iotenant.io/v1alpha1", "kind": "DeviceFleet",
@@ -289,7 +296,21 @@ def test_a_fleet_outside_a_customer_namespace_is_told_so(kube: Cluster, operator
         return any(event.reason == "NotInCustomerNamespace" and event.type == "Warning" for event in events)
 
     wait_for(warned, timeout=10, what="a NotInCustomerNamespace Warning Event")
+    assert cached_fleets(operator) == held_before, "a fleet outside the customer namespaces was held in the operator's memory"
     kube.kubectl("delete", "namespace", "not-a-customer", "--wait=false")
+
+
+def test_a_customer_namespace_takes_its_licences_fleets_and_ten_more_at_most(starter: Tenant) -> None:
+    """starter: 2 fleets. Up to 10 more may exist (refused, with a status saying why); the API server
+    refuses the next one outright, since every fleet is held in the operator's memory."""
+    names = [f"quota-{n}" for n in range(12)]
+    for name in names:
+        starter.apply_fleet(name, {"ids": [f"{name}-1"]})
+    with pytest.raises(RuntimeError, match="exceeded quota") as refused_by_quota:
+        starter.apply_fleet("quota-12", {"ids": ["quota-12-1"]})
+    assert "count/devicefleets.iotenant.io" in str(refused_by_quota.value)
+    for name in names:
+        starter.delete_fleet(name)
 
 
 def test_suspension_leaves_every_fleet_not_ready(starter: Tenant) -> None:

@@ -442,13 +442,15 @@ def test_partition_upkeep_never_stops_ingest_behind_a_reader_of_the_table(
     reader.execute("SELECT count(*) FROM telemetry")  # its transaction stays open, holding the table
     try:
         ingest = start_ingest(database, broker, enterprise_licence, tmp_path / "ingest.log")  # upkeep runs at start
-        device = devices(broker, 1)[0]
-        device.publish("telemetry", telemetry(device.device_id, time.time() - 1, 1))
-        device.flush()
-        wait_for(lambda: stored_seqs(database, device.device_id) == {1}, timeout=20, what="a message stored while the table is read")
-        assert ingest.metrics()["iotenant_ingest_upkeep_deferred_total"] >= 1
-        device.close()
-        ingest.stop()
+        try:
+            device = devices(broker, 1)[0]
+            device.publish("telemetry", telemetry(device.device_id, time.time() - 1, 1))
+            device.flush()
+            wait_for(lambda: stored_seqs(database, device.device_id) == {1}, timeout=20, what="a message stored while the table is read")
+            assert ingest.metrics()["iotenant_ingest_upkeep_deferred_total"] >= 1
+            device.close()
+        finally:
+            ingest.stop()
     finally:
         reader.close()
     with psycopg.connect(database) as connection:  # the reader gone, the put-off upkeep goes through
@@ -615,12 +617,14 @@ def test_one_devices_qos0_flood_neither_grows_ingest_nor_starves_its_neighbour(
     if kind == "telemetry":
         document = {**document, "measurements": [{"ts": time.time() - 5, "type": "t", "val": 1.0, "unit": padding}]}
     packets = [publish_packet(f"iot/{DEVICES[1]}/{kind}", json.dumps(document).encode(), 0, 0, MQTT_311)]
-    growth_mib, sent = flood_while_an_honest_device_publishes(broker, ingest, packets, seconds=10)
     try:
-        wait_for(lambda: len(stored_seqs(database, DEVICES[0])) == sent, timeout=60, what=f"the honest device's {sent} messages")
+        growth_mib, sent = flood_while_an_honest_device_publishes(broker, ingest, packets, seconds=10)
+        try:
+            wait_for(lambda: len(stored_seqs(database, DEVICES[0])) == sent, timeout=60, what=f"the honest device's {sent} messages")
+        finally:
+            print(f"QoS 0 {kind} flood: ingest +{growth_mib:.0f} MiB, honest device {len(stored_seqs(database, DEVICES[0]))} of {sent} stored")
+        # Unbounded, a 10 s flood grew ingest by 736 MiB; bounded, 31 (hello) and 55 MiB (telemetry) were measured.
+        assert growth_mib < 96, f"ingest grew by {growth_mib:.0f} MiB"
+        assert ingest.alive()
     finally:
-        print(f"QoS 0 {kind} flood: ingest +{growth_mib:.0f} MiB, honest device {len(stored_seqs(database, DEVICES[0]))} of {sent} stored")
-    # Unbounded, a 10 s flood grew ingest by 736 MiB; bounded, 31 (hello) and 55 MiB (telemetry) were measured.
-    assert growth_mib < 96, f"ingest grew by {growth_mib:.0f} MiB"
-    assert ingest.alive()
-    ingest.stop()
+        ingest.stop()

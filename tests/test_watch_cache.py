@@ -135,3 +135,29 @@ def test_a_kind_whose_crd_is_missing_is_empty_until_the_crd_appears_and_after_it
     finally:
         cache.stop()
         kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_a_kind_held_by_namespace_prefix_ignores_every_other_namespace(kube: Cluster, cache_api: ClusterAPI) -> None:
+    """What anyone may create in any namespace (a DeviceFleet) is held only in customer namespaces."""
+    admin = ClusterAPI(config.new_client_from_config(config_file=str(kube.kubeconfig)))
+    held_ns = f"{NS}-held"
+    kube.kubectl("create", "namespace", held_ns, check=False)
+    admin.apply(config_map("elsewhere", {"k": "1"}))
+    admin.apply({**config_map("inside", {"k": "1"}), "metadata": {"name": "inside", "namespace": held_ns}})
+    reports = Reports()
+    cache = WatchCache(cache_api, (Watched(CONFIG_MAP, namespace_prefix=held_ns),), reports)
+    cache_api.observe_writes(cache.record)
+    cache.start()
+    try:
+        assert cache.wait_synced(30) == []
+        assert cache.get(CONFIG_MAP, "inside", held_ns) is not None
+        assert cache.get(CONFIG_MAP, "elsewhere", NS) is None, "listed outside the prefix: not held"
+        admin.apply(config_map("elsewhere-later", {"k": "1"}))  # watched outside the prefix: not held, not reported
+        cache_api.apply(config_map("written-elsewhere", {"k": "1"}))  # its own write outside the prefix: not held
+        admin.apply({**config_map("marker", {"k": "1"}), "metadata": {"name": "marker", "namespace": held_ns}})
+        wait_for(lambda: reports.of("marker"), timeout=10, what="the marker inside the prefix")
+        assert cache.get(CONFIG_MAP, "elsewhere-later", NS) is None and cache.get(CONFIG_MAP, "written-elsewhere", NS) is None
+        assert reports.of("elsewhere-later") == []
+    finally:
+        cache.stop()
+        kube.kubectl("delete", "namespace", held_ns, "--wait=false", check=False)

@@ -30,7 +30,8 @@ _STATUS_READ = frozenset({"Deployment", "StatefulSet", "Service"})
 TENANT_WATCHES: tuple[Watched, ...] = (
     Watched(CUSTOMER_INSTANCE, keep_status=True),  # a reconcile starts from the instance as last written
     Watched(NAMESPACE),
-    Watched(DEVICE_FLEET, keep_status=True),
+    # Fleets outside customer namespaces are only told so (from the event itself), never held.
+    Watched(DEVICE_FLEET, keep_status=True, namespace_prefix=meta.namespace_for("")),
     *(Watched(kind, meta.CUSTOMER, keep_status=kind.kind in _STATUS_READ) for kind in NAMESPACED_KINDS),
 )
 # The plan whose rendered tenant the cache compresses with.

@@ -14,6 +14,11 @@ class ResourceKind:
     namespaced: bool
 
     @property
+    def group(self) -> str:
+        """The API group ("" for the core group)."""
+        return self.api_version.rsplit("/", 1)[0] if "/" in self.api_version else ""
+
+    @property
     def _root(self) -> str:
         return f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
 

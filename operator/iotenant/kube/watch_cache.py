@@ -55,6 +55,12 @@ class Watched:
     kind: ResourceKind
     label_selector: str | None = None
     keep_status: bool = False  # keep .status (workload readiness, load balancer addresses); else dropped
+    # Only objects in namespaces whose name starts with this are held (None: every namespace): what
+    # anyone may create in any namespace must not take the operator's memory.
+    namespace_prefix: str | None = None
+
+    def holds(self, namespace: str) -> bool:
+        return self.namespace_prefix is None or namespace.startswith(self.namespace_prefix)
 
 
 # zlib uses at most this much of a preset dictionary (its window): the end of a longer one.
@@ -204,7 +210,7 @@ class WatchCache:
 
     def record(self, kind: ResourceKind, written: Manifest | None, name: str, namespace: str | None) -> None:
         """A write of ours succeeded: ``written`` is the object the server returned (None: it was deleted)."""
-        if kind not in self._watched:
+        if kind not in self._watched or not self._watched[kind].holds(namespace or ""):
             return
         store, namespace_key = self._stores[kind], namespace or ""
         if written is None:
@@ -255,6 +261,8 @@ class WatchCache:
                 page = self._api.list_page(kind, watched.label_selector, PAGE_SIZE, token)
                 for item in page.get("items", []):
                     metadata = item.get("metadata", {})
+                    if not watched.holds(metadata.get("namespace", "")):
+                        continue
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
                     fresh[(metadata.get("namespace", ""), metadata["name"])] = (
@@ -309,6 +317,8 @@ class WatchCache:
             if kind_of_event == "BOOKMARK":
                 continue
             namespace, name = metadata.get("namespace", ""), metadata.get("name", "")
+            if not watched.holds(namespace):
+                continue
             item.setdefault("kind", kind.kind)
             item.setdefault("apiVersion", kind.api_version)
             data = None if kind_of_event == "DELETED" else self._codec.compact(item, kind, watched.keep_status)
