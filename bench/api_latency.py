@@ -1,7 +1,10 @@
-"""API latency with many stored rows: p50/p99 of last, recent-100 and recent-1000.
+"""API latency with many stored rows: p50/p99 of last, recent-100 and recent-1000, beside the same
+statements run bare through psycopg in the same run, and each route's ratio to them.
 
 Fills the telemetry table with --rows measurements (default 10 million, 1000 devices, 2 types)
-with one INSERT ... SELECT from generate_series, then times sequential keep-alive requests.
+with one INSERT ... SELECT from generate_series, then times sequential keep-alive requests and the
+route's own SQL (``device_routes``) on one connection, for the same devices in the same order. A
+reference that returns no rows or times nothing fails the benchmark instead of printing a ratio.
 
 Usage: python bench/api_latency.py [--rows 10000000] [--requests 300]
 """
@@ -20,8 +23,19 @@ from dataplane_bench import percentile, services
 from dataplane import ApiProcess
 
 from iotenant_workloads import tenant_schema as database
+from iotenant_workloads.api.device_routes import LAST_OF_TYPE, NEWEST_FIRST
 
 TOKEN = "bench-token"
+# Each route, and the statement it runs with the parameters it passes for device n.
+ROUTES = (
+    ("last", "/api/v1/devices/dev-{n}/telemetry/last?type=m0", LAST_OF_TYPE, lambda n: (f"dev-{n}", "m0"), 1),
+    ("recent_100", "/api/v1/devices/dev-{n}/telemetry?limit=100", NEWEST_FIRST.format(clauses="device_id = %s"),
+     lambda n: (f"dev-{n}", 100), 100),
+    ("recent_1000", "/api/v1/devices/dev-{n}/telemetry?limit=1000", NEWEST_FIRST.format(clauses="device_id = %s"),
+     lambda n: (f"dev-{n}", 1000), 1000),
+)
+# Below this, a timing is not a measurement (a broken clock or an empty answer).
+SANITY_FLOOR_SECONDS = 1e-6
 
 
 def fill(url: str, rows: int, devices: int) -> float:
@@ -65,6 +79,15 @@ def timed(connection: http.client.HTTPConnection, path: str, count: int) -> list
     return samples
 
 
+def timed_sql(connection: psycopg.Connection, statement: str, parameters: tuple[object, ...], rows: int) -> float:
+    started = time.perf_counter()
+    fetched = connection.execute(statement, parameters).fetchall()
+    elapsed = time.perf_counter() - started
+    if len(fetched) != rows or elapsed < SANITY_FLOOR_SECONDS:
+        raise RuntimeError(f"the SQL reference is broken: {len(fetched)} rows (expected {rows}) in {elapsed:.9f} s for {parameters}")
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -81,17 +104,21 @@ def main() -> None:
         api.start()
         connection = http.client.HTTPConnection("127.0.0.1", api.port)
         results: dict[str, float] = {"rows": args.rows, "fill_seconds": round(fill_seconds, 1)}
-        for name, path in (
-            ("last", "/api/v1/devices/dev-{n}/telemetry/last?type=m0"),
-            ("recent_100", "/api/v1/devices/dev-{n}/telemetry?limit=100"),
-            ("recent_1000", "/api/v1/devices/dev-{n}/telemetry?limit=1000"),
-        ):
-            timed(connection, path.format(n=1), 20)  # warm up
-            samples: list[float] = []
-            for n in range(1, args.requests + 1):
-                samples += timed(connection, path.format(n=(n * 7) % args.devices + 1), 1)
-            results[f"{name}_p50_ms"] = round(percentile(samples, 0.5) * 1000, 2)
-            results[f"{name}_p99_ms"] = round(percentile(samples, 0.99) * 1000, 2)
+        devices = [(n * 7) % args.devices + 1 for n in range(1, args.requests + 1)]
+        with psycopg.connect(url, autocommit=True) as sql:
+            for name, path, statement, parameters, rows in ROUTES:
+                timed(connection, path.format(n=1), 20)  # warm up both
+                for _ in range(20):
+                    timed_sql(sql, statement, parameters(1), rows)
+                samples: list[float] = []
+                references: list[float] = []
+                for n in devices:
+                    samples += timed(connection, path.format(n=n), 1)
+                    references.append(timed_sql(sql, statement, parameters(n), rows))
+                for label, values in ((name, samples), (f"{name}_sql", references)):
+                    results[f"{label}_p50_ms"] = round(percentile(values, 0.5) * 1000, 3)
+                    results[f"{label}_p99_ms"] = round(percentile(values, 0.99) * 1000, 3)
+                results[f"{name}_p99_ratio_to_sql"] = round(percentile(samples, 0.99) / percentile(references, 0.99), 2)
         api.stop()
     print(json.dumps(results, indent=2))
 

@@ -79,25 +79,25 @@ def assert_honest_device_served(broker: MosquittoBroker) -> None:
         honest.close()
 
 
+def flood_stays_bounded(broker: MosquittoBroker, attacker: RawClient, qos: int, what: str) -> None:
+    """The attacker publishes as fast as the broker reads, for FLOOD_SECONDS; then the broker's growth is
+    judged and an honest device of the same tenant must still get its PUBACK."""
+    packets = [publish_packet("iot/attacker/telemetry", PAYLOAD, qos, packet_id, attacker.version) for packet_id in range(1, 65536)]
+    with PeakMemory(broker.process.pid) as memory:  # type: ignore[union-attr]
+        sent = attacker.send_for(packets, FLOOD_SECONDS)
+    attacker.close()
+    print(f"{what}: {sent} sent, broker +{memory.growth_mib:.0f} MiB")
+    assert memory.growth_mib < GROWTH_LIMIT_MIB, f"{what}: {sent} messages grew the broker by {memory.growth_mib:.0f} MiB"
+    assert_honest_device_served(broker)
+
+
 @pytest.mark.parametrize("version", [MQTT_5, MQTT_311], ids=["mqtt5", "mqtt311"])
 def test_qos2_messages_never_released_cannot_take_the_brokers_memory(starter_broker: MosquittoBroker, version: int) -> None:
     attacker = RawClient(starter_broker.port, "attacker", "attacker-password", version)
-    packets = [publish_packet("iot/attacker/telemetry", PAYLOAD, 2, packet_id, version) for packet_id in range(1, 65536)]
-    with PeakMemory(starter_broker.process.pid) as memory:  # type: ignore[union-attr]
-        sent = attacker.send_for(packets, FLOOD_SECONDS)
-    attacker.close()
-    print(f"QoS 2 without PUBREL ({'5' if version == MQTT_5 else '3.1.1'}): {sent} sent, broker +{memory.growth_mib:.0f} MiB")
-    assert memory.growth_mib < GROWTH_LIMIT_MIB, f"{sent} unreleased messages grew the broker by {memory.growth_mib:.0f} MiB"
-    assert_honest_device_served(starter_broker)
+    flood_stays_bounded(starter_broker, attacker, 2, f"QoS 2 without PUBREL (MQTT {'5' if version == MQTT_5 else '3.1.1'})")
 
 
 def test_a_device_that_never_reads_its_socket_cannot_take_the_brokers_memory(starter_broker: MosquittoBroker) -> None:
     attacker = RawClient(starter_broker.port, "attacker", "attacker-password", MQTT_311)
     attacker.sock.sendall(subscribe_packet("iot/attacker/#", 1, MQTT_311))
-    packets = [publish_packet("iot/attacker/telemetry", PAYLOAD, 1, packet_id, MQTT_311) for packet_id in range(1, 65536)]
-    with PeakMemory(starter_broker.process.pid) as memory:  # type: ignore[union-attr]
-        sent = attacker.send_for(packets, FLOOD_SECONDS)
-    attacker.close()
-    print(f"QoS 1 to its own subscription, never read: {sent} sent, broker +{memory.growth_mib:.0f} MiB")
-    assert memory.growth_mib < GROWTH_LIMIT_MIB, f"{sent} messages grew the broker by {memory.growth_mib:.0f} MiB"
-    assert_honest_device_served(starter_broker)
+    flood_stays_bounded(starter_broker, attacker, 1, "QoS 1 to its own subscription, never read")

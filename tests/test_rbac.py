@@ -103,11 +103,12 @@ def test_the_fence_keeps_the_operator_to_the_namespaces_it_manages(kube: Cluster
         assert refused(relax, "only with Pod Security restricted"), relax.stderr
         planted = as_operator("create", "namespace", "planted")
         assert refused(planted, "may create only customer-<name> namespaces"), planted.stderr
-        for foreign in ("default", "kube-system"):
-            deleted = as_operator("delete", "namespace", foreign, "--wait=false")
-            assert refused(deleted, "only namespaces managed by iotenant"), deleted.stderr
+        kube.kubectl("create", "namespace", "fence-foreign", check=False)  # deletable, unlike default and kube-system
+        deleted = as_operator("delete", "namespace", "fence-foreign", "--wait=false")
+        assert refused(deleted, "only namespaces managed by iotenant"), deleted.stderr
+        assert kube.core.read_namespace("fence-foreign").status.phase == "Active"
         # What the operator does stays possible: labelling and deleting a namespace it manages.
         assert as_operator("label", "namespace", "customer-fence-probe", "iotenant.io/probe=1").returncode == 0
         assert as_operator("delete", "namespace", "customer-fence-probe", "--wait=false").returncode == 0
     finally:
-        kube.kubectl("delete", "namespace", "customer-fence-probe", "--wait=false", check=False)
+        kube.kubectl("delete", "namespace", "customer-fence-probe", "fence-foreign", "--wait=false", check=False)

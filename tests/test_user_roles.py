@@ -1,6 +1,7 @@
 """Roles for people and systems, from the chart, on the real apiserver: a billing system with only its
-roles creates a customer with the example program; namespace viewers and editors get DeviceFleets
-through the built-in view and edit roles (aggregation by the real controller-manager)."""
+roles creates a customer with the example program; namespace viewers see DeviceFleets through the
+built-in view role, and only holders of iotenant-edit change them (aggregation by the real
+controller-manager)."""
 
 from __future__ import annotations
 
@@ -60,21 +61,35 @@ def test_a_billing_system_with_only_its_roles_creates_a_customer(
     kube.kubectl("delete", "customerinstance", "bot-customer", "--wait=true", "--timeout=60s")
 
 
-def test_namespace_viewers_and_editors_get_device_fleets_through_the_built_in_roles(kube: Cluster, binaries: Binaries) -> None:
+def test_viewers_see_device_fleets_and_only_iotenant_edit_changes_them(kube: Cluster, binaries: Binaries) -> None:
+    """The built-in edit role reads and changes Secrets and NetworkPolicies, so it is not how anyone gets
+    DeviceFleets by default: iotenant-edit, bound in the namespace, is."""
     install_user_roles(kube, binaries)
     kube.kubectl("create", "namespace", "team-roles", check=False)
-    for account, role in (("watcher", "view"), ("maker", "edit")):
+    for account, kind, role in (("watcher", "clusterrole", "view"), ("editor", "clusterrole", "edit"),
+                                ("declarer", "clusterrole", "iotenant-edit")):
         kube.kubectl("create", "serviceaccount", account, "-n", "team-roles", check=False)
-        kube.kubectl("create", "rolebinding", account, "-n", "team-roles", f"--clusterrole={role}",
+        kube.kubectl("create", "rolebinding", account, "-n", "team-roles", f"--{kind}={role}",
                      f"--serviceaccount=team-roles:{account}", check=False)
 
-    def can(account: str, verb: str) -> bool:
-        answer = kube.kubectl("auth", "can-i", verb, "devicefleets.iotenant.io", "-n", "team-roles",
+    def can(account: str, verb: str, resource: str = "devicefleets.iotenant.io") -> bool:
+        answer = kube.kubectl("auth", "can-i", verb, resource, "-n", "team-roles",
                               f"--as=system:serviceaccount:team-roles:{account}", check=False)
         return answer.stdout.strip() == "yes"
 
-    wait_for(lambda: can("watcher", "list") and can("maker", "create"), timeout=30,
-             what="the aggregated roles to reach view and edit")
+    wait_for(lambda: can("watcher", "list") and can("declarer", "create"), timeout=30,
+             what="the aggregated view role and the bound iotenant-edit")
     assert not can("watcher", "create") and not can("watcher", "delete")
-    assert can("maker", "delete")
+    assert can("declarer", "delete") and not can("declarer", "get", "secrets")
+    assert not can("editor", "create"), "the built-in edit role got DeviceFleets without being asked to"
     kube.kubectl("delete", "namespace", "team-roles", "--wait=false")
+
+
+def test_the_edit_role_may_be_aggregated_when_asked(binaries: Binaries) -> None:
+    def labels(*arguments: str) -> dict[str, str]:
+        (role,) = [o for o in render_chart(binaries, *arguments) if o["metadata"]["name"] == "iotenant-edit"]
+        return role["metadata"]["labels"]
+
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in labels()
+    asked = labels("--set", "userRoles.aggregateEditToBuiltInRoles=true")
+    assert asked["rbac.authorization.k8s.io/aggregate-to-edit"] == asked["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"

@@ -140,24 +140,29 @@ def test_a_kind_whose_crd_is_missing_is_empty_until_the_crd_appears_and_after_it
 def test_a_kind_held_by_namespace_prefix_ignores_every_other_namespace(kube: Cluster, cache_api: ClusterAPI) -> None:
     """What anyone may create in any namespace (a DeviceFleet) is held only in customer namespaces."""
     admin = ClusterAPI(config.new_client_from_config(config_file=str(kube.kubeconfig)))
-    held_ns = f"{NS}-held"
-    kube.kubectl("create", "namespace", held_ns, check=False)
-    admin.apply(config_map("elsewhere", {"k": "1"}))
-    admin.apply({**config_map("inside", {"k": "1"}), "metadata": {"name": "inside", "namespace": held_ns}})
+    held, outside = "prefix-held", "prefix-outside"
+    for namespace in (held, outside):
+        kube.kubectl("create", "namespace", namespace, check=False)
+
+    def in_namespace(name: str, namespace: str) -> Manifest:
+        return {**config_map(name, {"k": "1"}), "metadata": {"name": name, "namespace": namespace}}
+
+    admin.apply(in_namespace("elsewhere", outside))
+    admin.apply(in_namespace("inside", held))
     reports = Reports()
-    cache = WatchCache(cache_api, (Watched(CONFIG_MAP, namespace_prefix=held_ns),), reports)
+    cache = WatchCache(cache_api, (Watched(CONFIG_MAP, namespace_prefix=held),), reports)
     cache_api.observe_writes(cache.record)
     cache.start()
     try:
         assert cache.wait_synced(30) == []
-        assert cache.get(CONFIG_MAP, "inside", held_ns) is not None
-        assert cache.get(CONFIG_MAP, "elsewhere", NS) is None, "listed outside the prefix: not held"
-        admin.apply(config_map("elsewhere-later", {"k": "1"}))  # watched outside the prefix: not held, not reported
-        cache_api.apply(config_map("written-elsewhere", {"k": "1"}))  # its own write outside the prefix: not held
-        admin.apply({**config_map("marker", {"k": "1"}), "metadata": {"name": "marker", "namespace": held_ns}})
+        assert cache.get(CONFIG_MAP, "inside", held) is not None
+        assert cache.get(CONFIG_MAP, "elsewhere", outside) is None, "listed outside the prefix: not held"
+        admin.apply(in_namespace("elsewhere-later", outside))  # watched outside the prefix: not held, not reported
+        cache_api.apply(in_namespace("written-elsewhere", outside))  # its own write outside the prefix: not held
+        admin.apply(in_namespace("marker", held))
         wait_for(lambda: reports.of("marker"), timeout=10, what="the marker inside the prefix")
-        assert cache.get(CONFIG_MAP, "elsewhere-later", NS) is None and cache.get(CONFIG_MAP, "written-elsewhere", NS) is None
+        assert cache.get(CONFIG_MAP, "elsewhere-later", outside) is None and cache.get(CONFIG_MAP, "written-elsewhere", outside) is None
         assert reports.of("elsewhere-later") == []
     finally:
         cache.stop()
-        kube.kubectl("delete", "namespace", held_ns, "--wait=false", check=False)
+        kube.kubectl("delete", "namespace", held, outside, "--wait=false", check=False)

@@ -16,6 +16,9 @@ from iotenant_workloads.api.requests import ApiError, Route
 if TYPE_CHECKING:
     from iotenant_workloads.api.customer_api import CustomerApi
 
+# The telemetry routes' statements (the latency benchmark times them bare beside the routes).
+LAST_OF_TYPE = "SELECT ts, type, val, unit, seq FROM telemetry WHERE device_id = %s AND type = %s ORDER BY ts DESC LIMIT 1"
+NEWEST_FIRST = "SELECT ts, type, val, unit, seq FROM telemetry WHERE {clauses} ORDER BY ts DESC LIMIT %s"
 # How old the counts of /api/v1/stats may be.
 STATS_MAX_AGE_SECONDS = 30.0
 COUNTS_TAKEN = Counter("iotenant_api_tenant_counts_total", "Times the tenant's counts were taken from the database (/api/v1/stats)")
@@ -39,10 +42,7 @@ async def last_telemetry(api: CustomerApi, request: web.Request) -> Any:
     device_id = api_requests.path_device_id(request)
     kind = api_requests.type_parameter(request)
     if kind:
-        rows = await api.query(
-            "SELECT ts, type, val, unit, seq FROM telemetry WHERE device_id = %s AND type = %s ORDER BY ts DESC LIMIT 1",
-            (device_id, kind),
-        )
+        rows = await api.query(LAST_OF_TYPE, (device_id, kind))
     else:
         rows = await api.query(
             "SELECT DISTINCT ON (type) ts, type, val, unit, seq FROM telemetry WHERE device_id = %s "
@@ -63,8 +63,7 @@ async def telemetry(api: CustomerApi, request: web.Request) -> Any:
     if since and until and since > until:
         raise ApiError(422, "invalid_parameter", "from must not be after to")
     clauses, parameters = api_requests.where(("device_id = %s", device_id), ("type = %s", kind), ("ts >= %s", since), ("ts <= %s", until))
-    rows = await api.query(f"SELECT ts, type, val, unit, seq FROM telemetry WHERE {clauses} ORDER BY ts DESC LIMIT %s",
-                           (*parameters, limit))
+    rows = await api.query(NEWEST_FIRST.format(clauses=clauses), (*parameters, limit))
     if not rows:
         await api.device_or_404(device_id)
     return {"deviceId": device_id, "measurements": [_measurement(row) for row in rows], "count": len(rows)}
