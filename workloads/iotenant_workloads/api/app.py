@@ -110,7 +110,10 @@ def _run(args: argparse.Namespace) -> int:
     publisher = CommandPublisher(args.mqtt_host, args.mqtt_port, args.mqtt_username, mqtt_password(args)) if args.mqtt_username else None
 
     async def serve() -> None:
-        pool = AsyncConnectionPool(args.database_url, min_size=2, max_size=args.pool_size, open=False, timeout=5)
+        # Autocommit: a route's one statement is one round trip (no BEGIN and COMMIT around it); work of
+        # several statements opens its transaction explicitly (CustomerApi.transaction).
+        pool = AsyncConnectionPool(args.database_url, min_size=2, max_size=args.pool_size, open=False, timeout=5,
+                                   kwargs={"autocommit": True})
         await pool.open(wait=False)
         api = CustomerApi(pool, licence, Path(args.token_file), publisher, KeyedBuckets(args.requests_per_second, MAX_TRACKED_CLIENTS))
         app = build_app(api, endpoints=args.metrics_port == args.port)

@@ -86,20 +86,29 @@ class CustomerApi:
 
     async def query(self, sql: str, parameters: tuple[Any, ...] = (),
                     wait_seconds: float = CONNECTION_WAIT_SECONDS) -> list[dict[str, Any]]:
+        """One statement, committed on its own (the pool's connections are in autocommit: one round trip)."""
         async def one_statement(cursor: AsyncCursor[dict[str, Any]]) -> list[dict[str, Any]]:
             await cursor.execute(sql, parameters)
             return await cursor.fetchall() if cursor.description else []
 
-        return await self.transaction(one_statement, wait_seconds)
+        return await self._with_cursor(one_statement, wait_seconds, in_transaction=False)
 
     async def transaction(self, work: Callable[[AsyncCursor[dict[str, Any]]], Awaitable[T]],
                           wait_seconds: float = CONNECTION_WAIT_SECONDS) -> T:
         """``work`` in one transaction (committed when it returns); database trouble, or no connection within
         ``wait_seconds``, becomes an ``ApiError``."""
+        return await self._with_cursor(work, wait_seconds, in_transaction=True)
+
+    async def _with_cursor(self, work: Callable[[AsyncCursor[dict[str, Any]]], Awaitable[T]], wait_seconds: float,
+                           in_transaction: bool) -> T:
         try:
             async with self.pool.connection(timeout=wait_seconds) as connection:
-                async with connection.transaction(), connection.cursor(row_factory=dict_row) as cursor:
-                    result = await work(cursor)
+                if in_transaction:
+                    async with connection.transaction(), connection.cursor(row_factory=dict_row) as cursor:
+                        result = await work(cursor)
+                else:
+                    async with connection.cursor(row_factory=dict_row) as cursor:
+                        result = await work(cursor)
             DATABASE_UP.set(1)
             return result
         except (psycopg.OperationalError, TimeoutError) as error:
