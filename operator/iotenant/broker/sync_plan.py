@@ -15,8 +15,10 @@ from typing import Any
 from iotenant.broker.identities import ADMIN, Identity, Role
 
 MAX_COMMANDS_PER_MESSAGE = 100
-# Brokers that save once per message (Mosquitto 2.1 and later) take this many commands in one.
-MAX_COMMANDS_PER_SAVING_MESSAGE = 2000
+# Brokers that save once per message (Mosquitto 2.1 and later) take this many commands in one: with
+# 10,000 devices, 500 admit them as fast as 2,000 did (8.6 vs 9.5 s) and a connected device's PUBACK
+# p99 meanwhile is 171 ms instead of 238 (bench/fleet_provisioning.py).
+MAX_COMMANDS_PER_SAVING_MESSAGE = 500
 SAVES_ONCE_PER_MESSAGE_FROM = (2, 1)
 # Brokers whose dynamic-security access rules substitute %u (the device role needs it).
 PATTERN_ACLS_FROM = (2, 1)

@@ -23,6 +23,7 @@ POD_SECURITY_LABELS = {
 }
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 REFUSED_FLEETS_ALLOWED = 10
+QUOTA_NAME = "iotenant-quota"
 MQTT_PORTS = (MQTT_PORT, MQTTS_PORT)
 # The pods that use the broker's internal listener when devices take TLS only.
 INTERNAL_MQTT_CLIENTS = ("ingest", "api", "simulator")
@@ -42,7 +43,7 @@ def resource_quota(owner: Owner, quota: Quota, max_fleets: int | None) -> Manife
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
-        "metadata": owner.metadata("iotenant-quota"),
+        "metadata": owner.metadata(QUOTA_NAME),
         "spec": {
             "hard": {
                 **fleets,
