@@ -19,9 +19,10 @@ from iotenant_testbed.mosquitto import MosquittoBroker
 from iotenant_testbed.mosquitto_package import PREVIOUS, installed
 
 from iotenant import topics
-from iotenant.settings import MOSQUITTO_VERSION
+from iotenant.broker.config import Listeners, mosquitto_conf
 from iotenant.broker.dynamic_security import DynamicSecurity
 from iotenant.broker.identities import DEVICE_ROLE, INGEST, Identity, dynamic_security_config, service_identities
+from iotenant.settings import MOSQUITTO_VERSION
 
 SHARE_GROUP = "ingest-upgrade"
 DEVICES = {name: Identity(name, f"{name}-password", None, "fleet/meters") for name in ("m1", "m2")}
@@ -101,6 +102,5 @@ def test_a_volume_of_the_previous_release_keeps_its_identities_sessions_and_reta
 
 
 def _generated(broker: MosquittoBroker) -> tuple[str, str, dict[str, str]]:
-    from iotenant.broker.config import Listeners, mosquitto_conf
-
+    """The configuration the operator renders, the previous release's identities, the admin listener."""
     return mosquitto_conf(Listeners(), limits=broker.limits), json.dumps(previous_release_seed()), broker.admin_tls.server_secret()

@@ -25,7 +25,7 @@ from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
 
 # Whose status a reconcile reads: workload readiness, a load balancer's address, a fleet's last report.
-_STATUS_READ = frozenset({"Deployment", "StatefulSet", "Service", "ResourceQuota"})
+_STATUS_READ = frozenset({"Deployment", "StatefulSet", "Service"})
 
 TENANT_WATCHES: tuple[Watched, ...] = (
     Watched(CUSTOMER_INSTANCE, keep_status=True),  # a reconcile starts from the instance as last written

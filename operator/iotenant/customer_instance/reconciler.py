@@ -36,7 +36,6 @@ from iotenant.licensing.trusted_issuers import TrustedIssuers
 from iotenant.render import meta
 from iotenant.render.broker import broker_tls_secret
 from iotenant.render.cert_manager import CERTIFICATE_CRD
-from iotenant.render.guardrails import QUOTA_NAME
 from iotenant.render.ingest_and_api import api_url
 from iotenant.render.inputs import StackInput
 from iotenant.render.monitoring import SERVICE_MONITOR_CRD
@@ -279,9 +278,6 @@ class CustomerInstanceReconciler:
         for kind, workload in rules.REQUIRED_WORKLOADS:
             ok, detail = rules.ready_replicas(live.workload(kind, workload, result.objects))
             (ready if ok else waiting).append(f"{workload} {detail}")
-        counted, detail = rules.quota_counted(live.workload("ResourceQuota", QUOTA_NAME, result.objects))
-        if not counted:  # a fleet applied now would be refused by the API server
-            waiting.append(f"quota {detail}")
         tier = decision.claims.monitoring.tier if decision.claims else None
         prometheus = rules.ready_replicas(live.workload("StatefulSet", "prometheus", result.objects))
         return rules.Findings(

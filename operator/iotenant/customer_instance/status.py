@@ -41,17 +41,6 @@ def ready_replicas(workload: Manifest | None) -> tuple[bool, str]:
     return False, f"{ready}/{wanted} ready"
 
 
-def quota_counted(quota: Manifest | None) -> tuple[bool, str]:
-    """Whether Kubernetes counts every resource of the namespace's quota yet: until it does, the API
-    server refuses every object the quota counts ("status unknown for quota"), DeviceFleets included."""
-    if quota is None:
-        return True, "no quota"
-    status = quota.get("status") or {}
-    counted = set(status.get("hard", {})) & set(status.get("used", {}))  # the API server needs both
-    missing = sorted(set(quota.get("spec", {}).get("hard", {})) - counted)
-    return (False, f"not yet counted: {', '.join(missing)}") if missing else (True, "counted")
-
-
 @dataclass(frozen=True)
 class Findings:
     """What one reconcile found, as the status rules need it."""

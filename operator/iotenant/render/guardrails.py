@@ -6,7 +6,6 @@ from typing import Any
 
 from iotenant import tenant_database
 from iotenant.broker.admin_tls import ADMIN_PORT
-from iotenant.kube.kinds import DEVICE_FLEET
 from iotenant.licensing.plans import Quota
 from iotenant.render.contract import API_PORT, METRICS_PORT, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant.render.inputs import StackInput
@@ -22,7 +21,6 @@ POD_SECURITY_LABELS = {
     "pod-security.kubernetes.io/warn": "restricted",
 }
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-REFUSED_FLEETS_ALLOWED = 10
 QUOTA_NAME = "iotenant-quota"
 MQTT_PORTS = (MQTT_PORT, MQTTS_PORT)
 # The pods that use the broker's internal listener when devices take TLS only.
@@ -35,18 +33,13 @@ def namespace(owner: Owner) -> Manifest:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
-def resource_quota(owner: Owner, quota: Quota, max_fleets: int | None) -> Manifest:
-    """The plan's quota; with ``max_fleets`` (the licence's), DeviceFleets are counted too: the licence's
-    fleets and ``REFUSED_FLEETS_ALLOWED`` more, which the operator refuses with a status saying why. A
-    fleet may hold 10,000 ids, and every fleet is held in the operator's memory."""
-    fleets = {f"count/{DEVICE_FLEET.plural}.{DEVICE_FLEET.group}": str(max_fleets + REFUSED_FLEETS_ALLOWED)} if max_fleets else {}
+def resource_quota(owner: Owner, quota: Quota) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
         "metadata": owner.metadata(QUOTA_NAME),
         "spec": {
             "hard": {
-                **fleets,
                 "requests.cpu": quota.cpu,
                 "limits.cpu": quota.limitsCpu,
                 "requests.memory": quota.memory,

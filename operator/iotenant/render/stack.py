@@ -17,8 +17,7 @@ def render_customer_stack(stack: StackInput) -> list[Manifest]:
     """Every object of the customer namespace, from the spec and the verified claims only."""
     objects: list[Manifest] = [guardrails.namespace(stack.owner)]
     if stack.quota is not None:
-        max_fleets = stack.claims.limits.maxFleets if stack.claims is not None else None
-        objects.append(guardrails.resource_quota(stack.owner, stack.quota, max_fleets))
+        objects.append(guardrails.resource_quota(stack.owner, stack.quota))
     objects.append(guardrails.limit_range(stack.owner))
     objects += guardrails.network_policies(stack)
     objects += licence.licence_objects(stack)
