@@ -107,5 +107,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     down.add_argument("--keep-data", action="store_true", help="only stop the processes; `up` resumes with the same data")
     add("demo", _demo, "the main job: cluster, CRDs, the operator and the examples, status shown until Ctrl-C")
     add("status", _status, "print the cluster's kubeconfig path and running components as JSON")
-    build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries, unpack the shipped Mosquitto (and the previous one, whose volumes the tests upgrade), and print their folders")
+    build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries, unpack the shipped Mosquitto "
+                               "(and the previous one, whose volumes the tests upgrade), and print their folders")
     build.set_defaults(run=_guarded(_build))

@@ -1,4 +1,5 @@
-"""The shipped Mosquitto (Debian's build, unpacked privately) on this machine, running a tenant broker's configuration (demo, tests, benchmarks).
+"""The shipped Mosquitto (Debian's build, unpacked privately) running a tenant broker's configuration
+on this machine (demo, tests, benchmarks).
 
 Pods on the local cluster's fake nodes run nothing, so a tenant's broker runs here instead: from
 the files the operator generated (ConfigMap ``broker-config``, Secret ``broker-dynamic-security``),

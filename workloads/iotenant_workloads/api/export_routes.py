@@ -4,9 +4,9 @@ Rows come from a server-side cursor a chunk at a time and leave as they come, so
 does not grow with the export. The range is half-open (``from`` <= ts < ``to``), ordered by time,
 and bounded by the licence's retention; ``X-Export-From`` and ``X-Export-To`` state the range served,
 so an interrupted export resumes with ``from`` = the last complete row's ts (rows of that instant
-come again). A client that takes no data for ``CLIENT_STALL_SECONDS`` loses its export. An export that fails part-way closes the connection: the client sees an incomplete
-answer, never a short one that looks whole. Text a device chose (type, unit) cannot become a
-spreadsheet formula in CSV.
+come again). A client that takes no data for ``CLIENT_STALL_SECONDS`` loses its export. An export
+that fails part-way closes the connection: the client sees an incomplete answer, never a short one
+that looks whole. Text a device chose (type, unit) cannot become a spreadsheet formula in CSV.
 """
 
 from __future__ import annotations
