@@ -260,7 +260,7 @@ def simulated_telemetry_reaches_another_pod(kube: Cluster, namespace: str, token
 
 def broker_restart_keeps_retained_status_and_identities(kube: Cluster, namespace: str, device: DeviceCredentials, token: str) -> None:
     """The broker's volume keeps its retained messages and the device identities across a new pod. The
-    device waits for ingest to be back: until then Mosquitto 2.0 delivers nothing to its restored
+    device waits for ingest to be back: until then Mosquitto (2.0.21 and 2.1.2) delivers nothing to its restored
     shared subscription (the README's known gap)."""
     status = json.dumps({"v": 2, "device_id": device.device_id, "online": True, "fw": "e2e"}).encode()
     publish_retained(device, status)

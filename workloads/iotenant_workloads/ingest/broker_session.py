@@ -37,9 +37,9 @@ INFLIGHT = Gauge("iotenant_ingest_inflight_messages", "Messages received and not
 # MQTT 5 subscription identifiers: which of ingest's subscriptions delivered a message.
 SHARED_SUBSCRIPTION, RETAINED_STATUS_SUBSCRIPTION = 1, 2
 SESSION_EXPIRY_SECONDS = 86400
-# Mosquitto 2.0 keeps a shared subscription over its own restart but delivers nothing to it until the
-# subscriber is back: a device message in between is acknowledged and lost. Coming back within
-# seconds of the broker keeps that window short.
+# Mosquitto (2.0.21, 2.1.2) keeps a shared subscription over its own restart but delivers nothing to
+# it until the subscriber is back: a device message in between is acknowledged and lost. Coming back
+# within seconds of the broker keeps that window short.
 RECONNECT_MAX_SECONDS = 2
 # QoS 0 messages are dropped on arrival while this many bytes of them wait (or ``--inflight`` messages
 # of any QoS): no Receive Maximum bounds them, and at most once is all they promise.
