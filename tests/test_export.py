@@ -5,13 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
+import psycopg
 import pytest
 
-from dataplane import TOKEN, Device, Stack
+from conftest import wait_for
+from dataplane import TOKEN, Device, Stack, start_stack, write_licence
+from iotenant_testbed.mosquitto import MosquittoBroker
 
 
 @pytest.fixture
@@ -86,3 +91,32 @@ def test_ranges_outside_the_retention_and_hostile_parameters_get_422(stack: Stac
     status, _, body = export(stack, f"?from={old}")
     assert "365 days" in json.loads(body)["message"]
     assert export(stack, "?device=dev-002")[0] == 200
+
+
+def test_a_client_that_stops_reading_loses_its_export_and_frees_its_place(
+    database: str, broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Two clients start exports and read nothing: each holds a database connection and a transaction.
+    After --export-stall-seconds both exports end, and the next export is served."""
+    stack = start_stack(database, broker, write_licence(tmp_path / "licence", "enterprise"), tmp_path,
+                        extra=["--export-stall-seconds", "2"])
+    stalled: list[socket.socket] = []
+    try:
+        with psycopg.connect(database) as connection:  # far more than the sockets' buffers hold
+            connection.execute(
+                "INSERT INTO telemetry (device_id, msg_ts, seq, idx, ts, type, val, unit, received_at) "
+                "SELECT 'bulk', now() - s * interval '1 ms', s, 0, now() - s * interval '1 ms', 'm0', s, 'C', now() "
+                "FROM generate_series(1, 300000) s")
+        for _ in range(2):
+            client = socket.create_connection(("127.0.0.1", stack.api.port))
+            client.sendall(f"GET /api/v1/export HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+            assert client.recv(64).startswith(b"HTTP/1.1 200")  # then it reads no more
+            stalled.append(client)
+        assert export(stack, "?device=dev-001")[0] == 429, "two exports are streaming"
+        wait_for(lambda: export(stack, "?device=dev-001")[0] == 200, timeout=30, what="the stalled exports to end")
+        assert len(csv_rows(export(stack, "?device=dev-001")[2])) == 300
+    finally:
+        for client in stalled:
+            client.close()
+        stack.api.stop()
+        stack.ingest.stop()

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from iotenant import logs
 from iotenant.environment_flags import flag
 from iotenant.render.contract import API_PORT, API_TOKEN_FILE, PROBE_TIMEOUT_SECONDS, Env
+from iotenant_workloads.api import export_routes
 from iotenant_workloads.api.command_routes import CommandPublisher
 from iotenant_workloads.api.customer_api import CustomerApi
 from iotenant_workloads.api.openapi import ROUTES, openapi_document
@@ -115,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         pool = AsyncConnectionPool(args.database_url, min_size=2, max_size=args.pool_size, open=False, timeout=5,
                                    kwargs={"autocommit": True})
         await pool.open(wait=False)
-        api = CustomerApi(pool, licence, Path(args.token_file), publisher, KeyedBuckets(args.requests_per_second, MAX_TRACKED_CLIENTS))
+        api = CustomerApi(pool, licence, Path(args.token_file), publisher, KeyedBuckets(args.requests_per_second, MAX_TRACKED_CLIENTS),
+                          export_routes.Exports(stall_seconds=args.export_stall_seconds))
         app = build_app(api, endpoints=args.metrics_port == args.port)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -155,5 +157,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     flag(parser, "--pool-size", "IOTENANT_DATABASE_POOL_SIZE", "most database connections", kind=int, default=10)
     flag(parser, "--requests-per-second", "IOTENANT_API_REQUESTS_PER_SECOND", "requests per second per client before 429",
          kind=float, default=200.0)
+    flag(parser, "--export-stall-seconds", "IOTENANT_EXPORT_STALL_SECONDS",
+         "how long an export's client may take no data before the export ends (it holds a database connection)",
+         kind=float, default=export_routes.CLIENT_STALL_SECONDS)
     add_common_flags(parser)
     parser.set_defaults(run=_run)

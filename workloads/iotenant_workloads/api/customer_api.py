@@ -31,13 +31,14 @@ DATABASE_UP = Gauge("iotenant_api_database_up", "1 when the last database query 
 
 
 class CustomerApi:
-    def __init__(self, pool: AsyncConnectionPool, licence: MountedLicence, token_file: Path, publisher: CommandPublisher | None, rate: KeyedBuckets) -> None:
+    def __init__(self, pool: AsyncConnectionPool, licence: MountedLicence, token_file: Path, publisher: CommandPublisher | None,
+                 rate: KeyedBuckets, exports: export_routes.Exports | None = None) -> None:
         self.pool = pool
         self.licence = licence
         self.token_file = token_file
         self.publisher = publisher
         self.rate = rate
-        self.exports = export_routes.Exports()
+        self.exports = exports or export_routes.Exports()
         self.counts = device_routes.TenantCounts()
         self._token = b""
         self._token_stamp = 0.0

@@ -4,7 +4,7 @@ Rows come from a server-side cursor a chunk at a time and leave as they come, so
 does not grow with the export. The range is half-open (``from`` <= ts < ``to``), ordered by time,
 and bounded by the licence's retention; ``X-Export-From`` and ``X-Export-To`` state the range served,
 so an interrupted export resumes with ``from`` = the last complete row's ts (rows of that instant
-come again). A client that takes no data for ``CLIENT_STALL_SECONDS`` loses its export. An export
+come again). A client that takes no data for ``--export-stall-seconds`` loses its export. An export
 that fails part-way closes the connection: the client sees an incomplete answer, never a short one
 that looks whole. Text a device chose (type, unit) cannot become a spreadsheet formula in CSV.
 """
@@ -77,10 +77,11 @@ def _range(api: CustomerApi, request: web.Request) -> tuple[datetime, datetime]:
 
 
 class Exports:
-    """How many exports stream now, bounded."""
+    """How many exports stream now, bounded, and how long a client may take no data before its export ends."""
 
-    def __init__(self, most: int = MAX_CONCURRENT) -> None:
+    def __init__(self, most: int = MAX_CONCURRENT, stall_seconds: float = CLIENT_STALL_SECONDS) -> None:
         self.most = most
+        self.stall_seconds = stall_seconds
         self.running = 0
 
 
@@ -104,10 +105,10 @@ async def export(api: CustomerApi, request: web.Request) -> web.StreamResponse:
         exports.running -= 1
 
 
-async def _send(response: web.StreamResponse, chunk: bytes) -> None:
-    """One chunk to the client, which must take it within ``CLIENT_STALL_SECONDS``: the export holds a
-    database connection and a transaction open, which a client that stops reading must not keep."""
-    await asyncio.wait_for(response.write(chunk), CLIENT_STALL_SECONDS)
+async def _send(response: web.StreamResponse, chunk: bytes, stall_seconds: float) -> None:
+    """One chunk to the client, which must take it within ``stall_seconds``: the export holds a database
+    connection and a transaction open, which a client that stops reading must not keep."""
+    await asyncio.wait_for(response.write(chunk), stall_seconds)
 
 
 async def _stream(api: CustomerApi, request: web.Request, chosen: str, statement: str, parameters: tuple[Any, ...],
@@ -125,9 +126,9 @@ async def _stream(api: CustomerApi, request: web.Request, chosen: str, statement
                 rows = await cursor.fetchmany(CHUNK_ROWS)
                 await response.prepare(request)
                 if chosen == CSV:
-                    await _send(response, _csv_chunk([CSV_HEADER]))
+                    await _send(response, _csv_chunk([CSV_HEADER]), api.exports.stall_seconds)
                 while rows:
-                    await _send(response, encode(rows))
+                    await _send(response, encode(rows), api.exports.stall_seconds)
                     rows_sent += len(rows)
                     EXPORTED_ROWS.labels(chosen).inc(len(rows))
                     rows = await cursor.fetchmany(CHUNK_ROWS)
