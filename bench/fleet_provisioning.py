@@ -103,6 +103,70 @@ class LatencyProbe:
         return taken
 
 
+def start_operator(root: Path, kubeconfig: Path, addresses: Path, devices: int) -> subprocess.Popen[bytes]:
+    """The operator, with an enterprise plan that has room for the big fleet beside the busy, probe and extra fleets."""
+    catalogue = copy.deepcopy(DEFAULT_CATALOGUE)
+    catalogue["enterprise"]["limits"]["maxDevices"] = devices + 1000
+    plans = root / "plans.yaml"
+    plans.write_text(yaml.safe_dump(catalogue))
+    return subprocess.Popen(
+        [sys.executable, "-m", "iotenant", "operator", "--resync-seconds", "30", "--metrics-port", "0",
+         "--health-port", "0", "--log-format", "text", "--broker-addresses-file", str(addresses), "--plan-catalogue", str(plans)],
+        env=dict(os.environ, KUBECONFIG=str(kubeconfig)), stdout=(root / "operator.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+
+
+def start_busy_devices(tenant: Tenant, root: Path) -> subprocess.Popen[bytes]:
+    """A fleet of 200 simulated devices publishing once a second."""
+    tenant.apply_fleet("busy", {"count": 200, "idPrefix": "busy-"})
+    tenant.wait_fleet("busy", "True", timeout=120)
+    folder = root / "busy-credentials"
+    folder.mkdir()
+    for device, credentials in tenant.credentials("busy").items():
+        (folder / device).write_text(credentials.url())
+    return subprocess.Popen(
+        [sys.executable, "-m", "iotenant", "simulate", "--credentials-dir", str(folder), "--interval", "1",
+         "--mqtt-host-override", "127.0.0.1", "--mqtt-port-override", str(tenant.broker.port),
+         "--metrics-port", "0", "--log-format", "text", "--log-level", "warning"],
+        stdout=(root / "simulator.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+
+
+def big_fleet_figures(tenant: Tenant, probe: LatencyProbe, devices: int) -> dict[str, float]:
+    """Apply the big fleet: until Ready, until sampled devices connect, the probe meanwhile, the broker after."""
+    results: dict[str, float] = {}
+    started = time.monotonic()
+    tenant.apply_fleet("big", {"count": devices, "idPrefix": "big-"})
+    tenant.wait_fleet("big", "True", timeout=1800)
+    results[f"apply_to_ready_{devices}_devices_s"] = time.monotonic() - started
+    sample = ["big-001", f"big-{devices:03d}"] + [f"big-{n:03d}" for n in random.sample(range(2, devices), 48)]
+    wait_connectable(tenant, "big", sample)
+    results[f"apply_to_all_sampled_connectable_{devices}_devices_s"] = time.monotonic() - started
+    during = probe.window()
+    results["probe_puback_p99_ms_during_admission"] = percentile(during, 0.99) * 1000
+    results["probe_puback_max_ms_during_admission"] = max(during) * 1000
+    results["probe_dropped_during_admission"] = float(probe.device.disconnected.is_set())
+    time.sleep(5)
+    results[f"broker_rss_mib_{devices}_identities_200_connected"] = resident_kib(tenant.broker.process.pid) / 1024
+    results["dynamic_security_file_mib"] = (tenant.broker.data_dir / "dynamic-security.json").stat().st_size / 2**20
+    return results
+
+
+def added_device_figures(tenant: Tenant, samples: int) -> dict[str, float]:
+    """One device added to a small fleet at a time, until it connects."""
+    ids = ["extra-0"]
+    tenant.apply_fleet("extra", {"ids": ids})
+    tenant.wait_fleet("extra", "True", timeout=120)
+    delays = []
+    for n in range(1, samples + 1):
+        ids.append(f"extra-{n}")
+        started = time.monotonic()
+        tenant.apply_fleet("extra", {"ids": ids})
+        wait_connectable(tenant, "extra", ids[-1:], timeout=300)
+        delays.append(time.monotonic() - started)
+    return {"one_added_device_connectable_p50_s": percentile(delays, 0.5), "one_added_device_connectable_max_s": max(delays)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10000)
@@ -115,68 +179,19 @@ def main() -> None:
     root.chmod(0o755)
     addresses = root / "addresses.json"
     addresses.write_text("{}")
-    # The enterprise plan with room for the big fleet beside the busy, probe and extra fleets.
-    catalogue = copy.deepcopy(DEFAULT_CATALOGUE)
-    catalogue["enterprise"]["limits"]["maxDevices"] = args.devices + 1000
-    plans = root / "plans.yaml"
-    plans.write_text(yaml.safe_dump(catalogue))
-    log = open(root / "operator.log", "wb")
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "iotenant", "operator", "--resync-seconds", "30", "--metrics-port", "0",
-         "--health-port", "0", "--log-format", "text", "--broker-addresses-file", str(addresses), "--plan-catalogue", str(plans)],
-        env=dict(os.environ, KUBECONFIG=str(kubeconfig)), stdout=log, stderr=subprocess.STDOUT,
-    )
+    operator = start_operator(root, kubeconfig, addresses, args.devices)
     simulator: subprocess.Popen[bytes] | None = None
     tenant: Tenant | None = None
     results: dict[str, float] = {}
     try:
         tenant = start_tenant(kube, addresses, root, "bench", "enterprise")
-        tenant.apply_fleet("busy", {"count": 200, "idPrefix": "busy-"})
-        tenant.wait_fleet("busy", "True", timeout=120)
-        folder = root / "busy-credentials"
-        folder.mkdir()
-        for device, credentials in tenant.credentials("busy").items():
-            (folder / device).write_text(credentials.url())
-        simulator = subprocess.Popen(
-            [sys.executable, "-m", "iotenant", "simulate", "--credentials-dir", str(folder), "--interval", "1",
-             "--mqtt-host-override", "127.0.0.1", "--mqtt-port-override", str(tenant.broker.port),
-             "--metrics-port", "0", "--log-format", "text", "--log-level", "warning"],
-            stdout=(root / "simulator.log").open("wb"), stderr=subprocess.STDOUT,
-        )
+        simulator = start_busy_devices(tenant, root)
         probe = LatencyProbe(tenant)
         probe.thread.start()
         time.sleep(5)
-        quiet = probe.window()
-        results["probe_puback_p99_ms_quiet"] = percentile(quiet, 0.99) * 1000
-
-        started = time.monotonic()
-        tenant.apply_fleet("big", {"count": args.devices, "idPrefix": "big-"})
-        tenant.wait_fleet("big", "True", timeout=1800)
-        results[f"apply_to_ready_{args.devices}_devices_s"] = time.monotonic() - started
-        sample = ["big-001", f"big-{args.devices:03d}"] + [f"big-{n:03d}" for n in random.sample(range(2, args.devices), 48)]
-        wait_connectable(tenant, "big", sample)
-        results[f"apply_to_all_sampled_connectable_{args.devices}_devices_s"] = time.monotonic() - started
-        during = probe.window()
-        results["probe_puback_p99_ms_during_admission"] = percentile(during, 0.99) * 1000
-        results["probe_puback_max_ms_during_admission"] = max(during) * 1000
-        results["probe_dropped_during_admission"] = float(probe.device.disconnected.is_set())
-
-        time.sleep(5)
-        results[f"broker_rss_mib_{args.devices}_identities_200_connected"] = resident_kib(tenant.broker.process.pid) / 1024
-        results["dynamic_security_file_mib"] = (tenant.broker.data_dir / "dynamic-security.json").stat().st_size / 2**20
-
-        ids = ["extra-0"]
-        tenant.apply_fleet("extra", {"ids": ids})
-        tenant.wait_fleet("extra", "True", timeout=120)
-        delays = []
-        for n in range(1, args.samples + 1):
-            ids.append(f"extra-{n}")
-            started = time.monotonic()
-            tenant.apply_fleet("extra", {"ids": ids})
-            wait_connectable(tenant, "extra", ids[-1:], timeout=300)
-            delays.append(time.monotonic() - started)
-        results["one_added_device_connectable_p50_s"] = percentile(delays, 0.5)
-        results["one_added_device_connectable_max_s"] = max(delays)
+        results["probe_puback_p99_ms_quiet"] = percentile(probe.window(), 0.99) * 1000
+        results.update(big_fleet_figures(tenant, probe, args.devices))
+        results.update(added_device_figures(tenant, args.samples))
         probe.stop.set()
         probe.thread.join()
         probe.device.close()

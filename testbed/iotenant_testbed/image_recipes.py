@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from iotenant import settings
+from iotenant.broker.config import DYNSEC_PLUGIN
 from iotenant.render.broker import BROKER_UID
 from iotenant.render.database import DATABASE_UID
 from iotenant.render.ingest_and_api import IOTENANT_UID
@@ -103,7 +104,7 @@ def broker_image() -> DebianImage:
             'cp "$1/etc/mosquitto/mosquitto.conf" "$1/mosquitto/config/mosquitto.conf"',
             f'chown -R {BROKER_UID}:{BROKER_UID} "$1/mosquitto"',
             # Upstream's plugin path, which the rendered configuration names.
-            'ln -s x86_64-linux-gnu/mosquitto/mosquitto_dynamic_security.so "$1/usr/lib/mosquitto_dynamic_security.so"',
+            f'ln -s x86_64-linux-gnu/mosquitto/mosquitto_dynamic_security.so "$1{DYNSEC_PLUGIN}"',
         ),
         files={"/docker-entrypoint.sh": (MOSQUITTO_ENTRYPOINT, 0o755)},
         container={

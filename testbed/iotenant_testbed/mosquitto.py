@@ -23,13 +23,10 @@ from iotenant.broker.admin_tls import ADMIN_PORT, AdminTLS
 from iotenant.broker.admin_tls import issue as issue_admin_tls
 from iotenant.broker.identities import Identity, dynamic_security_config
 from iotenant.licensing.plans import BrokerLimits, load_catalogue
-from iotenant.broker.config import ADMIN_TLS_MOUNT, TLS_MOUNT, Listeners, mosquitto_conf
+from iotenant.broker.config import ADMIN_TLS_MOUNT, DYNSEC_PLUGIN, TLS_MOUNT, Listeners, mosquitto_conf
 from iotenant.render.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant_testbed.loopback import free_port, wait_port
 from iotenant_testbed.mosquitto_package import MosquittoPackage, installed
-
-# The plugin path the rendered configuration names (upstream image layout).
-IMAGE_DYNSEC_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
 
 
 def localise_broker_conf(conf: str, package: MosquittoPackage, data_dir: Path, admin_tls_dir: Path, port: int, admin_port: int,
@@ -47,7 +44,7 @@ def localise_broker_conf(conf: str, package: MosquittoPackage, data_dir: Path, a
         raise AssertionError(f"the generated mosquitto.conf has no plaintext listener:\n{conf}")
     replacements = {
         "persistence_location /mosquitto/data/": f"persistence_location {data_dir}/",
-        f"plugin {IMAGE_DYNSEC_PLUGIN}": f"plugin {package.dynamic_security_plugin}",
+        f"plugin {DYNSEC_PLUGIN}": f"plugin {package.dynamic_security_plugin}",
         "plugin_opt_config_file /mosquitto/data/dynamic-security.json": f"plugin_opt_config_file {data_dir}/dynamic-security.json",
         plaintext: f"listener {port} 127.0.0.1",
         f"listener {ADMIN_PORT}": f"listener {admin_port} 127.0.0.1",

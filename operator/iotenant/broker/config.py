@@ -12,6 +12,8 @@ from iotenant.licensing.plans import BrokerLimits
 from iotenant.render.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 
 TLS_MOUNT = "/mosquitto/tls"
+# Where the broker image keeps the dynamic-security plugin (upstream's layout).
+DYNSEC_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def mosquitto_conf(listeners: Listeners, limits: BrokerLimits, container_memory_
         # MQTT 5 client (ingest), that client's own Receive Maximum applies.
         f"max_inflight_messages {limits.maxInflightMessages}",
         *([f"memory_limit {int(container_memory_bytes * HEAP_SHARE_OF_CONTAINER_LIMIT)}"] if container_memory_bytes else []),
-        "plugin /usr/lib/mosquitto_dynamic_security.so",
+        f"plugin {DYNSEC_PLUGIN}",
         f"plugin_opt_config_file {data_dir}/dynamic-security.json",
         f"listener {MQTT_PORT if listeners.device_plaintext else MQTT_INTERNAL_PORT}",
         DEVICE_LISTENER_MAX_QOS,

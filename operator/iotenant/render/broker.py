@@ -34,8 +34,27 @@ def broker_tls_secret(broker_spec: dict[str, Any]) -> str | None:
 
 
 def broker(stack: StackInput) -> list[Manifest]:
-    owner, spec, exposure = stack.owner, stack.spec.get("broker", {}), stack.exposure
+    owner, spec = stack.owner, stack.spec.get("broker", {})
     tls_secret = broker_tls_secret(spec) if stack.broker_tls_hash else None
+    broker_resources = resources(spec.get("resources"), SMALL)
+    template, service_ports = _broker_pod(stack, tls_secret, broker_resources)
+    objects = [
+        *_broker_files(stack, tls_secret, broker_resources),
+        stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi"),
+                     storage_class=stack.storage_classes.get("broker")),
+        service(owner, "broker", "broker", service_ports),
+    ]
+    if stack.exposure.exposed:
+        objects.append(device_service(stack))
+    if (spec.get("tls") or {}).get("issuerRef") and stack.certificate_crd_present:
+        objects.append(certificate(stack))
+    return objects
+
+
+def _broker_pod(stack: StackInput, tls_secret: str | None, broker_resources: Manifest) -> tuple[Manifest, list[tuple[str, int]]]:
+    """The broker's pod template (the seed's init container, Mosquitto, its listeners and mounts) and the
+    ports of its Service."""
+    owner, spec, exposure = stack.owner, stack.spec.get("broker", {}), stack.exposure
     volumes = [
         {"name": "config", "configMap": {"name": "broker-config"}},
         empty_dir("tmp"),
@@ -62,7 +81,6 @@ def broker(stack: StackInput) -> list[Manifest]:
         volumeMounts=[{"name": "data", "mountPath": "/mosquitto/data"}, {"name": "seed", "mountPath": "/seed", "readOnly": True}],
         resources=resources(None, SMALL),
     )
-    broker_resources = resources(spec.get("resources"), SMALL)
     main = container(
         "mosquitto",
         stack.settings.images.broker,
@@ -76,15 +94,21 @@ def broker(stack: StackInput) -> list[Manifest]:
         livenessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 20},
     )
     template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init])
-    generated = stack.secrets
     annotations = template["metadata"].setdefault("annotations", {})
-    annotations[ADMIN_TLS_ANNOTATION] = hashlib.sha256(generated.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
+    annotations[ADMIN_TLS_ANNOTATION] = hashlib.sha256(stack.secrets.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
     if tls_secret:
         annotations[DEVICE_TLS_ANNOTATION] = str(stack.broker_tls_hash)
+    return template, service_ports
+
+
+def _broker_files(stack: StackInput, tls_secret: str | None, broker_resources: Manifest) -> list[Manifest]:
+    """What the broker reads: the admin listener's certificates, the services' credentials, the identity
+    seed and mosquitto.conf (limits from the plan, the heap from the container's memory limit)."""
+    owner, generated = stack.owner, stack.secrets
     services = service_identities(generated.ingest_broker_password, generated.api_broker_password)
     seed = json.dumps(dynamic_security_config(services, generated.ingest_share_group), sort_keys=True)
-    listeners = Listeners(device_plaintext=not exposure.tls_only, tls=bool(tls_secret))
-    objects = [
+    listeners = Listeners(device_plaintext=not stack.exposure.tls_only, tls=bool(tls_secret))
+    return [
         secret(owner, "broker-admin", "broker", {"username": ADMIN, **generated.broker_admin_tls.client_secret()}),
         secret(owner, "broker-admin-listener", "broker", generated.broker_admin_tls.server_secret()),
         secret(owner, BROKER_SERVICE_CREDENTIALS, "broker",
@@ -93,15 +117,7 @@ def broker(stack: StackInput) -> list[Manifest]:
         secret(owner, "broker-dynamic-security", "broker", {"dynamic-security.json": seed}),
         config_map(owner, "broker-config", "broker",
                    {"mosquitto.conf": mosquitto_conf(listeners, stack.broker_limits, memory_limit_bytes(broker_resources))}),
-        stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi"),
-                     storage_class=stack.storage_classes.get("broker")),
-        service(owner, "broker", "broker", service_ports),
     ]
-    if exposure.exposed:
-        objects.append(device_service(stack))
-    if (spec.get("tls") or {}).get("issuerRef") and stack.certificate_crd_present:
-        objects.append(certificate(stack))
-    return objects
 
 
 def memory_limit_bytes(container_resources: dict[str, Any]) -> int | None:

@@ -106,102 +106,60 @@ def _dns_egress(settings: OperatorSettings) -> Manifest:
     }
 
 
+def _ingress(owner: Owner, name: str, pod_selector: dict[str, str], sources: list[Manifest] | None, *ports: int) -> Manifest:
+    """A policy letting ``sources`` (None: anyone) reach ``ports`` of the selected pods."""
+    rule: Manifest = {"ports": _ports(*ports)} if sources is None else {"from": sources, "ports": _ports(*ports)}
+    return _policy(owner, name, pod_selector, {"policyTypes": ["Ingress"], "ingress": [rule]})
+
+
+def _pods(*components: str) -> list[Manifest]:
+    return [{"podSelector": {"matchLabels": {COMPONENT: component}}} for component in components]
+
+
 def network_policies(stack: StackInput) -> list[Manifest]:
-    owner, settings = stack.owner, stack.settings
-    policies = [
+    """Default deny, then each way in or out the stack needs, and only those."""
+    return [*_namespace_policies(stack), *_broker_policies(stack), *_service_policies(stack), *_monitoring_policies(stack)]
+
+
+def _namespace_policies(stack: StackInput) -> list[Manifest]:
+    """Nothing in or out, but the cluster DNS and the namespace's own pods."""
+    owner = stack.owner
+    return [
         _policy(owner, "default-deny", {}, {"policyTypes": ["Ingress", "Egress"]}),
-        _policy(
-            owner,
-            "allow-egress-dns-and-namespace",
-            {},
-            {
-                "policyTypes": ["Egress"],
-                "egress": [
-                    _dns_egress(settings),
-                    {"to": [{"podSelector": {}}]},
-                ],
-            },
-        ),
-        _policy(
-            owner,
-            "allow-mqtt-from-devices",
-            {COMPONENT: "broker"},
-            # TLS only: 8883 alone; the plaintext listener is then the internal one below.
-            {"policyTypes": ["Ingress"], "ingress": [{"ports": _ports(*((MQTTS_PORT,) if stack.exposure.tls_only else MQTT_PORTS))}]},
-        ),
-        _policy(
-            owner,
-            "allow-broker-admin-from-operator",
-            {COMPONENT: "broker"},
-            {
-                "policyTypes": ["Ingress"],
-                "ingress": [{"from": [_from_namespace(settings.namespace)], "ports": _ports(ADMIN_PORT)}],
-            },
-        ),
-        _policy(
-            owner,
-            "allow-api-from-ingress",
-            {COMPONENT: "api"},
-            {
-                "policyTypes": ["Ingress"],
-                "ingress": [{"from": [_from_namespace(settings.ingress_namespace)], "ports": _ports(API_PORT)}],
-            },
-        ),
-        _policy(
-            owner,
-            "allow-database-from-ingest-and-api",
-            {COMPONENT: "database"},
-            {
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    {
-                        "from": [
-                            {"podSelector": {"matchLabels": {COMPONENT: "ingest"}}},
-                            {"podSelector": {"matchLabels": {COMPONENT: "api"}}},
-                        ],
-                        "ports": _ports(tenant_database.PORT),
-                    }
-                ],
-            },
-        ),
-        _policy(
-            owner,
-            "allow-metrics-scraping",
-            {},
-            {
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    {
-                        "from": [
-                            _from_namespace(settings.monitoring_namespace),
-                            {"podSelector": {"matchLabels": {COMPONENT: "monitoring"}}},
-                        ],
-                        "ports": _ports(METRICS_PORT),
-                    }
-                ],
-            },
-        ),
+        _policy(owner, "allow-egress-dns-and-namespace", {},
+                {"policyTypes": ["Egress"], "egress": [_dns_egress(stack.settings), {"to": [{"podSelector": {}}]}]}),
+    ]
+
+
+def _broker_policies(stack: StackInput) -> list[Manifest]:
+    """Devices reach MQTT (TLS only: 8883 alone), the operator the admin listener."""
+    owner, broker = stack.owner, {COMPONENT: "broker"}
+    device_ports = (MQTTS_PORT,) if stack.exposure.tls_only else MQTT_PORTS
+    return [
+        _ingress(owner, "allow-mqtt-from-devices", broker, None, *device_ports),
+        _ingress(owner, "allow-broker-admin-from-operator", broker, [_from_namespace(stack.settings.namespace)], ADMIN_PORT),
+    ]
+
+
+def _service_policies(stack: StackInput) -> list[Manifest]:
+    """The API from the ingress controller, the database from ingest and api alone, and (TLS only) the
+    broker's internal listener from our own clients."""
+    owner = stack.owner
+    policies = [
+        _ingress(owner, "allow-api-from-ingress", {COMPONENT: "api"}, [_from_namespace(stack.settings.ingress_namespace)], API_PORT),
+        _ingress(owner, "allow-database-from-ingest-and-api", {COMPONENT: "database"}, _pods("ingest", "api"), tenant_database.PORT),
+        _ingress(owner, "allow-metrics-scraping", {}, [_from_namespace(stack.settings.monitoring_namespace), *_pods("monitoring")],
+                 METRICS_PORT),
     ]
     if stack.exposure.tls_only:
-        policies.append(
-            _policy(
-                owner,
-                "allow-internal-mqtt-from-our-pods",
-                {COMPONENT: "broker"},
-                {
-                    "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"podSelector": {"matchLabels": {COMPONENT: component}}} for component in INTERNAL_MQTT_CLIENTS],
-                                 "ports": _ports(MQTT_INTERNAL_PORT)}],
-                },
-            )
-        )
-    if stack.claims is not None and stack.claims.monitoring.tier == "dedicated":
-        policies.append(
-            _policy(
-                owner,
-                "allow-prometheus-to-apiserver",
-                {COMPONENT: "monitoring"},
-                {"policyTypes": ["Egress"], "egress": [_apiserver_egress(settings)]},
-            )
-        )
+        policies.append(_ingress(owner, "allow-internal-mqtt-from-our-pods", {COMPONENT: "broker"}, _pods(*INTERNAL_MQTT_CLIENTS),
+                                 MQTT_INTERNAL_PORT))
     return policies
+
+
+def _monitoring_policies(stack: StackInput) -> list[Manifest]:
+    """A dedicated Prometheus discovers its targets through the API server."""
+    if stack.claims is None or stack.claims.monitoring.tier != "dedicated":
+        return []
+    return [_policy(stack.owner, "allow-prometheus-to-apiserver", {COMPONENT: "monitoring"},
+                    {"policyTypes": ["Egress"], "egress": [_apiserver_egress(stack.settings)]})]
