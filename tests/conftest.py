@@ -172,6 +172,7 @@ def broker_addresses(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 CHART = REPO / "charts" / "iotenant"
 OPERATOR_ACCOUNT = "iotenant-operator"
+SECRET_READER_ROLE = f"{OPERATOR_ACCOUNT}-secrets"  # the chart's, bound by the operator in each customer namespace
 OPERATOR_IDENTITY = "pytest-operator"
 
 
@@ -195,9 +196,15 @@ def operator_kubeconfig(kube: Cluster, binaries: Binaries, tmp_path_factory: pyt
     that uses it proves the chart's RBAC sufficient and the fence no hindrance.
     """
     kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    kube.kubectl("create", "namespace", "billing", check=False)  # the chart's Role there lets the operator read billing licences
     rbac = [o for o in render_chart(binaries, "--set", "installCRDs=false") if is_operator_rbac(o)]
     kube.kubectl("apply", "--server-side", "--field-manager=iotenant-tests", "-f", "-", stdin=yaml.safe_dump_all(rbac))
-    return token_kubeconfig(kube, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, tmp_path_factory.mktemp("operator-identity"))
+    kubeconfig = token_kubeconfig(kube, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, tmp_path_factory.mktemp("operator-identity"))
+    # The API server takes a moment to load a new admission policy: wait until the fence refuses a dry run.
+    probe = json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fence-probe", "namespace": "default"}})
+    wait_for(lambda: devcluster.kubectl(binaries, kubeconfig, "create", "--dry-run=server", "-f", "-", stdin=probe, check=False).returncode != 0,
+             timeout=30, what="the admission fence to be in force")
+    return kubeconfig
 
 
 def is_operator_rbac(manifest: dict) -> bool:
@@ -239,6 +246,7 @@ def operator(
         process = subprocess.Popen(
             [sys.executable, "-m", "iotenant", "operator",
              "--namespace", OPERATOR_NAMESPACE,
+             "--service-account", OPERATOR_ACCOUNT, "--secret-reader-role", SECRET_READER_ROLE,
              "--resync-seconds", str(RESYNC_SECONDS),
              "--expiry-grace-seconds", str(EXPIRY_GRACE_SECONDS),
              "--trusted-issuers", str(billing.trusted_issuers_file),

@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 import pytest
 import yaml
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from conftest import BILLING_ISSUER, OPERATOR_NAMESPACE, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
@@ -266,6 +267,11 @@ def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, o
     role = kube.kubectl("get", "role", "prometheus", "-n", namespace, "-o", "json").stdout
     assert json.loads(role)["rules"][0]["verbs"] == ["get", "list", "watch"]
     assert not exists(lambda: kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors", "iotenant"))
+    # Its way to the API server names the server's own endpoints, as the cluster publishes them, and nothing else.
+    endpoints = client.DiscoveryV1Api(kube.api).read_namespaced_endpoint_slice("kubernetes", "default")
+    egress = kube.networking.read_namespaced_network_policy("allow-prometheus-to-apiserver", namespace).spec.egress
+    assert [peer.ip_block.cidr for rule in egress for peer in rule.to] == [f"{a}/32" for e in endpoints.endpoints for a in e.addresses]
+    assert [port.port for rule in egress for port in rule.ports] == [p.port for p in endpoints.ports]
 
 
 def test_replicas_of_ingest_and_api_spread_over_nodes(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:

@@ -12,15 +12,19 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, Cluster, RunningOperator, is_operator_rbac, render_chart
+from conftest import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, SECRET_READER_ROLE, Cluster, RunningOperator, is_operator_rbac, render_chart, wait_for
+from test_customer_instance import condition, create_instance, delete_instance, instance
 
 from iotenant_testbed.binaries import Binaries
 from iotenant.render.guardrails import POD_SECURITY_LABELS
 from iotenant.render.monitoring import PROMETHEUS_RULES
+from iotenant.render.operator_access import SECRET_READER_BINDING
 
 # Held so that the operator may grant them to the dedicated Prometheus (RBAC escalation check):
 # proven by the operator creating that Role (and the enterprise tests passing), not by use.
 DELEGATED = {(g, r, v) for rule in PROMETHEUS_RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+# Checked when the operator binds its secret reader in a customer namespace (no request of its own in the audit log).
+BIND = ("rbac.authorization.k8s.io", "clusterroles", "bind")
 
 
 def granted(binaries: Binaries) -> set[tuple[str, str, str]]:
@@ -48,7 +52,7 @@ def used(kube: Cluster) -> set[tuple[str, str, str]]:
 
 
 def test_every_granted_permission_was_used_by_the_operator(kube: Cluster, binaries: Binaries, operator: RunningOperator) -> None:
-    unused = sorted(granted(binaries) - used(kube) - DELEGATED)
+    unused = sorted(granted(binaries) - used(kube) - DELEGATED - {BIND})
     assert unused == [], (
         f"granted but never used by the operator in this run: {unused}. Run the whole suite (the CustomerInstance, "
         "DeviceFleet and HA tests use them); a rule that stays unused should go."
@@ -112,3 +116,51 @@ def test_the_fence_keeps_the_operator_to_the_namespaces_it_manages(kube: Cluster
         assert as_operator("delete", "namespace", "customer-fence-probe", "--wait=false").returncode == 0
     finally:
         kube.kubectl("delete", "namespace", "customer-fence-probe", "fence-foreign", "--wait=false", check=False)
+
+
+def test_the_operator_reads_secrets_only_in_customer_namespaces_its_own_and_billing(
+        kube: Cluster, operator_kubeconfig: Path, operator: RunningOperator) -> None:
+    """A stolen operator token lists no Secret of kube-system or of any other application; the operator
+    itself reads a customer namespace's Secrets through the RoleBinding it made there, and only while it
+    manages that namespace."""
+    def as_operator(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(kube.binaries.path("kubectl")), "--kubeconfig", str(operator_kubeconfig), *args],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    for args in (("get", "secrets", "--all-namespaces"), ("get", "secrets", "-n", "kube-system"), ("get", "secrets", "-n", "default"),
+                 ("get", "secrets", "-n", "billing"), ("get", "secrets", "-n", OPERATOR_NAMESPACE)):
+        result = as_operator(*args)
+        assert result.returncode != 0 and "forbidden" in result.stderr.lower(), f"{' '.join(args)}: {result.stdout or result.stderr}"
+    kube.kubectl("create", "namespace", "secret-probe", check=False)
+    kube.kubectl("create", "secret", "generic", "probe", "-n", "secret-probe", "--from-literal=k=v", check=False)
+    try:
+        refused = as_operator("get", "secret", "probe", "-n", "secret-probe")
+        assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stdout
+    finally:
+        kube.kubectl("delete", "namespace", "secret-probe", "--wait=false", check=False)
+    # Where the operator manages a tenant it made its RoleBinding, and reads through it; once the tenant is
+    # released (deletionPolicy Retain), the binding goes and the namespace's Secrets are no longer readable.
+    name, namespace = "secret-reader", "customer-secret-reader"
+    create_instance(kube, name, plan="starter", deletionPolicy="Retain")
+    try:
+        wait_for(lambda: condition(instance(kube, name), "Ready").get("status") == "True", timeout=90, what=f"{name}: Ready")
+        binding = json.loads(kube.kubectl("get", "rolebinding", SECRET_READER_BINDING, "-n", namespace, "-o", "json").stdout)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SECRET_READER_ROLE}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}]
+        listed = as_operator("get", "secrets", "-n", namespace, "-o", "name")
+        assert listed.returncode == 0 and "secret/licence" in listed.stdout, listed.stderr
+        # It binds its secret reader and nothing else: binding cluster-admin there is an escalation.
+        planted = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "planted-reader", "namespace": namespace},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                   "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}]}
+        escalation = as_operator("create", "-f", "-", stdin=json.dumps(planted))
+        assert escalation.returncode != 0 and "attempting to grant RBAC permissions not currently held" in escalation.stderr, escalation.stderr
+        delete_instance(kube, name)
+        assert kube.kubectl("get", "rolebinding", SECRET_READER_BINDING, "-n", namespace, check=False).returncode != 0
+        released = as_operator("get", "secrets", "-n", namespace)
+        assert released.returncode != 0 and "forbidden" in released.stderr.lower(), released.stdout
+        assert kube.core.read_namespaced_secret("licence", namespace) is not None, "a retained namespace keeps its Secrets"
+    finally:
+        kube.kubectl("delete", "customerinstance", name, "--wait=false", check=False)
+        kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

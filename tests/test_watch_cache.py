@@ -6,15 +6,16 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import config
 
-from conftest import Cluster, wait_for
+from conftest import Cluster, token_kubeconfig, wait_for
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import CONFIG_MAP, NAMESPACE, ResourceKind
-from iotenant.kube.watch_cache import WatchCache, Watched
+from iotenant.kube.kinds import CONFIG_MAP, NAMESPACE, SECRET, ResourceKind
+from iotenant.kube.watch_cache import NotListedYet, WatchCache, Watched
 from iotenant.render.meta import CUSTOMER
 
 NS = "cache-test"
@@ -166,3 +167,65 @@ def test_a_kind_held_by_namespace_prefix_ignores_every_other_namespace(kube: Clu
     finally:
         cache.stop()
         kube.kubectl("delete", "namespace", held, outside, "--wait=false", check=False)
+
+
+def test_a_per_namespace_kind_is_read_only_in_followed_namespaces_and_never_across_the_cluster(
+        kube: Cluster, tmp_path: Path) -> None:
+    """Secrets as the operator holds them: listed and watched in each followed namespace alone, with an
+    identity that may read them nowhere else; a followed namespace not yet readable is never taken as empty."""
+    followed, other, account = "per-ns-followed", "per-ns-other", "per-ns-reader"
+    for namespace in (followed, other):
+        kube.kubectl("create", "namespace", namespace, check=False)
+    kube.kubectl("label", "--overwrite", "namespace", followed, "follow=yes")
+    kube.kubectl("create", "serviceaccount", account, "-n", followed, check=False)
+    kube.kubectl("create", "clusterrole", account, "--verb=list,watch", "--resource=namespaces", check=False)
+    kube.kubectl("create", "clusterrolebinding", account, f"--clusterrole={account}", f"--serviceaccount={followed}:{account}", check=False)
+    kube.kubectl("create", "clusterrole", f"{account}-secrets", "--verb=get,list,watch", "--resource=secrets", check=False)
+    kube.kubectl("create", "rolebinding", account, "-n", followed, f"--clusterrole={account}-secrets", f"--serviceaccount={followed}:{account}",
+                 check=False)
+    admin = ClusterAPI(config.new_client_from_config(config_file=str(kube.kubeconfig)))
+    reader = ClusterAPI(config.new_client_from_config(config_file=str(token_kubeconfig(kube, account, followed, tmp_path))))
+
+    def secret(name: str, namespace: str, value: str = "1") -> Manifest:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace, "labels": {CUSTOMER: "acme"}},
+                "stringData": {"k": value}}
+
+    admin.apply(secret("held", followed))
+    admin.apply(secret("elsewhere", other))
+    reports = Reports()
+    cache = WatchCache(reader, (Watched(NAMESPACE), Watched(SECRET, CUSTOMER, per_namespace=True)), reports,
+                       follows=lambda namespace: (namespace["metadata"].get("labels") or {}).get("follow") == "yes")
+    cache.start()
+    try:
+        assert cache.wait_synced(30) == []
+        assert cache.get(SECRET, "held", followed) is not None
+        assert cache.in_namespace(SECRET, other) == [] and cache.get(SECRET, "elsewhere", other) is None, "not followed: nothing held"
+        changed = admin.apply(secret("held", followed, "2"))
+        wait_for(lambda: changed["metadata"]["resourceVersion"] in reports.of("held"), timeout=10, what="a change reported")
+
+        # Followed, but this identity may not read there yet: never "empty", always "not listed yet".
+        kube.kubectl("label", "--overwrite", "namespace", other, "follow=yes")
+        wait_for(lambda: other in cache.followed(), timeout=10, what="the newly labelled namespace followed")
+        time.sleep(1.5)
+        with pytest.raises(NotListedYet):
+            cache.in_namespace(SECRET, other)
+        kube.kubectl("create", "rolebinding", account, "-n", other, f"--clusterrole={account}-secrets", f"--serviceaccount={followed}:{account}",
+                     check=False)
+
+        def listed_there() -> Manifest | None:
+            try:
+                return cache.get(SECRET, "elsewhere", other)
+            except NotListedYet:
+                return None
+
+        wait_for(listed_there, timeout=15, what="the namespace listed once readable")
+
+        # No longer followed: what was held there goes.
+        kube.kubectl("label", "namespace", followed, "follow-")
+        wait_for(lambda: followed not in cache.followed(), timeout=10, what="the namespace no longer followed")
+        assert cache.get(SECRET, "held", followed) is None
+    finally:
+        cache.stop()
+        kube.kubectl("delete", "namespace", followed, other, "--wait=false", check=False)
+        kube.kubectl("delete", "clusterrolebinding", account, check=False)
+        kube.kubectl("delete", "clusterrole", account, f"{account}-secrets", check=False)

@@ -41,15 +41,20 @@ class OperatorSettings:
     broker_addresses_file: Path | None = None
     device_broker_address_template: str = "broker.{namespace}.svc:1883"
     create_signing_keys: bool = True
+    # The operator's ServiceAccount (in ``namespace``) and the ClusterRole that each customer namespace binds
+    # to it so that it may read that namespace's Secrets (the chart's); either empty: nothing is bound.
+    service_account: str = ""
+    secret_reader_role: str = ""
     # Where the tenants' pods resolve names: the cluster DNS's namespace (and pods, when a selector is
     # given) on these ports, plus addresses outside any pod network (NodeLocal DNSCache's link-local one).
     dns_namespace: str = "kube-system"
     dns_pod_selector: tuple[str, ...] = ("k8s-app=kube-dns",)
     dns_ports: tuple[int, ...] = (53,)
     dns_cidrs: tuple[str, ...] = ()
-    # The API server's own addresses (the endpoints of Service default/kubernetes), the only ones a
-    # dedicated Prometheus may reach on 443/6443; empty: any address on those ports.
+    # The API server's own addresses and ports (the endpoints of Service default/kubernetes), all that a
+    # dedicated Prometheus may reach; empty: the operator reads them from EndpointSlice default/kubernetes.
     apiserver_cidrs: tuple[str, ...] = ()
+    apiserver_ports: tuple[int, ...] = (443, 6443)
     # The StorageClass of tenant volumes whose spec names none (empty: the cluster's default class).
     storage_class: str = ""
     images: Images = Images()
@@ -111,9 +116,16 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "addresses outside the pod network that serve DNS (NodeLocal DNSCache: 169.254.20.10/32), comma-separated"),
     ("apiserver_cidrs", "IOTENANT_APISERVER_CIDRS", comma_list,
      "the Kubernetes API server's addresses (endpoints of default/kubernetes), comma-separated: all a dedicated "
-     "Prometheus may reach on 443/6443; empty: any address on those ports"),
+     "Prometheus may reach, on --apiserver-ports; empty: read from EndpointSlice default/kubernetes (addresses and ports), "
+     "and when that cannot be read, any address on --apiserver-ports"),
+    ("apiserver_ports", "IOTENANT_APISERVER_PORTS", port_list, "the API server's ports with --apiserver-cidrs (default 443,6443)"),
     ("storage_class", "IOTENANT_STORAGE_CLASS", str,
      "StorageClass of new tenant volumes whose spec names none (empty: the cluster's default); volumes keep the class they were made in"),
+    ("service_account", "IOTENANT_SERVICE_ACCOUNT", str,
+     "the operator's ServiceAccount in --namespace, bound in each customer namespace to --secret-reader-role"),
+    ("secret_reader_role", "IOTENANT_SECRET_READER_ROLE", str,
+     "ClusterRole letting the operator read Secrets, bound in each customer namespace it manages (and nowhere else); "
+     "empty: nothing is bound (an operator run with credentials that read Secrets everywhere)"),
     ("create_signing_keys", "IOTENANT_CREATE_SIGNING_KEYS", boolean,
      "create the licence signing key ring on first start when its Secret is absent (false: it must be restored or provided)"),
 ]

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from iotenant.kube.apiserver_endpoints import endpoints_of
 from iotenant.render.guardrails import network_policies
 from iotenant.settings import OperatorSettings, label_list, port_list
 from stacks import fixture_stack
@@ -37,6 +38,25 @@ def test_a_dedicated_prometheus_reaches_only_the_api_servers_addresses_when_they
     named = apiserver_rule(OperatorSettings(apiserver_cidrs=("10.0.0.1/32", "10.0.0.2/32")))
     assert named["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}, {"ipBlock": {"cidr": "10.0.0.2/32"}}]
     assert {port["port"] for port in named["ports"]} == {443, 6443}
+
+
+def test_the_api_servers_endpoints_are_read_from_its_endpoint_slice_and_hostile_entries_left_out() -> None:
+    endpoint_slice = {
+        "endpoints": [
+            {"addresses": ["10.244.0.1"], "conditions": {"ready": True}},
+            {"addresses": ["fd00::1", "not-an-address", "10.0.0.0/8x"]},
+            {"addresses": ["192.0.2.9"], "conditions": {"ready": False}},  # a control plane node being replaced
+            {"addresses": None},
+        ],
+        "ports": [{"name": "https", "port": 32765}, {"port": "443"}, {"port": 70000}, {}],
+    }
+    assert endpoints_of(endpoint_slice) == (("10.244.0.1/32", "fd00::1/128"), (32765,))
+    assert endpoints_of({"endpoints": [{"addresses": ["10.0.0.1"]}], "ports": []}) is None, "no port: nothing to name"
+    assert endpoints_of({}) is None
+    read = OperatorSettings(apiserver_cidrs=("10.244.0.1/32",), apiserver_ports=(32765,))
+    stack = dataclasses.replace(fixture_stack("enterprise"), settings=read)
+    (policy,) = [p for p in network_policies(stack) if p["metadata"]["name"] == "allow-prometheus-to-apiserver"]
+    assert policy["spec"]["egress"] == [{"ports": [{"protocol": "TCP", "port": 32765}], "to": [{"ipBlock": {"cidr": "10.244.0.1/32"}}]}]
 
 
 def test_openshift_and_node_local_dns() -> None:

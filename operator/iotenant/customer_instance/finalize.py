@@ -8,8 +8,9 @@ from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.apply import controlled_by
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import NAMESPACE, NAMESPACED_KINDS, PVC
+from iotenant.kube.kinds import NAMESPACE, NAMESPACED_KINDS, PVC, ROLE_BINDING
 from iotenant.render import meta
+from iotenant.render.operator_access import SECRET_READER_BINDING
 
 
 def finalize(api: ClusterAPI, body: Manifest, post_event: Callable[[Manifest, str, str, str], None]) -> None:
@@ -33,6 +34,9 @@ def finalize(api: ClusterAPI, body: Manifest, post_event: Callable[[Manifest, st
                 continue
             raise
         for item in items:
-            api.merge_patch(kind, item["metadata"]["name"], namespace_name, release)
+            if (kind, item["metadata"]["name"]) != (ROLE_BINDING, SECRET_READER_BINDING):
+                api.merge_patch(kind, item["metadata"]["name"], namespace_name, release)
+    # No longer managed, no longer read: the operator's access goes before the namespace leaves its fence.
+    api.delete(ROLE_BINDING, SECRET_READER_BINDING, namespace_name)
     api.merge_patch(NAMESPACE, namespace_name, None, release)
     post_event(body, "Normal", "NamespaceRetained", f"namespace {namespace_name} and its volumes are kept, no longer managed")

@@ -2,7 +2,8 @@
 
 ``TENANT_WATCHES`` names what the cache holds: every CustomerInstance (with the status just written),
 every Namespace (a foreign ``customer-<name>`` must be seen to be refused), every DeviceFleet, and each
-stack kind's objects labelled ``iotenant.io/customer``.
+stack kind's objects labelled ``iotenant.io/customer``. Secrets are held namespace by namespace, in the
+namespaces the operator manages (``meta.is_managed_namespace``): it reads Secrets nowhere else.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from iotenant.broker.admin_tls import AdminTLS
 from iotenant.broker.device_endpoint import BrokerExposure, device_endpoint
 from iotenant.kube.apply import ObjectKey, key_of, with_hash
 from iotenant.kube.client import Manifest
-from iotenant.kube.kinds import CUSTOMER_INSTANCE, DEVICE_FLEET, NAMESPACE, NAMESPACED_KINDS
+from iotenant.kube.kinds import CUSTOMER_INSTANCE, DEVICE_FLEET, NAMESPACE, NAMESPACED_KINDS, SECRET
 from iotenant.kube.watch_cache import WatchCache, Watched
 from iotenant.licensing.plans import Plan
 from iotenant.render import meta
@@ -31,8 +32,8 @@ TENANT_WATCHES: tuple[Watched, ...] = (
     Watched(CUSTOMER_INSTANCE, keep_status=True),  # a reconcile starts from the instance as last written
     Watched(NAMESPACE),
     # Fleets outside customer namespaces are only told so (from the event itself), never held.
-    Watched(DEVICE_FLEET, keep_status=True, namespace_prefix=meta.namespace_for("")),
-    *(Watched(kind, meta.CUSTOMER, keep_status=kind.kind in _STATUS_READ) for kind in NAMESPACED_KINDS),
+    Watched(DEVICE_FLEET, keep_status=True, namespace_prefix=meta.NAMESPACE_PREFIX),
+    *(Watched(kind, meta.CUSTOMER, keep_status=kind.kind in _STATUS_READ, per_namespace=kind == SECRET) for kind in NAMESPACED_KINDS),
 )
 # The plan whose rendered tenant the cache compresses with.
 DICTIONARY_PLAN = "starter"
@@ -45,6 +46,7 @@ class LiveObjects:
     namespace_name: str
     stack: dict[ObjectKey, Manifest] = field(default_factory=dict)
     fleets: dict[ObjectKey, Manifest] = field(default_factory=dict)
+    namespace_exists: bool = False  # False: nothing is there yet, and nothing there may be read yet
 
     def secret(self, name: str) -> Manifest | None:
         return self.stack.get(("Secret", self.namespace_name, name))
@@ -54,7 +56,8 @@ class LiveObjects:
 
 
 def live_objects(cache: WatchCache, owner: meta.Owner, namespace: Manifest | None) -> LiveObjects:
-    """The objects labelled for ``owner`` in its namespace (none while the namespace does not exist)."""
+    """The objects labelled for ``owner`` in its namespace (none while the namespace does not exist). Raises
+    ``NotListedYet`` while the cache has not yet listed the namespace's Secrets."""
     live = LiveObjects(owner.namespace)
     if namespace is None:
         return live
@@ -62,6 +65,7 @@ def live_objects(cache: WatchCache, owner: meta.Owner, namespace: Manifest | Non
         for item in cache.in_namespace(kind, owner.namespace, {meta.CUSTOMER: owner.name}):
             (live.fleets if FLEET_LABEL in item["metadata"].get("labels", {}) else live.stack)[key_of(item)] = item
     live.stack[key_of(namespace)] = namespace
+    live.namespace_exists = True
     return live
 
 

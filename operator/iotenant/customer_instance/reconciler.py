@@ -23,13 +23,13 @@ from iotenant.customer_instance.licence_decision import (
     DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate,
 )
 from iotenant.device_fleet.reconciler import DeviceFleetReconciler, FleetsOutcome, TenantAccess
-from iotenant.kube.apply import Convergence, ObjectKey, controlled_by, converge
+from iotenant.kube.apply import Convergence, ObjectKey, apply_if_changed, controlled_by, converge, key_of
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.conditions import FALSE, UNKNOWN, find
 from iotenant.kube.events import post_event
-from iotenant.kube.kinds import CUSTOMER_INSTANCE, NAMESPACE, SECRET
+from iotenant.kube.kinds import CUSTOMER_INSTANCE, NAMESPACE, ROLE_BINDING, SECRET
 from iotenant.kube.status import write_status
-from iotenant.kube.watch_cache import WatchCache
+from iotenant.kube.watch_cache import NotListedYet, WatchCache
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
@@ -39,6 +39,7 @@ from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.ingest_and_api import api_url
 from iotenant.render.inputs import StackInput
 from iotenant.render.monitoring import SERVICE_MONITOR_CRD
+from iotenant.render.operator_access import secret_reader_binding
 from iotenant.render.stack import render_customer_stack
 from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD
 from iotenant.settings import OperatorSettings
@@ -47,6 +48,8 @@ log = logging.getLogger("iotenant.customer_instance")
 
 PAUSED_ANNOTATION = rules.PAUSED_ANNOTATION
 DEVICE_FLEET_RETRY_SECONDS = 5.0
+# While the cache has not listed a namespace's Secrets (its RoleBinding is being made), look this often.
+SECRET_ACCESS_RETRY_SECONDS = 1.0
 # A customer's own TLS Secret carries no label of ours (the cache does not hold it): while it is awaited, look this often.
 TLS_RECHECK_SECONDS = 10.0
 # While a tenant provisions, a status that only says how far it got is written at most this often: a
@@ -119,7 +122,10 @@ class CustomerInstanceReconciler:
         refusal = self._refusal(body, namespace, customer_id_holder if is_duplicate else None)
         if refusal is not None:
             return refusal
-        live = live_objects(self.cache, owner, namespace)
+        try:
+            live = live_objects(self.cache, owner, namespace)
+        except NotListedYet as waiting:
+            return self._await_secret_access(body, owner, waiting)
         decision = duplicate(spec.get("customerId", ""), str(customer_id_holder)) if is_duplicate else self._decide_licence(spec, live)
         tls, endpoint = self._broker_tls(spec, owner, live), self._device_endpoint(spec, owner, live)
         stack = self._stack_input(body, owner, decision, live, tls, endpoint)
@@ -178,6 +184,19 @@ class CustomerInstanceReconciler:
         log.debug("%s refused: %s", name, message)
         return Outcome(phase="Failed", status_written=self._write(body, rules.status_document(body, "Failed", conditions)))
 
+    def _await_secret_access(self, body: Manifest, owner: meta.Owner, waiting: NotListedYet) -> Outcome:
+        """The namespace's Secrets are not listed yet (a new namespace, or one made before the operator read
+        Secrets through a RoleBinding): make sure the binding exists and look again soon. Nothing else is
+        written: a Secret not yet seen is not a missing one."""
+        log.debug("%s: %s", owner.name, waiting)
+        applied = []
+        for binding in secret_reader_binding(owner, self.settings):
+            live = self.cache.get(ROLE_BINDING, binding["metadata"]["name"], owner.namespace)
+            if apply_if_changed(self.api, binding, live) is not None:
+                applied.append(key_of(binding))
+        return Outcome(phase=(body.get("status") or {}).get("phase") or "Pending", applied=applied,
+                       retry_after=SECRET_ACCESS_RETRY_SECONDS)
+
     def _decide_licence(self, spec: dict[str, Any], live: LiveObjects) -> LicenceDecision:
         if spec.get("licence", {}).get("secretRef"):
             return self.licences.external(spec)
@@ -200,7 +219,9 @@ class CustomerInstanceReconciler:
         carries none and is read by name."""
         broker_spec = spec.get("broker") or {}
         secret_name = broker_tls_secret(broker_spec)
-        secret = (live.secret(secret_name) or self.api.get(SECRET, secret_name, owner.namespace)) if secret_name else None
+        secret = None
+        if secret_name and live.namespace_exists:  # a namespace about to be made holds no Secret (nor may we read there yet)
+            secret = live.secret(secret_name) or self.api.get(SECRET, secret_name, owner.namespace)
         return broker_tls(broker_spec.get("tls"), secret_name, CERTIFICATE_CRD in self.optional_crds(), secret)
 
     def _device_endpoint(self, spec: dict[str, Any], owner: meta.Owner, live: LiveObjects) -> DeviceEndpoint:

@@ -18,12 +18,14 @@ from iotenant.device_fleet.status import report_not_in_customer_namespace
 from iotenant.kopf_handlers import instance_loop
 from iotenant.kopf_handlers.keyring_upkeep import maintain_keyring, publish_jwks
 from iotenant.kopf_handlers.state import RECONCILE_THREADS, OperatorState, state
+from iotenant.kube import apiserver_endpoints
+from iotenant.kube.apiserver_endpoints import settings_with_endpoints
 from iotenant.kube.kinds import CRD, NAMESPACE
 from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
 from iotenant.licensing.plans import load_catalogue
 from iotenant.licensing.trusted_issuers import TrustedIssuers
-from iotenant.render.meta import API_VERSION, CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF
+from iotenant.render.meta import API_VERSION, CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF, is_managed_namespace
 from iotenant.render.stack import OPTIONAL_CRDS
 
 log = logging.getLogger("iotenant.operator")
@@ -66,7 +68,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         [name for name in OPTIONAL_CRDS if await asyncio.to_thread(s.api.get, CRD, name) is not None])
     loop = asyncio.get_running_loop()
     dictionary = cache_dictionary(s.settings, catalogue)
-    s.cache = WatchCache(s.api, TENANT_WATCHES, lambda item: loop.call_soon_threadsafe(_wake_owner, item), dictionary)
+    s.cache = WatchCache(s.api, TENANT_WATCHES, lambda item: loop.call_soon_threadsafe(_wake_owner, item), dictionary,
+                         follows=is_managed_namespace)
     s.api.observe_writes(s.cache.record)
     s.cache.start()
     unlisted = await asyncio.to_thread(s.cache.wait_synced, CACHE_SYNC_SECONDS)
@@ -77,7 +80,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     s.reconciler = CustomerInstanceReconciler(
         api=s.api,
         cache=s.cache,
-        settings=s.settings,
+        settings=await asyncio.to_thread(settings_with_endpoints, s.api, s.settings),
         catalogue=catalogue,
         keyring=lambda: s.keyring,  # type: ignore[arg-type, return-value]
         trusted_issuers=trusted,
@@ -85,7 +88,26 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     await asyncio.to_thread(publish_jwks, s)
     s.tasks.append(asyncio.create_task(maintain_keyring(s)))
+    s.tasks.append(asyncio.create_task(follow_apiserver_endpoints(s)))
     log.info("iotenant operator started: namespace %s, active signing key %s", s.settings.namespace, ring.active_kid)
+
+
+async def follow_apiserver_endpoints(s: OperatorState) -> None:
+    """The API server's addresses, read again every REFRESH_SECONDS; a change re-renders every tenant's egress."""
+    while True:
+        await asyncio.sleep(apiserver_endpoints.REFRESH_SECONDS)
+        assert s.reconciler is not None
+        try:
+            current = await asyncio.to_thread(settings_with_endpoints, s.api, s.settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reading the API server's endpoints failed; retrying")
+            continue
+        if current != s.reconciler.settings:
+            log.info("the API server's endpoints changed: %s on %s", ",".join(current.apiserver_cidrs), current.apiserver_ports)
+            s.reconciler.settings = current
+            s.wake()
 
 
 @kopf.on.cleanup()

@@ -115,20 +115,26 @@ class ClusterAPI:
         query = [("labelSelector", label_selector)] if label_selector else []
         return list(self._request("list", kind, "GET", kind.collection_path(namespace), query=query).get("items", []))
 
-    def list_page(self, kind: ResourceKind, label_selector: str | None, limit: int, continue_token: str | None) -> Manifest:
-        """One page of a cluster-wide list (the whole list document: items and metadata.resourceVersion/continue)."""
+    def list_page(self, kind: ResourceKind, label_selector: str | None, limit: int, continue_token: str | None,
+                  namespace: str | None = None) -> Manifest:
+        """One page of a list across the cluster, or in ``namespace`` (the whole list document: items and
+        metadata.resourceVersion/continue)."""
         query = [("limit", str(limit))]
         query += [("labelSelector", label_selector)] if label_selector else []
         query += [("continue", continue_token)] if continue_token else []
-        return self._request("list", kind, "GET", kind.cluster_wide_path(), query=query, timeout=120.0)
+        path = kind.collection_path(namespace) if namespace else kind.cluster_wide_path()
+        return self._request("list", kind, "GET", path, query=query, timeout=120.0)
 
-    def watch(self, kind: ResourceKind, label_selector: str | None, resource_version: str, timeout_seconds: int) -> Iterator[Manifest]:
-        """Cluster-wide watch events ({type, object}) from ``resource_version``, with bookmarks, until the server
-        ends the watch after ``timeout_seconds``. Raises ApiException for a refused watch (410: too old)."""
+    def watch(self, kind: ResourceKind, label_selector: str | None, resource_version: str, timeout_seconds: int,
+              namespace: str | None = None) -> Iterator[Manifest]:
+        """Watch events ({type, object}) across the cluster, or in ``namespace``, from ``resource_version``, with
+        bookmarks, until the server ends the watch after ``timeout_seconds``. Raises ApiException for a refused
+        watch (410: too old)."""
         query = [("watch", "1"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
                  ("timeoutSeconds", str(timeout_seconds))]
         query += [("labelSelector", label_selector)] if label_selector else []
-        stream = self._send("watch", kind, "GET", kind.cluster_wide_path(), query, timeout=(10.0, timeout_seconds + 30.0)).response
+        path = kind.collection_path(namespace) if namespace else kind.cluster_wide_path()
+        stream = self._send("watch", kind, "GET", path, query, timeout=(10.0, timeout_seconds + 30.0)).response
         try:
             pending = b""
             for chunk in stream.stream(64 * 1024, decode_content=True):

@@ -60,6 +60,7 @@ KINDS: dict[tuple[str, str], ResourceKind] = {
         ResourceKind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", True),
         ResourceKind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules", True),
         ResourceKind("coordination.k8s.io/v1", "Lease", "leases", True),
+        ResourceKind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", True),
         ResourceKind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
         ResourceKind("iotenant.io/v1alpha1", "CustomerInstance", "customerinstances", False),
         ResourceKind("iotenant.io/v1alpha1", "DeviceFleet", "devicefleets", True),
@@ -83,7 +84,9 @@ SECRET = kind_of("v1", "Secret")
 CONFIG_MAP = kind_of("v1", "ConfigMap")
 PVC = kind_of("v1", "PersistentVolumeClaim")
 DEPLOYMENT = kind_of("apps/v1", "Deployment")
+ROLE_BINDING = kind_of("rbac.authorization.k8s.io/v1", "RoleBinding")
 LEASE = kind_of("coordination.k8s.io/v1", "Lease")
+ENDPOINT_SLICE = kind_of("discovery.k8s.io/v1", "EndpointSlice")
 CRD = kind_of("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 CUSTOMER_INSTANCE = kind_of("iotenant.io/v1alpha1", "CustomerInstance")
 DEVICE_FLEET = kind_of("iotenant.io/v1alpha1", "DeviceFleet")

@@ -87,9 +87,9 @@ def _ports(*numbers: int) -> list[Manifest]:
 
 
 def _apiserver_egress(settings: OperatorSettings) -> Manifest:
-    """Egress to the Kubernetes API server (service discovery of a dedicated Prometheus): its addresses
-    when the operator's settings name them, any address on its ports otherwise."""
-    rule: Manifest = {"ports": _ports(443, 6443)}
+    """Egress to the Kubernetes API server (service discovery of a dedicated Prometheus): its addresses and
+    ports as configured or read (``kube.apiserver_endpoints``), any address on its ports when neither is known."""
+    rule: Manifest = {"ports": _ports(*settings.apiserver_ports)}
     if settings.apiserver_cidrs:
         rule["to"] = [{"ipBlock": {"cidr": cidr}} for cidr in settings.apiserver_cidrs]
     return rule

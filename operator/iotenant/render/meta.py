@@ -16,9 +16,18 @@ OPERATOR_NAME = "iotenant-operator"
 API_VERSION = "iotenant.io/v1alpha1"
 
 
+NAMESPACE_PREFIX = "customer-"
+
+
 def namespace_for(instance_name: str) -> str:
     """The customer namespace: readable, and unique by construction."""
-    return f"customer-{instance_name}"
+    return f"{NAMESPACE_PREFIX}{instance_name}"
+
+
+def is_managed_namespace(namespace: dict[str, Any]) -> bool:
+    """A customer namespace the operator made and manages (not a foreign ``customer-...``, not a retained one)."""
+    metadata = namespace.get("metadata") or {}
+    return str(metadata.get("name", "")).startswith(NAMESPACE_PREFIX) and (metadata.get("labels") or {}).get(MANAGED_BY) == OPERATOR_NAME
 
 
 @dataclass(frozen=True)

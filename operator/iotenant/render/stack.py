@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant.render import broker, database, guardrails, ingest_and_api, licence, monitoring
+from iotenant.render import broker, database, guardrails, ingest_and_api, licence, monitoring, operator_access
 from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.inputs import StackInput
 
@@ -15,7 +15,7 @@ OPTIONAL_CRDS = (*monitoring.MONITORING_CRDS, CERTIFICATE_CRD)
 
 def render_customer_stack(stack: StackInput) -> list[Manifest]:
     """Every object of the customer namespace, from the spec and the verified claims only."""
-    objects: list[Manifest] = [guardrails.namespace(stack.owner)]
+    objects: list[Manifest] = [guardrails.namespace(stack.owner), *operator_access.secret_reader_binding(stack.owner, stack.settings)]
     if stack.quota is not None:
         objects.append(guardrails.resource_quota(stack.owner, stack.quota))
     objects.append(guardrails.limit_range(stack.owner))
