@@ -7,9 +7,14 @@ tests); the enterprise plan is given room for the big fleet beside the others. W
   (first, last and 48 random ones) connect with their credentials;
 - the probe's worst and p99 PUBACK latency during that admission (the broker is busy meanwhile);
 - broker resident memory and dynamic-security file size with those identities;
-- seconds for one device added to a small fleet to become connectable, p50 and max of --samples.
+- seconds for one device added to a small fleet to become connectable, p50 and max of --samples;
+- the big fleet played by one simulator process (`iotenant simulate`, every device connected and
+  publishing every --storm-interval seconds): seconds until all are connected, the simulator's resident
+  memory beside the memory request the operator renders for it, and its CPU;
+- a reconnect storm: the broker restarted under those connected devices: seconds until every device is
+  connected again, and the broker CPU seconds it took.
 
-Usage: python bench/fleet_provisioning.py [--devices 10000] [--samples 5]
+Usage: python bench/fleet_provisioning.py [--devices 10000] [--samples 5] [--storm-interval 60]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -38,6 +44,8 @@ from real_services import resident_kib  # noqa: E402
 from tenants import Tenant, start_tenant  # noqa: E402
 
 from iotenant.broker.identities import DeviceCredentials  # noqa: E402
+from iotenant.render.fleet import simulator_resources  # noqa: E402
+from iotenant_testbed.loopback import free_port  # noqa: E402
 from iotenant.licensing.plans import DEFAULT_CATALOGUE  # noqa: E402
 
 NAME = "iotenant-fleet-bench"
@@ -167,10 +175,74 @@ def added_device_figures(tenant: Tenant, samples: int) -> dict[str, float]:
     return {"one_added_device_connectable_p50_s": percentile(delays, 0.5), "one_added_device_connectable_max_s": max(delays)}
 
 
+def connected_devices(metrics_port: int) -> float:
+    """The simulator's iotenant_simulator_connected_devices (0 while it cannot answer)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith("iotenant_simulator_connected_devices ")), 0.0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_all_connected(simulator: subprocess.Popen[bytes], metrics_port: int, devices: int, timeout: float) -> float:
+    """Seconds until the simulator reports every device connected."""
+    started = time.monotonic()
+    while connected_devices(metrics_port) < devices:
+        if simulator.poll() is not None:
+            raise RuntimeError(f"the simulator exited with {simulator.returncode} (see big-simulator.log)")
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{connected_devices(metrics_port):.0f} of {devices} devices connected after {timeout:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def storm_figures(tenant: Tenant, root: Path, devices: int, interval: float, results: dict[str, float]) -> None:
+    """The big fleet in one simulator process; then the broker restarted under it (figures added to ``results``
+    as they are taken: a failure later keeps them)."""
+    folder = root / "big-credentials"
+    folder.mkdir()
+    for device, credentials in tenant.credentials("big").items():
+        (folder / device).write_text(credentials.url())
+    metrics_port = free_port()
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "iotenant", "simulate", "--credentials-dir", str(folder), "--interval", str(interval),
+         "--mqtt-host-override", "127.0.0.1", "--mqtt-port-override", str(tenant.broker.port),
+         "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--log-format", "text", "--log-level", "error"],
+        stdout=(root / "big-simulator.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        results[f"simulator_all_{devices}_connected_s"] = wait_all_connected(simulator, metrics_port, devices, timeout=900)
+        cpu, started = cpu_seconds(simulator.pid), time.monotonic()
+        time.sleep(max(10.0, interval))  # a full interval: every device published once
+        results["simulator_cpu_share_of_one_core"] = (cpu_seconds(simulator.pid) - cpu) / (time.monotonic() - started)
+        results["simulator_rss_mib"] = resident_kib(simulator.pid) / 1024
+        results["simulator_memory_request_mib"] = float(simulator_resources(devices)["requests"]["memory"].removesuffix("Mi"))
+        tenant.broker.stop()
+        deadline = time.monotonic() + 60
+        while connected_devices(metrics_port) > 0 and time.monotonic() < deadline:  # every device saw it go
+            time.sleep(0.2)
+        broker_started = time.monotonic()
+        tenant.broker.start()
+        cpu = cpu_seconds(tenant.broker.process.pid)
+        wait_all_connected(simulator, metrics_port, devices, timeout=900)
+        results[f"storm_all_{devices}_reconnected_s"] = time.monotonic() - broker_started
+        results["storm_broker_cpu_s"] = cpu_seconds(tenant.broker.process.pid) - cpu
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10000)
     parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--storm-interval", type=float, default=60.0, help="seconds between a simulated device's messages")
     args = parser.parse_args()
 
     kubeconfig, binaries = fresh_cluster(NAME)
@@ -195,6 +267,7 @@ def main() -> None:
         probe.stop.set()
         probe.thread.join()
         probe.device.close()
+        storm_figures(tenant, root, args.devices, args.storm_interval, results)
     finally:
         if simulator is not None:
             simulator.terminate()
@@ -202,7 +275,7 @@ def main() -> None:
         if tenant is not None:
             tenant.stop()
         stop(operator, NAME)
-    print(json.dumps({key: round(value, 3) for key, value in results.items()}, indent=2))
+        print(json.dumps({key: round(value, 3) for key, value in results.items()}, indent=2))
 
 
 if __name__ == "__main__":

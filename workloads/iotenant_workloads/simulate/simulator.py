@@ -7,12 +7,18 @@ threshold alerts fire and resolve as they would on a real site. A simulated rebo
 connection, resets ``seq`` to 0 and starts again. Commands on ``iot/<id>/command`` are acknowledged;
 ``start_ota`` is answered with progress on ``iot/<id>/ota/status`` (downloading in steps, verifying,
 installing, then succeeded with the new version announced, or now and then failed). One thread
-drives every device's socket.
+drives every device's socket: a schedule says which device is due next (telemetry, OTA progress, a
+reconnection), so a pass costs what is due, not the size of the fleet, and ten thousand devices fit in
+one process. A device that loses its connection reconnects as a careful device does: after a random
+delay, and backing off while the broker refuses it, so a restarted broker is not met by every device at
+the same instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import heapq
 import json
 import logging
 import math
@@ -39,7 +45,15 @@ PUBLISHED = Counter("iotenant_simulator_published_total", "Messages published", 
 REBOOTS = Counter("iotenant_simulator_reboots_total", "Simulated device reboots")
 CONNECTED = Gauge("iotenant_simulator_connected_devices", "Devices connected to the broker")
 REFUSED = Counter("iotenant_simulator_refused_total", "Connections the broker refused")
-RETRY_SECONDS = 2.0
+RETRY_SECONDS = 2.0  # the first retry after a refused or failed connection; doubled up to MAX_RETRY_SECONDS
+MAX_RETRY_SECONDS = 60.0
+RECONNECT_SPREAD_SECONDS = 5.0  # a dropped device reconnects after a random delay up to this
+MISC_SECONDS = 1.0  # keepalive pings and timeouts are looked after this often
+# Connections under way at once (TCP and CONNECT sent, CONNACK awaited): the rest wait their turn, so that a
+# fleet starting or coming back does not overflow the broker's listen queue, where a refused SYN costs a
+# connection a second or more of the kernel's retransmission.
+MAX_CONNECTING = 64
+CONNACK_SECONDS = 10.0  # a connection without an answer for this long is looked at again
 COMMANDS = Counter("iotenant_simulator_commands_total", "Commands received", ["name"])
 
 
@@ -75,7 +89,13 @@ class SimulatedDevice:
     # Messages due later (OTA progress): (monotonic time, topic kind, payload), kept in time order.
     scheduled: list[tuple[float, str, dict[str, object]]] = field(default_factory=list)
     phase: float = field(default_factory=lambda: random.uniform(0, 2 * math.pi))
-    registered: object | None = None  # the socket the selector watches for this device
+    # The file descriptor the selector watches for this device: a number, not the socket, since paho may
+    # close the socket first (then it has no number to unregister by, and another device's new socket
+    # gets the same one).
+    registered: int | None = None
+    failures: int = 0  # connection attempts in a row that failed or were refused
+    index: int = 0  # its place in the simulator's list
+    planned_at: float = math.inf  # its latest entry in the simulator's schedule (earlier entries are stale)
     tls_ca_file: str | None = None  # for mqtts:// credentials: the CA to trust (None: the system's)
     client: mqtt.Client = field(init=False)
 
@@ -101,12 +121,12 @@ class SimulatedDevice:
         return client
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        if getattr(reason, "is_failure", False):  # not (yet) admitted, say: try again a little later
+        if getattr(reason, "is_failure", False):  # not (yet) admitted, say: try again later (the broker closes)
             REFUSED.inc()
-            log.warning("%s: connection refused: %s; retrying in %.0f s", self.credentials.device_id, reason, RETRY_SECONDS)
-            self.next_at = time.monotonic() + RETRY_SECONDS
+            self.failures += 1
+            log.warning("%s: connection refused: %s (%d in a row); retrying, backing off", self.credentials.device_id, reason, self.failures)
             return
-        self.connected = True
+        self.connected, self.failures = True, 0
         CONNECTED.inc()
         now = time.time()
         client.subscribe(self._topic(topics.COMMAND), qos=1)
@@ -152,6 +172,16 @@ class SimulatedDevice:
         self.scheduled += [(start + 1.2 * i, topics.OTA_STATUS, {"cmd_id": cmd_id, **step}) for i, step in enumerate(steps)]
         self.scheduled.sort(key=lambda entry: entry[0])
 
+    def retry_delay(self) -> float:
+        """Seconds until the next connection attempt: a random share of a delay that doubles with each failure."""
+        if not self.failures:
+            return random.uniform(0, RECONNECT_SPREAD_SECONDS)
+        return random.uniform(0.5, 1.0) * min(MAX_RETRY_SECONDS, RETRY_SECONDS * 2 ** (self.failures - 1))
+
+    def wake_at(self) -> float:
+        """When this device has something to do next: telemetry or a reconnection, or OTA progress."""
+        return min(self.next_at, self.scheduled[0][0]) if self.scheduled else self.next_at
+
     def publish_due(self, now_mono: float) -> None:
         while self.scheduled and self.scheduled[0][0] <= now_mono:
             _, kind, document = self.scheduled.pop(0)
@@ -183,20 +213,38 @@ class SimulatedDevice:
 class Simulator:
     def __init__(self, devices: list[SimulatedDevice], reboot_probability: float, messages: int) -> None:
         self.devices = devices
+        for index, device in enumerate(devices):
+            device.index = index
         self.reboot_probability = reboot_probability
         self.messages = messages
+        self.sent = 0
         self.stopping = threading.Event()
         self.selector = selectors.DefaultSelector()
+        self.schedule: list[tuple[float, int]] = []  # (when, device index); only a device's latest entry (planned_at) counts
+        self.writing: set[int] = set()  # devices with bytes paho could not write at once
+        self.to_connect: collections.deque[int] = collections.deque()  # devices due to connect, in turn
+        self.connecting: set[int] = set()  # devices whose CONNACK is awaited
 
     def _connect(self, device: SimulatedDevice) -> None:
         self._drop(device)  # a connection the broker closed leaves its socket registered
         try:
             device.client.connect(device.credentials.host, device.credentials.port, keepalive=device.keepalive)
         except OSError as error:
+            device.failures += 1
             log.warning("%s: cannot reach the broker: %s", device.credentials.device_id, error)
-            device.next_at = time.monotonic() + RETRY_SECONDS
             return
-        device.registered = device.client.socket()
+        sock = device.client.socket()
+        if sock is None:
+            return
+        device.registered = sock.fileno()
+        try:
+            stale = self.selector.get_key(device.registered)
+        except KeyError:
+            pass
+        else:  # the number of another device's socket that paho closed and nobody unregistered yet
+            self._drop(stale.data)
+            stale.data.next_at = time.monotonic() + stale.data.retry_delay()
+            self._plan(stale.data.index)
         self.selector.register(device.registered, selectors.EVENT_READ, device)
 
     def _drop(self, device: SimulatedDevice) -> None:
@@ -220,39 +268,103 @@ class Simulator:
         device.client = device._new_client()
         self._connect(device)
 
+    def _plan(self, index: int) -> None:
+        device = self.devices[index]
+        device.planned_at = device.wake_at()
+        heapq.heappush(self.schedule, (device.planned_at, index))
+
+    def _look_after(self, index: int, now_mono: float) -> None:
+        """After the device's socket was used: a new connection starts its telemetry, a lost one is retried
+        later, unwritten bytes are written."""
+        device = self.devices[index]
+        if device.client.socket() is None:
+            self.connecting.discard(index)
+            self.writing.discard(index)
+            if device.registered is not None:  # just lost: reconnect after a while, not at once
+                self._drop(device)
+                device.next_at = now_mono + device.retry_delay()
+                self._plan(index)
+            return
+        if index in self.connecting and device.connected:  # first telemetry at a random point of the interval
+            self.connecting.discard(index)
+            device.next_at = now_mono + random.uniform(0, device.interval)
+            self._plan(index)
+        if device.client.want_write():
+            self.writing.add(index)
+        if device.wake_at() < device.planned_at:  # something new is due sooner (a command started an update)
+            self._plan(index)
+
+    def _start_connection(self, index: int, now_mono: float) -> None:
+        device = self.devices[index]
+        self._connect(device)
+        if device.registered is None:
+            device.next_at = now_mono + device.retry_delay()
+        else:
+            self.connecting.add(index)
+            device.next_at = now_mono + CONNACK_SECONDS
+        self._look_after(index, now_mono)
+        self._plan(index)
+
+    def _due(self, index: int, now_mono: float) -> None:
+        """What the device has to do now: reconnect, publish OTA progress or telemetry."""
+        device = self.devices[index]
+        device.publish_due(now_mono)
+        if device.client.socket() is None:
+            if now_mono >= device.next_at:
+                self.to_connect.append(index)  # its turn comes in run(); planned again from there
+                return
+        elif device.connected and now_mono >= device.next_at:
+            if self.messages and self.sent >= self.messages * len(self.devices):
+                device.next_at = math.inf
+            elif self.reboot_probability and random.random() < self.reboot_probability:
+                self.reboot(device)
+                device.next_at = now_mono + device.interval
+            else:
+                device.publish_telemetry(time.time())
+                self.sent += 1
+                device.next_at = now_mono + device.interval
+        elif now_mono >= device.next_at:  # no CONNACK yet: look again later (a keepalive timeout drops it)
+            device.next_at = now_mono + CONNACK_SECONDS
+        self._look_after(index, now_mono)
+        self._plan(index)
+
+    def _misc(self) -> None:
+        """Keepalive pings and timeouts of every connected device."""
+        for index, device in enumerate(self.devices):
+            if device.client.socket() is not None:
+                device.client.loop_misc()
+                self._look_after(index, time.monotonic())
+
     def run(self) -> None:
         start = time.monotonic()
         for index, device in enumerate(self.devices):
-            device.next_at = start + device.interval * index / max(1, len(self.devices))
-            self._connect(device)
-        sent = 0
+            device.next_at = start
+            self.to_connect.append(index)
+        next_misc = start + MISC_SECONDS
         while not self.stopping.is_set():
-            for key, _ in self.selector.select(timeout=0.05):
-                key.data.client.loop_read()
-            now_mono, now = time.monotonic(), time.time()
-            for device in self.devices:
-                client = device.client
-                if client.socket() is None:
-                    if now_mono >= device.next_at:
-                        self._connect(device)
-                    continue
-                if device.connected:
-                    device.publish_due(now_mono)
-                if device.connected and now_mono >= device.next_at:
-                    if self.messages and sent >= self.messages * len(self.devices):
-                        continue
-                    if self.reboot_probability and random.random() < self.reboot_probability:
-                        self.reboot(device)
-                        continue
-                    device.publish_telemetry(now)
-                    sent += 1
-                    device.next_at = now_mono + device.interval
-                if client.want_write():
-                    client.loop_write()
-                client.loop_misc()
-            if self.messages and sent >= self.messages * len(self.devices) and all(
-                not d.client.want_write() for d in self.devices
-            ):
+            now_mono = time.monotonic()
+            idle = 0.05 if not self.to_connect or len(self.connecting) >= MAX_CONNECTING else 0.0
+            timeout = min(idle, max(0.0, self.schedule[0][0] - now_mono)) if self.schedule else idle
+            for key, _ in self.selector.select(timeout=timeout):
+                device = key.data
+                device.client.loop_read()
+                self._look_after(device.index, time.monotonic())
+            now_mono = time.monotonic()
+            while self.schedule and self.schedule[0][0] <= now_mono:
+                when, index = heapq.heappop(self.schedule)
+                if when == self.devices[index].planned_at:
+                    self._due(index, now_mono)
+            while self.to_connect and len(self.connecting) < MAX_CONNECTING:
+                self._start_connection(self.to_connect.popleft(), now_mono)
+            for index in list(self.writing):
+                self.devices[index].client.loop_write()
+                self._look_after(index, now_mono)
+                if not self.devices[index].client.want_write():
+                    self.writing.discard(index)
+            if now_mono >= next_misc:
+                self._misc()
+                next_misc = now_mono + MISC_SECONDS
+            if self.messages and self.sent >= self.messages * len(self.devices) and not self.writing:
                 break
         for device in self.devices:
             device.client.disconnect()
