@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_cluster import fresh_cluster, stop  # noqa: E402
 from conftest import Cluster  # noqa: E402
 from mqtt_probe import Probe, Refused  # noqa: E402
-from real_services import resident_kib  # noqa: E402
+from real_services import cpu_seconds, resident_kib, scrape_metrics  # noqa: E402
 from tenants import Tenant, start_tenant  # noqa: E402
 
 from iotenant.broker.identities import DeviceCredentials  # noqa: E402
@@ -178,16 +177,9 @@ def added_device_figures(tenant: Tenant, samples: int) -> dict[str, float]:
 def connected_devices(metrics_port: int) -> float:
     """The simulator's iotenant_simulator_connected_devices (0 while it cannot answer)."""
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        return scrape_metrics(metrics_port).get("iotenant_simulator_connected_devices", 0.0)
     except OSError:
         return 0.0
-    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith("iotenant_simulator_connected_devices ")), 0.0)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_all_connected(simulator: subprocess.Popen[bytes], metrics_port: int, devices: int, timeout: float) -> float:

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import apiserver_ceiling  # noqa: E402
 import audit_log  # noqa: E402
 from bench_cluster import fresh_cluster, pause_after_poll, stop  # noqa: E402
-from real_services import resident_kib  # noqa: E402
+from real_services import cpu_seconds, resident_kib, scrape_metrics  # noqa: E402
 
 from iotenant_testbed import cluster as devcluster  # noqa: E402
 from iotenant.kube.client import ClusterAPI  # noqa: E402
@@ -101,21 +100,10 @@ def wait_ready(custom: client.CustomObjectsApi, names: set[str], timeout: float 
     raise TimeoutError(f"not Ready after {timeout:.0f} s")
 
 
-def metrics(port: int) -> dict[str, float]:
-    """The operator's /metrics as {sample with labels: value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def api_reads(port: int) -> dict[str, float]:
     """The operator's API reads so far, by verb (get, list, watch)."""
     reads: dict[str, float] = {}
-    for name, value in metrics(port).items():
+    for name, value in scrape_metrics(port).items():
         if name.startswith("iotenant_operator_api_requests_total{"):
             verb = name.split('verb="')[1].split('"')[0]
             if verb in ("get", "list", "watch"):
@@ -129,13 +117,7 @@ def reads_between(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 def checked_instances(port: int) -> float:
     """How many instances this operator reconciled at least once (the sum of its instances-by-phase gauge)."""
-    return sum(value for name, value in metrics(port).items() if name.startswith("iotenant_operator_instances{"))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(value for name, value in scrape_metrics(port).items() if name.startswith("iotenant_operator_instances{"))
 
 
 class Operator:
@@ -234,9 +216,9 @@ def operator_phases(args: argparse.Namespace, results: dict[str, Any]) -> None:
         total = args.many + 10
         time.sleep(RESYNC)
         quiet_since, reads_before = stamp(), api_reads(leader.metrics_port)
-        cpu_before, reconciles_before = cpu_seconds(leader.process.pid), metrics(leader.metrics_port)
+        cpu_before, reconciles_before = cpu_seconds(leader.process.pid), scrape_metrics(leader.metrics_port)
         time.sleep(RESYNC * 3 + 1)
-        reconciles_after = metrics(leader.metrics_port)
+        reconciles_after = scrape_metrics(leader.metrics_port)
         count = reconciles_after["iotenant_operator_reconcile_seconds_count"] - reconciles_before["iotenant_operator_reconcile_seconds_count"]
         took = reconciles_after["iotenant_operator_reconcile_seconds_sum"] - reconciles_before["iotenant_operator_reconcile_seconds_sum"]
         quiet_writes = audit_log.operator_writes(audit, quiet_since)
@@ -337,13 +319,13 @@ def starvation(args: argparse.Namespace, results: dict[str, Any]) -> None:
         tenant.apply_fleet("huge", {"count": args.big_fleet, "idPrefix": "dev-"})
         time.sleep(5)  # the broker sync of 10,000 identities is under way
         names = {f"other-{n}" for n in range(100)}
-        before = metrics(operator.metrics_port)
+        before = scrape_metrics(operator.metrics_port)
         others_started = time.monotonic()
         for name in sorted(names):
             create(kube.custom, name)
         wait_ready(kube.custom, names)
         others_ready = time.monotonic() - others_started
-        after = metrics(operator.metrics_port)
+        after = scrape_metrics(operator.metrics_port)
         fleet_ready_then = (tenant.fleet("huge").get("status") or {}).get("provisioned", 0) == args.big_fleet
         waits = after["iotenant_operator_reconcile_wait_seconds_count"] - before["iotenant_operator_reconcile_wait_seconds_count"]
         results["starvation"] = {

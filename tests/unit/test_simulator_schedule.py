@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from iotenant.broker.identities import DeviceCredentials
-from iotenant_workloads.simulate.simulator import MAX_RETRY_SECONDS, RECONNECT_SPREAD_SECONDS, RETRY_SECONDS, SimulatedDevice
+from iotenant_workloads.simulate.device import MAX_RETRY_SECONDS, RECONNECT_SPREAD_SECONDS, RETRY_SECONDS, SimulatedDevice
 
 
 def device() -> SimulatedDevice:
