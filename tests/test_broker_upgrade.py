@@ -1,9 +1,9 @@
 """A broker volume made by the release the stack shipped before is taken over by the shipped one.
 
 The previous release (Mosquitto 2.0.21) gave every device a role of its own with its topics spelt
-out; the shipped one (2.1) confines every device with one shared role by pattern. The volume's
+out; the shipped one (2.1) confines every device with a device role by pattern. The volume's
 dynamic-security file, its stored sessions, queued and retained messages come across; the operator's
-next sync moves the devices to the shared role and removes the old ones.
+next sync moves the devices to their device roles and removes the old ones.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The operator connects as the broker's admin identity, reads the clients the brok
 the commands that make them equal to the desired identities: delete what is not desired (this also
 drops the client's live connection), modify what changed (a new password; the broker drops the old
 connection), create what is missing. Nothing restarts, and clients that did not change stay
-connected. Every device holds the one ``device`` role, whose access rules name the device's own topics
+connected. Every device holds one of the ``device-NN`` roles, whose access rules name the device's own topics
 by the ``%u`` pattern; only Mosquitto 2.1 and later substitute it, so an older broker is refused.
 
 Mosquitto 2.0 rewrites its whole dynamic-security file after every command, so a command costs
