@@ -50,7 +50,7 @@ def desired(*names: str) -> dict[str, Identity]:
 def test_plan_deletes_first_never_touches_the_admin_and_skips_what_matches() -> None:
     wanted = desired("d1", "d2", "d3")
     roles = desired_roles(SHARE_GROUP, wanted.values())
-    live = LiveState(
+    live = LiveState.listed(
         clients={ADMIN: {"username": ADMIN}, "rogue": {"username": "rogue"}, "d1": wanted["d1"].client(),
                  "d2": {**wanted["d2"].client(), "textname": "fleet/test 000000000000"},
                  "d3": {**wanted["d3"].client(), "clientid": None}, INGEST: wanted[INGEST].client()},
@@ -71,7 +71,7 @@ def test_devices_of_the_former_shared_role_move_to_their_own_role_which_is_then_
     wanted = desired("d1", "d2")
     roles = desired_roles(SHARE_GROUP, wanted.values())
     former = {name: {**identity.client(), "roles": [{"rolename": "device"}]} for name, identity in wanted.items() if identity.is_device}
-    live = LiveState(clients={ADMIN: {"username": ADMIN}, **{i: wanted[i].client() for i in wanted if i not in former}, **former},
+    live = LiveState.listed(clients={ADMIN: {"username": ADMIN}, **{i: wanted[i].client() for i in wanted if i not in former}, **former},
                      roles={**{name: Role.allows_of(role.acls()) for name, role in roles.items()}, "device": frozenset()})
     commands, result = plan_commands(live, wanted, roles)
     assert [(c["command"], c.get("username") or c.get("rolename")) for c in commands] == [
@@ -82,7 +82,7 @@ def test_devices_of_the_former_shared_role_move_to_their_own_role_which_is_then_
 
 def test_new_clients_go_in_descending_order_so_each_insert_into_the_brokers_sorted_list_stops_at_once() -> None:
     wanted = desired("big-001", "big-010", "big-002", "a-1", "z-9")
-    live = LiveState(clients={ADMIN: {"username": ADMIN}, "big-002": wanted["big-002"].client()}, roles={})
+    live = LiveState.listed(clients={ADMIN: {"username": ADMIN}, "big-002": wanted["big-002"].client()}, roles={})
     commands, result = plan_commands(live, wanted, desired_roles(SHARE_GROUP, wanted.values()))
     created = [c["username"] for c in commands if c["command"] == "createClient"]
     assert created == sorted(set(wanted) - {"big-002"}, reverse=True) == result.created
@@ -92,7 +92,7 @@ def test_new_clients_go_in_descending_order_so_each_insert_into_the_brokers_sort
 def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
     with admin(bare_broker) as broker:
-        first = broker.sync(desired("d1", "d2", "d3"), SHARE_GROUP)
+        first, _ = broker.sync(desired("d1", "d2", "d3"), SHARE_GROUP)
     assert sorted(first.created) == ["d1", "d2", "d3"] and not first.modified and not first.deleted
 
     stays = Probe.connect(port, "d1", "d1-pw")
@@ -104,8 +104,8 @@ def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_br
     wanted = desired("d1", "d2")
     wanted["d2"] = Identity("d2", "d2-new", None, "fleet/test")
     with admin(bare_broker) as broker:
-        again = broker.sync(wanted, SHARE_GROUP)
-        assert broker.sync(wanted, SHARE_GROUP).changed is False  # in step: nothing to send
+        again, _ = broker.sync(wanted, SHARE_GROUP)
+        assert broker.sync(wanted, SHARE_GROUP)[0].changed is False  # in step: nothing to send
     assert (again.created, again.modified, again.deleted) == ([], ["d2"], ["d3"])
 
     assert goes.disconnected.wait(5), "a removed device keeps its connection"
@@ -118,13 +118,24 @@ def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_br
     stays.close()
 
 
+def test_a_sync_from_the_state_it_left_sends_only_the_difference_and_that_state_is_what_the_broker_lists(
+        bare_broker: MosquittoBroker) -> None:
+    with admin(bare_broker) as broker:
+        _, state = broker.sync(desired("d1", "d2"), SHARE_GROUP)
+        assert state == broker.live_state()
+        result, state = broker.sync(desired("d1", "d3"), SHARE_GROUP, known=state)
+        assert (result.created, result.deleted, result.modified) == (["d3"], ["d2"], [])
+        assert state == broker.live_state()
+    assert not refused(bare_broker.port, "d3", "d3-pw") and refused(bare_broker.port, "d2", "d2-pw")
+
+
 def test_unknown_clients_are_removed_and_services_restored(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
     with admin(bare_broker) as broker:
         broker.execute([{"command": "createClient", "username": "intruder", "password": "x"},
                         {"command": "deleteClient", "username": INGEST}])
         assert "intruder" in broker.list_clients()
-        result = broker.sync(desired(), SHARE_GROUP)
+        result, _ = broker.sync(desired(), SHARE_GROUP)
         assert result.deleted == ["intruder"] and result.created == [INGEST]
         assert set(broker.list_clients()) == {ADMIN, INGEST, "iotenant:api"}
     assert refused(port, "intruder", "x")
@@ -204,9 +215,9 @@ def test_a_changed_device_role_is_restored(bare_broker: MosquittoBroker) -> None
         broker.execute([{"command": "modifyRole", "rolename": device_role_name("d1"),
                          "acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}]},
                         {"command": "modifyClient", "username": "d1", "clientid": ""}])
-        healed = broker.sync(desired("d1"), SHARE_GROUP)
+        healed, _ = broker.sync(desired("d1"), SHARE_GROUP)
         assert healed.roles_changed == [device_role_name("d1")] and healed.modified == ["d1"]
-        assert broker.sync(desired("d1"), SHARE_GROUP).changed is False
+        assert broker.sync(desired("d1"), SHARE_GROUP)[0].changed is False
     device = Probe.connect(port, "d1", "d1-pw")
     assert device.subscribe("#") == NOT_AUTHORIZED
     device.close()

@@ -79,10 +79,10 @@ def test_a_volume_of_the_previous_release_keeps_its_identities_sessions_and_reta
 
         connected = Probe.connect(new.port, "m2", "m2-password")
         with DynamicSecurity("127.0.0.1", new.admin_port, new.admin_tls) as broker:
-            moved = broker.sync({**{i.username: i for i in SERVICES}, **DEVICES}, SHARE_GROUP)
+            moved, _ = broker.sync({**{i.username: i for i in SERVICES}, **DEVICES}, SHARE_GROUP)
             assert sorted(moved.modified) == ["m1", "m2"]
             assert sorted(moved.roles_changed) == sorted({device_role_name("m1"), device_role_name("m2"), "device:m1", "device:m2"})
-            assert broker.sync({**{i.username: i for i in SERVICES}, **DEVICES}, SHARE_GROUP).changed is False
+            assert broker.sync({**{i.username: i for i in SERVICES}, **DEVICES}, SHARE_GROUP)[0].changed is False
         # Moved to its device role, a connected device is disconnected once (as the README says).
         assert connected.disconnected.wait(10) and "Administrative action" in str(connected.disconnect_reason)
         connected.client.loop_stop()

@@ -3,6 +3,7 @@ broker setup the operator generated. Devices connect with the credentials from t
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -193,6 +194,31 @@ def test_rotation_locks_out_the_old_credentials(enterprise: Tenant) -> None:
     finally:
         online.close()
         enterprise.delete_fleet("locks")
+
+
+def test_a_hand_edited_credentials_secret_is_healed_and_the_broker_follows(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("edited", {"ids": ["ed-1", "ed-2", "ed-3"]})
+    enterprise.wait_fleet("edited", "True")
+    before = enterprise.credentials("edited")
+    secret = "devicefleet-edited-credentials"
+    patch = {"data": {"ed-1": base64.b64encode(b"not a credential").decode(), "ed-2": None}}
+    enterprise.kube.kubectl("patch", "secret", secret, "-n", enterprise.namespace, "--type", "merge", "-p", json.dumps(patch))
+
+    def healed() -> bool:
+        try:
+            now = enterprise.credentials("edited")
+        except (AssertionError, ValueError):
+            return False
+        return set(now) == {"ed-1", "ed-2", "ed-3"}
+
+    wait_for(healed, timeout=30, what="the credentials Secret to be whole again")
+    after = enterprise.credentials("edited")
+    assert after["ed-3"] == before["ed-3"], "an untouched device's password changed"
+    assert after["ed-1"].password != before["ed-1"].password and after["ed-2"].password != before["ed-2"].password
+    for device in ("ed-1", "ed-2", "ed-3"):  # the broker took the new passwords at once
+        wait_for(lambda: not refused(enterprise.broker.port, device, after[device].password), timeout=20, what=f"{device} to connect")
+    assert refused(enterprise.broker.port, "ed-2", before["ed-2"].password)
+    enterprise.delete_fleet("edited")
 
 
 def test_broker_drift_is_healed(enterprise: Tenant, operator: RunningOperator) -> None:

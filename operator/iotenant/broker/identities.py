@@ -165,6 +165,11 @@ class Identity:
     def text_name(self) -> str:
         return f"{self.label} {password_fingerprint(self.password)}"
 
+    @cached_property
+    def shape(self) -> tuple[str, str, tuple[str, ...]]:
+        """What a sync compares of the client: text name, required client id ("" for none), roles."""
+        return self.text_name, self.client_id or "", (self.role_name,)
+
     def client(self) -> dict[str, Any]:
         """The client as dynamic security holds it (without the password)."""
         entry: dict[str, Any] = {"username": self.username, "textname": self.text_name, "roles": [{"rolename": self.role_name}]}

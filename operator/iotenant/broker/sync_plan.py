@@ -43,12 +43,29 @@ class SyncResult:
         return bool(self.created or self.modified or self.deleted or self.roles_changed)
 
 
+# What the plan compares of a client: its text name (with the password's fingerprint), its required
+# client id ("" for none) and its roles.
+ClientShape = tuple[str, str, tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class LiveState:
-    """What the broker holds: each client as dynamic security lists it, and each role's allowed ACLs."""
+    """What the broker holds: each client's shape, and each role's allowed ACLs."""
 
-    clients: dict[str, dict[str, Any]]
+    clients: dict[str, ClientShape]
     roles: dict[str, frozenset[tuple[str, str]]]
+
+    @classmethod
+    def listed(cls, clients: dict[str, dict[str, Any]], roles: dict[str, frozenset[tuple[str, str]]]) -> "LiveState":
+        """The state of clients as dynamic security lists them."""
+        return cls({username: client_shape(entry) for username, entry in clients.items()}, roles)
+
+    @classmethod
+    def after(cls, live: "LiveState", desired: dict[str, Identity], roles: dict[str, Role]) -> "LiveState":
+        """What the broker holds once the plan from ``live`` to ``desired`` and ``roles`` has run."""
+        clients = {ADMIN: live.clients[ADMIN]} if ADMIN in live.clients else {}
+        clients.update((username, identity.shape) for username, identity in desired.items())
+        return cls(clients, {name: Role.allows_of(role.acls()) for name, role in roles.items()})
 
 
 def commands_per_message(entries: int, version: tuple[int, ...] | None = None) -> int:
@@ -67,7 +84,7 @@ def parse_version(text: str) -> tuple[int, ...] | None:
         return None
 
 
-def _client_shape(entry: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
+def client_shape(entry: dict[str, Any]) -> ClientShape:
     roles = tuple(sorted(str(role.get("rolename")) for role in entry.get("roles") or []))
     return str(entry.get("textname", "")), str(entry.get("clientid") or ""), roles
 
@@ -102,7 +119,7 @@ def plan_commands(live: LiveState, desired: dict[str, Identity], roles: dict[str
     for username, identity in sorted(desired.items()):
         if username not in live.clients:
             continue
-        held, wanted = _client_shape(live.clients[username]), _client_shape(identity.client())
+        held, wanted = live.clients[username], identity.shape
         if held != wanted:
             command = _client_command("modifyClient", identity)
             if held[0] == wanted[0]:  # the text name holds the password's fingerprint: same password, not hashed again

@@ -21,7 +21,7 @@ from iotenant.broker.admin_tls import AdminTLS
 from iotenant.broker.device_endpoint import DeviceEndpoint
 from iotenant.broker.dynamic_security import BrokerCommandFailed, BrokerUnavailable, DynamicSecurity
 from iotenant.broker.identities import Identity, service_identities
-from iotenant.broker.sync_plan import SyncResult
+from iotenant.broker.sync_plan import LiveState, SyncResult
 from iotenant.device_fleet.admission import ADMITTED, Admission, Fleet, admit
 from iotenant.device_fleet.credentials import fleet_credentials
 from iotenant.device_fleet.status import FleetReport, report_not_in_customer_namespace, write_fleet_status
@@ -81,9 +81,27 @@ class FleetsOutcome:
 
 
 @dataclass(frozen=True)
+class _FleetMemo:
+    """A fleet's identities as a reconcile left them, and what they were made from: while the fleet's
+    devices, its rotation request, its Secret (by resourceVersion) and the endpoint are the same, the
+    next reconcile takes them as they are instead of parsing and rendering every credential again
+    (ten fleets of 10,000 devices: about 2 s a reconcile)."""
+
+    namespace: str
+    made_from: tuple[object, ...]
+    identities: dict[str, Identity]
+
+
+def _made_from(fleet: Fleet, secret: Manifest | None, endpoint: DeviceEndpoint) -> tuple[object, ...] | None:
+    version = ((secret or {}).get("metadata") or {}).get("resourceVersion")
+    return None if not version else (fleet.name, fleet.devices, fleet.rotation_request, version, endpoint)
+
+
+@dataclass(frozen=True)
 class _BrokerMemo:
     fingerprint: str
     checked_at: float
+    state: LiveState  # what the broker held when checked
 
 
 class DeviceFleetReconciler:
@@ -101,12 +119,14 @@ class DeviceFleetReconciler:
         self.addresses = addresses or BrokerAddresses(settings.broker_address_template, settings.broker_addresses_file)
         self.clock = clock
         self._broker_memo: dict[str, _BrokerMemo] = {}
+        self._fleet_memo: dict[str, _FleetMemo] = {}
 
     # ----------------------------------------------------------------------------- reconcile
 
     def reconcile(self, access: TenantAccess, owned: dict[ObjectKey, Manifest]) -> FleetsOutcome:
         """``owned``: the fleets' objects (label iotenant.io/fleet) as the instance's reconcile listed them."""
         fleets = self._list_fleets(access.owner.namespace)
+        self._forget_fleets_gone(access.owner.namespace, {fleet.uid for fleet in fleets})
         live_secrets = {name: item for (kind, _ns, name), item in owned.items() if kind == "Secret"}
         live_simulators = {name: item for (kind, _ns, name), item in owned.items() if kind == "Deployment"}
         if not access.serving or access.limits is None:
@@ -144,6 +164,11 @@ class DeviceFleetReconciler:
                 refused[fleet.uid] = FleetReport(False, admission.reason, admission.message, 0, stalled=True)
                 continue
             secret_name = fleet_objects.credentials_secret_name(fleet.name)
+            memo = self._fleet_memo.get(fleet.uid)
+            if memo is not None and memo.made_from == _made_from(fleet, live_secrets.get(secret_name), access.device_endpoint):
+                desired.update(memo.identities)
+                provisioned.append((admission, fleet.rotation_request))
+                continue
             credentials, rotated_for, rotated = fleet_credentials(fleet, live_secrets.get(secret_name), access.device_endpoint)
             size = fleet_objects.credentials_data_size(credentials)
             if size > fleet_objects.SECRET_DATA_LIMIT:
@@ -153,14 +178,18 @@ class DeviceFleetReconciler:
                 )
                 refused[fleet.uid] = FleetReport(False, CREDENTIALS_TOO_LARGE, message, 0, stalled=True)
                 continue
-            apply_if_changed(self.api, fleet_objects.credentials_secret(access.owner, fleet, credentials, rotated_for),
-                             live_secrets.get(secret_name))
+            applied = apply_if_changed(self.api, fleet_objects.credentials_secret(access.owner, fleet, credentials, rotated_for),
+                                       live_secrets.get(secret_name))
             if rotated:
                 post_event(self.api, fleet.body, "Normal", "CredentialsRotated",
                            f"new passwords for {len(credentials)} devices in Secret {secret_name}; the old ones are refused")
             label = f"fleet/{fleet.name}"
-            desired.update({c.device_id: Identity(c.device_id, c.password, None, label) for c in credentials})
+            identities = {c.device_id: Identity(c.device_id, c.password, None, label) for c in credentials}
+            desired.update(identities)
             provisioned.append((admission, rotated_for))
+            made_from = _made_from(fleet, applied or live_secrets.get(secret_name), access.device_endpoint)
+            if made_from is not None:
+                self._fleet_memo[fleet.uid] = _FleetMemo(access.owner.namespace, made_from, identities)
         return provisioned, refused
 
     def _bring_broker_in_step(self, access: TenantAccess, desired: dict[str, Identity], has_fleets: bool) -> tuple[SyncResult, str | None]:
@@ -203,6 +232,11 @@ class DeviceFleetReconciler:
 
     def forget(self, namespace: str) -> None:
         self._broker_memo.pop(namespace, None)
+        self._forget_fleets_gone(namespace, set())
+
+    def _forget_fleets_gone(self, namespace: str, present: set[str]) -> None:
+        for uid in [uid for uid, memo in self._fleet_memo.items() if memo.namespace == namespace and uid not in present]:
+            del self._fleet_memo[uid]
 
     # ----------------------------------------------------------------------------- parts of the steps
 
@@ -215,16 +249,18 @@ class DeviceFleetReconciler:
         fingerprint = hashlib.sha256(
             "\n".join([share_group, *(f"{username} {identity.text_name}" for username, identity in sorted(desired.items()))]).encode()
         ).hexdigest()
-        memo = self._broker_memo.get(namespace)
-        now = self.clock()
-        if memo and memo.fingerprint == fingerprint and now - memo.checked_at < self.settings.resync_seconds * 0.9:
+        memo = self._broker_memo.pop(namespace, None)
+        if memo is not None and self.clock() - memo.checked_at >= self.settings.resync_seconds * 0.9:
+            memo = None  # a full check (listing what the broker holds) is due
+        if memo is not None and memo.fingerprint == fingerprint:
+            self._broker_memo[namespace] = memo
             BROKER_SYNCS.labels("in_step").inc()
             return SyncResult()
-        self._broker_memo.pop(namespace, None)
         host, port = self.addresses(namespace)
         try:
             with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, access.admin_tls, access.max_packet_bytes) as broker:
-                result = broker.sync(desired, share_group)
+                # Within a resync of a full check, the broker is taken to hold what that check left.
+                result, state = broker.sync(desired, share_group, memo.state if memo is not None else None)
         except Exception:
             BROKER_SYNCS.labels("error").inc()
             raise
@@ -232,7 +268,7 @@ class DeviceFleetReconciler:
         BROKER_CHANGES.labels("created").inc(len(result.created))
         BROKER_CHANGES.labels("modified").inc(len(result.modified))
         BROKER_CHANGES.labels("deleted").inc(len(result.deleted))
-        self._broker_memo[namespace] = _BrokerMemo(fingerprint, self.clock())
+        self._broker_memo[namespace] = _BrokerMemo(fingerprint, memo.checked_at if memo is not None else self.clock(), state)
         return result
 
     def _converge_simulators(
