@@ -8,7 +8,8 @@ tests); the enterprise plan is given room for the big fleet beside the others. W
   their credentials;
 - the probe's worst and p99 PUBACK latency during that admission (the broker is busy meanwhile);
 - broker resident memory and dynamic-security file size with those identities;
-- seconds for one device added to a small fleet to become connectable, p50 and max of --samples;
+- seconds for one device added to a small fleet to become connectable, p50 and max of --samples,
+  from the start of `kubectl apply` and from its return;
 - the first big fleet (up to 10,000 devices) played by one simulator process (`iotenant simulate`, every device connected and
   publishing every --storm-interval seconds): seconds until all are connected, the simulator's resident
   memory beside the memory request the operator renders for it, and its CPU;
@@ -184,14 +185,17 @@ def added_device_figures(tenant: Tenant, samples: int) -> dict[str, float]:
     ids = ["extra-0"]
     tenant.apply_fleet("extra", {"ids": ids})
     tenant.wait_fleet("extra", "True", timeout=120)
-    delays = []
+    delays, accepted_delays = [], []
     for n in range(1, samples + 1):
         ids.append(f"extra-{n}")
         started = time.monotonic()
-        tenant.apply_fleet("extra", {"ids": ids})
+        tenant.apply_fleet("extra", {"ids": ids})  # kubectl apply: its own start-up takes a few tenths of a second here
+        accepted = time.monotonic()
         wait_connectable(tenant, "extra", ids[-1:], timeout=300)
         delays.append(time.monotonic() - started)
-    return {"one_added_device_connectable_p50_s": percentile(delays, 0.5), "one_added_device_connectable_max_s": max(delays)}
+        accepted_delays.append(time.monotonic() - accepted)
+    return {"one_added_device_connectable_p50_s": percentile(delays, 0.5), "one_added_device_connectable_max_s": max(delays),
+            "one_added_device_connectable_after_kubectl_p50_s": percentile(accepted_delays, 0.5)}
 
 
 def connected_devices(metrics_port: int) -> float:

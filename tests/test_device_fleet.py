@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import watch
 
 from conftest import Cluster, RunningOperator, wait_for
 from mqtt_probe import NOT_AUTHORIZED, Probe, refused
 from real_services import PostgresServer
-from tenants import Tenant, delete_tenant, run_generated, start_tenant
+from tenants import GROUP, VERSION, Tenant, delete_tenant, run_generated, start_tenant
 
 from iotenant.broker.dynamic_security import DynamicSecurity
 from iotenant.broker.identities import ADMIN, API, INGEST
@@ -129,6 +130,20 @@ def test_a_removed_device_is_refused_and_its_connection_dropped(enterprise: Tena
              what="the credentials Secret to be garbage-collected with its fleet")
 
 
+def watch_ready(tenant: Tenant, name: str, seen: list[tuple[str, int, str]], stop: threading.Event) -> None:
+    """Record each change of the fleet's Ready reason and provisioned count until ``stop``."""
+    while not stop.is_set():
+        stream = watch.Watch().stream(tenant.kube.custom.list_namespaced_custom_object, GROUP, VERSION, tenant.namespace,
+                                      "devicefleets", field_selector=f"metadata.name={name}", timeout_seconds=5)
+        for event in stream:
+            status = event["object"].get("status") or {}
+            ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+            if ready is not None and (not seen or seen[-1][:2] != (ready["reason"], status.get("provisioned", 0))):
+                seen.append((ready["reason"], int(status.get("provisioned", 0)), ready["message"]))
+            if stop.is_set():
+                return
+
+
 def test_admitting_a_thousand_devices_leaves_connected_devices_connected(enterprise: Tenant) -> None:
     enterprise.apply_fleet("early", {"ids": ["early-1"]})
     enterprise.wait_fleet("early", "True")
@@ -143,6 +158,9 @@ def test_admitting_a_thousand_devices_leaves_connected_devices_connected(enterpr
 
     publisher = threading.Thread(target=keep_publishing)
     publisher.start()
+    seen: list[tuple[str, int, str]] = []  # the fleet's Ready reason, provisioned count and message, as it changes
+    watcher = threading.Thread(target=watch_ready, args=(enterprise, "bulk", seen, stop), daemon=True)
+    watcher.start()
     started = time.monotonic()
     try:
         enterprise.apply_fleet("bulk", {"count": 1000, "idPrefix": "bulk-"})
@@ -153,6 +171,10 @@ def test_admitting_a_thousand_devices_leaves_connected_devices_connected(enterpr
         publisher.join()
     try:
         assert bulk["status"]["provisioned"] == 1000
+        admitting = [(provisioned, message) for reason, provisioned, message in seen if reason == "Admitting"]
+        assert admitting and all(0 < provisioned < 1000 for provisioned, _ in admitting), seen
+        assert f"{admitting[0][0]:,} of 1,000 new devices in the broker so far" in admitting[0][1], admitting
+        wait_for(lambda: "Normal Admitting" in enterprise.events("bulk"), timeout=10, what="a Normal Admitting Event")
         assert not early.disconnected.is_set(), "a connected device was dropped while 1,000 devices were admitted"
         assert acks and all(accepted(code) for code in acks)
         credentials = enterprise.credentials("bulk")

@@ -23,6 +23,7 @@ import logging
 import secrets
 import ssl
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -36,6 +37,9 @@ from iotenant.broker.sync_plan import (
 )
 
 log = logging.getLogger("iotenant.broker_control")
+
+# Told, after each control message, the new clients the broker holds so far by label, and those this sync creates.
+AdmissionProgress = Callable[[Counter[str], Counter[str]], None]
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
@@ -129,9 +133,10 @@ class DynamicSecurity:
 
     # ----------------------------------------------------------------------------- commands
 
-    def execute(self, commands: list[dict[str, Any]], clients: int = 0) -> list[dict[str, Any]]:
+    def execute(self, commands: list[dict[str, Any]], clients: int = 0,
+                answered_message: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
         """Send ``commands`` in messages sized for a broker holding about ``clients`` clients, each
-        message after the previous one was answered."""
+        message after the previous one was answered (``answered_message`` is told each one's commands)."""
         responses: list[dict[str, Any]] = []
         start = 0
         while start < len(commands):
@@ -153,6 +158,8 @@ class DynamicSecurity:
             self._pump(answered, RESPONSE_TIMEOUT, f"running {len(batch)} dynamic-security commands")
             answer = next(response for response in self._responses if self._matches(response, tag))
             responses.extend(answer.get("responses", []))
+            if answered_message is not None:
+                answered_message(batch)
         return responses
 
     @staticmethod
@@ -176,12 +183,14 @@ class DynamicSecurity:
         """Every client the broker knows: username -> text name."""
         return {entry["username"]: str(entry.get("textname", "")) for entry in self._listing("listClients", "clients")}
 
-    def sync(self, desired: dict[str, Identity], share_group: str, known: LiveState | None = None) -> tuple[SyncResult, LiveState]:
+    def sync(self, desired: dict[str, Identity], share_group: str, known: LiveState | None = None,
+             progress: AdmissionProgress | None = None) -> tuple[SyncResult, LiveState]:
         """Make the broker's clients exactly ``desired`` and its roles theirs (plus the admin and its role);
         return what changed and what the broker holds now. ``known``: what the broker held after an
         earlier sync, taken instead of listing every client again (at 100,000 devices a listing costs the
         broker and the operator a few tenths of a second each); a command it makes fail raises, and the
-        next sync lists."""
+        next sync lists. ``progress`` is told, after each message, how many new clients of each label
+        the broker holds so far and how many this sync creates."""
         if self.version is not None and self.version < PATTERN_ACLS_FROM:
             shown = ".".join(map(str, self.version))
             raise BrokerCommandFailed(f"Mosquitto {shown} does not substitute %u in access rules, which confine every device "
@@ -194,7 +203,15 @@ class DynamicSecurity:
             return result, after
         started = time.monotonic()
         failures = []
-        for command, response in zip(commands, self.execute(commands, clients=len(live.clients) + len(live.roles))):
+        planned = Counter(desired[username].label for username in result.created)
+        created: Counter[str] = Counter()
+
+        def answered_message(batch: list[dict[str, Any]]) -> None:
+            created.update(desired[c["username"]].label for c in batch if c["command"] == "createClient")
+            if progress is not None and planned:
+                progress(created, planned)
+
+        for command, response in zip(commands, self.execute(commands, len(live.clients) + len(live.roles), answered_message)):
             error = response.get("error")
             if error is None:
                 continue

@@ -178,6 +178,11 @@ class Identity:
         return entry
 
 
+def fleet_label(fleet_name: str) -> str:
+    """What a device identity is for: its fleet (the text name of its broker client starts with it)."""
+    return f"fleet/{fleet_name}"
+
+
 def service_identities(ingest_password: str, api_password: str) -> list[Identity]:
     return [Identity(INGEST, ingest_password, INGEST_ROLE), Identity(API, api_password, API_ROLE)]
 

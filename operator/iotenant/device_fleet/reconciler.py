@@ -8,8 +8,10 @@ The broker is then made to hold exactly the service identities and the admitted 
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,12 +21,12 @@ from prometheus_client import Counter, Histogram
 from iotenant.broker.addresses import BrokerAddresses
 from iotenant.broker.admin_tls import AdminTLS
 from iotenant.broker.device_endpoint import DeviceEndpoint
-from iotenant.broker.dynamic_security import BrokerCommandFailed, BrokerUnavailable, DynamicSecurity
-from iotenant.broker.identities import Identity, service_identities
+from iotenant.broker.dynamic_security import AdmissionProgress, BrokerCommandFailed, BrokerUnavailable, DynamicSecurity
+from iotenant.broker.identities import Identity, fleet_label, service_identities
 from iotenant.broker.sync_plan import LiveState, SyncResult
 from iotenant.device_fleet.admission import ADMITTED, Admission, Fleet, admit
 from iotenant.device_fleet.credentials import fleet_credentials
-from iotenant.device_fleet.status import FleetReport, report_not_in_customer_namespace, write_fleet_status
+from iotenant.device_fleet.status import ADMITTING, FleetReport, report_not_in_customer_namespace, write_fleet_status
 from iotenant.kube.apply import ObjectKey, apply_if_changed
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.events import post_event
@@ -42,6 +44,8 @@ log = logging.getLogger("iotenant.device_fleet")
 BROKER_UNAVAILABLE = "BrokerUnavailable"
 CREDENTIALS_TOO_LARGE = "CredentialsTooLarge"
 BROKER_RETRY_SECONDS = 3.0
+# A fleet whose devices are being created in the broker says how far it got, at most this often.
+PROGRESS_SECONDS = 2.0
 
 BROKER_SYNCS = Counter(
     "iotenant_operator_broker_syncs_total", "Tenant broker identity syncs by result (in_step: skipped, found in step recently)", ["result"]
@@ -138,7 +142,8 @@ class DeviceFleetReconciler:
         desired = {identity.username: identity for identity in service_identities(access.ingest_password, access.api_password)}
         provisioned, refused = self._provision(access, admissions, live_secrets, desired)
         outcome = FleetsOutcome(fleets=len(fleets))
-        outcome.broker, broker_error = self._bring_broker_in_step(access, desired, bool(fleets))
+        admitting = self._progress_reporter([admission.fleet for admission, _ in provisioned])
+        outcome.broker, broker_error = self._bring_broker_in_step(access, desired, bool(fleets), admitting)
         if broker_error and fleets:
             outcome.retry_after = BROKER_RETRY_SECONDS
         self._converge_simulators(
@@ -183,7 +188,7 @@ class DeviceFleetReconciler:
             if rotated:
                 post_event(self.api, fleet.body, "Normal", "CredentialsRotated",
                            f"new passwords for {len(credentials)} devices in Secret {secret_name}; the old ones are refused")
-            label = f"fleet/{fleet.name}"
+            label = fleet_label(fleet.name)
             identities = {c.device_id: Identity(c.device_id, c.password, None, label) for c in credentials}
             desired.update(identities)
             provisioned.append((admission, rotated_for))
@@ -192,14 +197,15 @@ class DeviceFleetReconciler:
                 self._fleet_memo[fleet.uid] = _FleetMemo(access.owner.namespace, made_from, identities)
         return provisioned, refused
 
-    def _bring_broker_in_step(self, access: TenantAccess, desired: dict[str, Identity], has_fleets: bool) -> tuple[SyncResult, str | None]:
+    def _bring_broker_in_step(self, access: TenantAccess, desired: dict[str, Identity], has_fleets: bool,
+                              progress: AdmissionProgress) -> tuple[SyncResult, str | None]:
         """The broker's identities made ``desired``; returns what changed, or why the broker is not in step."""
         namespace = access.owner.namespace
         if not access.broker_ready:
             self.forget(namespace)  # a broker that comes back may have lost its volume: check it in full
             return SyncResult(), "waiting for the broker to be available"
         try:
-            return self._sync_broker(access, desired), None
+            return self._sync_broker(access, desired, progress), None
         except (BrokerUnavailable, BrokerCommandFailed) as error:
             # Without fleets only the service identities are checked: retried at the next resync.
             log.log(logging.WARNING if has_fleets else logging.DEBUG, "%s: broker identities not in step: %s", namespace, error)
@@ -243,7 +249,7 @@ class DeviceFleetReconciler:
     def _list_fleets(self, namespace: str) -> list[Fleet]:
         return [Fleet.from_body(body) for body in self.cache.in_namespace(DEVICE_FLEET, namespace)]
 
-    def _sync_broker(self, access: TenantAccess, desired: dict[str, Identity]) -> SyncResult:
+    def _sync_broker(self, access: TenantAccess, desired: dict[str, Identity], progress: AdmissionProgress) -> SyncResult:
         """Bring the broker in step, unless it was found in step with the same desired state within a resync."""
         namespace, share_group = access.owner.namespace, access.share_group
         fingerprint = hashlib.sha256(
@@ -260,7 +266,7 @@ class DeviceFleetReconciler:
         try:
             with BROKER_SYNC_SECONDS.time(), DynamicSecurity(host, port, access.admin_tls, access.max_packet_bytes) as broker:
                 # Within a resync of a full check, the broker is taken to hold what that check left.
-                result, state = broker.sync(desired, share_group, memo.state if memo is not None else None)
+                result, state = broker.sync(desired, share_group, memo.state if memo is not None else None, progress)
         except Exception:
             BROKER_SYNCS.labels("error").inc()
             raise
@@ -270,6 +276,27 @@ class DeviceFleetReconciler:
         BROKER_CHANGES.labels("deleted").inc(len(result.deleted))
         self._broker_memo[namespace] = _BrokerMemo(fingerprint, memo.checked_at if memo is not None else self.clock(), state)
         return result
+
+    def _progress_reporter(self, fleets: list[Fleet]) -> AdmissionProgress:
+        """Tells each fleet whose new devices are being created how far the broker got: after the first
+        control message, then at most every ``PROGRESS_SECONDS`` (a 100,000-device admission takes minutes)."""
+        by_label = {fleet_label(fleet.name): fleet for fleet in fleets}
+        last_written = [-math.inf]
+
+        def report(created: collections.Counter[str], planned: collections.Counter[str]) -> None:
+            if self.clock() - last_written[0] < PROGRESS_SECONDS:
+                return
+            last_written[0] = self.clock()
+            for label, count in planned.items():
+                fleet = by_label.get(label)
+                if fleet is None or created[label] >= count:
+                    continue
+                message = f"{created[label]:,} of {count:,} new devices in the broker so far; the others follow"
+                note = FleetReport(False, ADMITTING, message, len(fleet.devices) - (count - created[label]),
+                                   fleet_objects.credentials_secret_name(fleet.name), reconciling=True)
+                self._report(self.cache.get(DEVICE_FLEET, fleet.name, fleet.namespace) or fleet.body, note)
+
+        return report
 
     def _converge_simulators(
         self, access: TenantAccess, fleets: list[Fleet], rotations: dict[str, str], live: dict[str, Manifest]
@@ -285,7 +312,7 @@ class DeviceFleetReconciler:
         for name in set(live) - wanted:
             self.api.delete(DEPLOYMENT, name, namespace)
 
-    def _report(self, fleet: Fleet, report: FleetReport) -> None:
-        write_fleet_status(self.api, fleet.body, report)
+    def _report(self, fleet: Fleet | Manifest, report: FleetReport) -> None:
+        write_fleet_status(self.api, fleet.body if isinstance(fleet, Fleet) else fleet, report)
 
 

@@ -13,6 +13,8 @@ from iotenant.kube.kinds import DEVICE_FLEET
 from iotenant.kube.status import EventNote, write_status
 
 NOT_IN_CUSTOMER_NAMESPACE = "NotInCustomerNamespace"
+# A fleet whose new devices are being created in the broker (Ready=False, but all is well).
+ADMITTING = "Admitting"
 FLEET_TRANSITIONS = Counter(
     "iotenant_operator_fleet_transitions_total", "DeviceFleet Ready changes by new reason (Admitted, DeviceLimitExceeded, ...)", ["reason"]
 )
@@ -54,7 +56,7 @@ def write_fleet_status(api: ClusterAPI, body: Manifest, report: FleetReport) -> 
         if before.get("reason") == reason:
             return []
         FLEET_TRANSITIONS.labels(reason).inc()
-        return [("Normal" if ready else "Warning", reason, message)]
+        return [("Normal" if ready or reason == ADMITTING else "Warning", reason, message)]
 
     return write_status(api, DEVICE_FLEET, body, status, events)
 
