@@ -3,11 +3,10 @@
 Nothing is allowed by default. Every device is a dynamic-security client whose username and MQTT
 client id are its device id, holding one of the ``device-NN`` roles (alike in all but name), whose
 ACLs name the device's own prefix by pattern (``iot/%u/...``, substituted by Mosquitto 2.1 and
-later): it may publish only
-the topic kinds of the data-plane layout under ``iot/<id>/`` (so it can leave at most one retained
-message per kind), subscribe only to ``iot/<id>/#``, and receive only its commands. A SUBSCRIBE to
-anything else (another device, ``#``, any ``$share`` group, ``$SYS``) is refused with "not
-authorised". A device costs the broker one client entry, whatever the fleet's size.
+later): it may publish only the topic kinds of the data-plane layout under ``iot/<id>/`` (so it can
+leave at most one retained message per kind), subscribe only to ``iot/<id>/#``, and receive only its
+commands. A SUBSCRIBE to anything else (another device, ``#``, any ``$share`` group, ``$SYS``) is
+refused with "not authorised". A device costs the broker one client entry, whatever the fleet's size.
 
 Why several device roles rather than one: the broker keeps each role's clients in a list sorted by
 username and inserts into it by walking from the smallest, also when it loads its file at start-up,
