@@ -3,7 +3,7 @@
 Prints, for N messages published at QoS 1 by several device connections:
 - the broker ceiling: a bare paho receiver subscribed as ingest is (its identity, its share group)
   that only counts (automatic acknowledgement);
-- the database ceiling: COPY of the same rows into the telemetry table;
+- the database ceiling: COPY of the same rows into the telemetry table (binary, as ingest writes);
 - ingest with 1 and with 2 processes under a flood: messages/s from first publish to last committed
   row, and p50/p99 of the lag from each message's timestamp to its commit (estimated from the
   ingest's lag histogram, as Prometheus would);
@@ -36,6 +36,7 @@ from dataplane import DEVICES, IngestProcess, telemetry
 from iotenant.broker.identities import INGEST
 
 from iotenant_workloads import tenant_schema as database
+from iotenant_workloads.ingest.telemetry_store import STAGING_COLUMNS
 
 
 # Below this, a reference measured nothing real (a refused subscription, a broker that is not up).
@@ -137,7 +138,9 @@ def copy_ceiling(url: str, messages: int) -> float:
         connection.commit()
         started = time.perf_counter()
         with connection.cursor() as cursor:
-            with cursor.copy("COPY telemetry (device_id, msg_ts, seq, idx, ts, type, val, unit, received_at) FROM STDIN") as copy:
+            columns = ", ".join(name for name, _ in STAGING_COLUMNS)  # the staging table's are the telemetry table's
+            with cursor.copy(f"COPY telemetry ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([kind for _, kind in STAGING_COLUMNS])
                 for n in range(messages):
                     ts = now.replace(microsecond=n % 1_000_000)
                     for index in range(2):
