@@ -130,8 +130,9 @@ def test_a_removed_device_is_refused_and_its_connection_dropped(enterprise: Tena
              what="the credentials Secret to be garbage-collected with its fleet")
 
 
-def watch_ready(tenant: Tenant, name: str, seen: list[tuple[str, int, str]], stop: threading.Event) -> None:
-    """Record each change of the fleet's Ready reason and provisioned count until ``stop``."""
+def watch_ready(tenant: Tenant, name: str, seen: list[tuple[str, int, str, float]], stop: threading.Event) -> None:
+    """Record each change of the fleet's Ready reason and provisioned count (with its message and when it
+    was seen) until ``stop``."""
     while not stop.is_set():
         stream = watch.Watch().stream(tenant.kube.custom.list_namespaced_custom_object, GROUP, VERSION, tenant.namespace,
                                       "devicefleets", field_selector=f"metadata.name={name}", timeout_seconds=5)
@@ -139,7 +140,7 @@ def watch_ready(tenant: Tenant, name: str, seen: list[tuple[str, int, str]], sto
             status = event["object"].get("status") or {}
             ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
             if ready is not None and (not seen or seen[-1][:2] != (ready["reason"], status.get("provisioned", 0))):
-                seen.append((ready["reason"], int(status.get("provisioned", 0)), ready["message"]))
+                seen.append((ready["reason"], int(status.get("provisioned", 0)), ready["message"], time.monotonic()))
             if stop.is_set():
                 return
 
@@ -158,7 +159,7 @@ def test_admitting_a_thousand_devices_leaves_connected_devices_connected(enterpr
 
     publisher = threading.Thread(target=keep_publishing)
     publisher.start()
-    seen: list[tuple[str, int, str]] = []  # the fleet's Ready reason, provisioned count and message, as it changes
+    seen: list[tuple[str, int, str, float]] = []  # the fleet's Ready reason, provisioned count and message, as it changes
     watcher = threading.Thread(target=watch_ready, args=(enterprise, "bulk", seen, stop), daemon=True)
     watcher.start()
     started = time.monotonic()
@@ -171,7 +172,7 @@ def test_admitting_a_thousand_devices_leaves_connected_devices_connected(enterpr
         publisher.join()
     try:
         assert bulk["status"]["provisioned"] == 1000
-        admitting = [(provisioned, message) for reason, provisioned, message in seen if reason == "Admitting"]
+        admitting = [(provisioned, message) for reason, provisioned, message, _ in seen if reason == "Admitting"]
         assert admitting and all(0 < provisioned < 1000 for provisioned, _ in admitting), seen
         assert f"{admitting[0][0]:,} of 1,000 new devices in the broker so far" in admitting[0][1], admitting
         wait_for(lambda: "Normal Admitting" in enterprise.events("bulk"), timeout=10, what="a Normal Admitting Event")
@@ -266,6 +267,32 @@ def test_broker_drift_is_healed(enterprise: Tenant, operator: RunningOperator) -
     connect(enterprise, "drift", "drift-1").close()
     assert refused(enterprise.broker.port, "stowaway", "let-me-in")
     enterprise.delete_fleet("drift")
+
+
+def test_devices_the_broker_lost_are_created_again_and_the_fleet_ends_admitted_not_admitting(enterprise: Tenant) -> None:
+    enterprise.apply_fleet("lost", {"count": 2000, "idPrefix": "lost-"})
+    enterprise.wait_fleet("lost", "True", timeout=120)
+    admin_tls = admin_tls_of(enterprise.kube.core, enterprise.namespace)
+    seen: list[tuple[str, int, str, float]] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_ready, args=(enterprise, "lost", seen, stop), daemon=True)
+    watcher.start()
+    try:
+        with DynamicSecurity("127.0.0.1", enterprise.broker.admin_port, admin_tls) as broker:
+            broker.execute([{"command": "deleteClient", "username": f"lost-{n:03d}"} for n in range(1, 2001)])
+        # A full check creates them again in several control messages: the fleet reports its progress on
+        # the way, and the same reconcile ends it Admitted (the status it had before the loss), not the next
+        # resync (5 s later here).
+        wait_for(lambda: any(reason == "Admitted" for reason, *_ in seen[1:]) and seen[-1][0] == "Admitted", timeout=60,
+                 what="the fleet Admitted again after its progress")
+    finally:
+        stop.set()
+    reasons = [reason for reason, *_ in seen]
+    last_progress = max(index for index, reason in enumerate(reasons) if reason == "Admitting")
+    assert seen[last_progress + 1][0] == "Admitted" and seen[last_progress + 1][3] - seen[last_progress][3] < 2, seen
+    assert seen[-1][1] == 2000
+    connect(enterprise, "lost", "lost-1000").close()
+    enterprise.delete_fleet("lost")
 
 
 def test_fleets_are_admitted_whole_oldest_first_within_the_licence(starter: Tenant) -> None:

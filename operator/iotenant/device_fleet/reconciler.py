@@ -294,7 +294,7 @@ class DeviceFleetReconciler:
                 message = f"{created[label]:,} of {count:,} new devices in the broker so far; the others follow"
                 note = FleetReport(False, ADMITTING, message, len(fleet.devices) - (count - created[label]),
                                    fleet_objects.credentials_secret_name(fleet.name), reconciling=True)
-                self._report(self.cache.get(DEVICE_FLEET, fleet.name, fleet.namespace) or fleet.body, note)
+                self._report(fleet, note)
 
         return report
 
@@ -312,7 +312,9 @@ class DeviceFleetReconciler:
         for name in set(live) - wanted:
             self.api.delete(DEPLOYMENT, name, namespace)
 
-    def _report(self, fleet: Fleet | Manifest, report: FleetReport) -> None:
-        write_fleet_status(self.api, fleet.body if isinstance(fleet, Fleet) else fleet, report)
+    def _report(self, fleet: Fleet, report: FleetReport) -> None:
+        """Written against the fleet as the cache holds it now: a progress report may have changed its
+        status since the reconcile listed it, and a status equal to the listed one would not be written."""
+        write_fleet_status(self.api, self.cache.get(DEVICE_FLEET, fleet.name, fleet.namespace) or fleet.body, report)
 
 
