@@ -182,60 +182,10 @@ def operator_phases(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 raise RuntimeError(f"the operator exited with {leader.process.returncode}: see {leader.log.name}")
             time.sleep(0.2)
         time.sleep(2)
-        latencies = []
-        for n in range(args.samples):
-            started = time.monotonic()
-            create(custom, f"single-{n}")
-            wait_ready(custom, {f"single-{n}"})
-            latencies.append(time.monotonic() - started)
-        figures["ready_latency_p50_s"] = round(percentile(latencies, 0.5), 2)
-        figures["ready_latency_p99_s"] = round(percentile(latencies, 0.99), 2)
-        for n in range(args.samples):
-            custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, f"single-{n}")
-
-        for count in (10, args.many):
-            before = stamp()
-            names = {f"s{count}-{n}" for n in range(count)}
-            started = time.monotonic()
-            for name in sorted(names):
-                create(custom, name)
-            wait_ready(custom, names)
-            elapsed = time.monotonic() - started
-            time.sleep(2)
-            writes = audit_log.by_category([e for e in audit_log.operator_writes(audit, before) if not audit_log.about(e, "single-")])
-            by_kind = audit_log.per_instance(writes, count)
-            figures[f"all_ready_{count}_s"] = round(elapsed, 1)
-            figures[f"ready_tenants_per_s_{count}"] = round(count / elapsed, 2)
-            figures[f"writes_per_instance_{count}"] = by_kind
-            if count == args.many:
-                child_writes = by_kind["= child object writes"] * count
-                figures["child_objects_per_s"] = round(child_writes / elapsed, 1)
-                if "ceiling" in results:
-                    figures["ratio_to_ceiling_tenants_per_s"] = round((count / elapsed) / results["ceiling"]["available_tenants_per_s"], 2)
+        figures.update(creation_figures(custom, audit, args, results))
 
         total = args.many + 10
-        time.sleep(RESYNC)
-        quiet_since, reads_before = stamp(), api_reads(leader.metrics_port)
-        cpu_before, reconciles_before = cpu_seconds(leader.process.pid), scrape_metrics(leader.metrics_port)
-        time.sleep(RESYNC * 3 + 1)
-        reconciles_after = scrape_metrics(leader.metrics_port)
-        count = reconciles_after["iotenant_operator_reconcile_seconds_count"] - reconciles_before["iotenant_operator_reconcile_seconds_count"]
-        took = reconciles_after["iotenant_operator_reconcile_seconds_sum"] - reconciles_before["iotenant_operator_reconcile_seconds_sum"]
-        quiet_writes = audit_log.operator_writes(audit, quiet_since)
-        figures[f"noop_resync_{total}_instances"] = {
-            "resync_interval_s": RESYNC, "window_s": RESYNC * 3 + 1, "reconciles": int(count),
-            "writes_besides_lease_renewals": sum(1 for e in quiet_writes if e.get("objectRef", {}).get("resource") != "leases"),
-            "lease_renewals": sum(1 for e in quiet_writes if e.get("objectRef", {}).get("resource") == "leases"),
-            "api_reads": reads_between(reads_before, api_reads(leader.metrics_port)),
-            "reconcile_ms_mean": round(1000 * took / max(count, 1), 2),
-            "wait_for_a_reconcile_thread_ms_mean": round(1000 * (
-                reconciles_after["iotenant_operator_reconcile_wait_seconds_sum"] - reconciles_before["iotenant_operator_reconcile_wait_seconds_sum"]
-            ) / max(count, 1), 2),
-            "operator_cpu_share_of_one_core": round((cpu_seconds(leader.process.pid) - cpu_before) / (RESYNC * 3 + 1), 2),
-        }
-        figures[f"operator_rss_mib_{total}_instances"] = round(resident_kib(leader.process.pid) / 1024, 1)
-        figures[f"watch_cache_mib_{total}_instances"] = round(sum(
-            value for name, value in reconciles_after.items() if name.startswith("iotenant_operator_cached_bytes{")) / 2**20, 1)
+        figures.update(quiet_figures(leader, audit, total))
 
         if args.failover:
             standby = Operator(kubeconfig, "standby")
@@ -247,6 +197,70 @@ def operator_phases(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 replica.process.send_signal(signal.SIGINT)
                 replica.process.wait(timeout=60)
         devcluster.down(NAME)
+
+
+def creation_figures(custom: client.CustomObjectsApi, audit: Path, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """One instance at a time until Ready (--samples), then 10 and --many at once: time and writes per instance."""
+    figures: dict[str, Any] = {}
+    latencies = []
+    for n in range(args.samples):
+        started = time.monotonic()
+        create(custom, f"single-{n}")
+        wait_ready(custom, {f"single-{n}"})
+        latencies.append(time.monotonic() - started)
+    figures["ready_latency_p50_s"] = round(percentile(latencies, 0.5), 2)
+    figures["ready_latency_p99_s"] = round(percentile(latencies, 0.99), 2)
+    for n in range(args.samples):
+        custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, f"single-{n}")
+
+    for count in (10, args.many):
+        before = stamp()
+        names = {f"s{count}-{n}" for n in range(count)}
+        started = time.monotonic()
+        for name in sorted(names):
+            create(custom, name)
+        wait_ready(custom, names)
+        elapsed = time.monotonic() - started
+        time.sleep(2)
+        writes = audit_log.by_category([e for e in audit_log.operator_writes(audit, before) if not audit_log.about(e, "single-")])
+        by_kind = audit_log.per_instance(writes, count)
+        figures[f"all_ready_{count}_s"] = round(elapsed, 1)
+        figures[f"ready_tenants_per_s_{count}"] = round(count / elapsed, 2)
+        figures[f"writes_per_instance_{count}"] = by_kind
+        if count == args.many:
+            child_writes = by_kind["= child object writes"] * count
+            figures["child_objects_per_s"] = round(child_writes / elapsed, 1)
+            if "ceiling" in results:
+                figures["ratio_to_ceiling_tenants_per_s"] = round((count / elapsed) / results["ceiling"]["available_tenants_per_s"], 2)
+    return figures
+
+
+def quiet_figures(leader: Operator, audit: Path, total: int) -> dict[str, Any]:
+    """Three resyncs of ``total`` instances with nothing to do: writes, reads, reconcile time, CPU and memory."""
+    figures: dict[str, Any] = {}
+    time.sleep(RESYNC)
+    quiet_since, reads_before = stamp(), api_reads(leader.metrics_port)
+    cpu_before, reconciles_before = cpu_seconds(leader.process.pid), scrape_metrics(leader.metrics_port)
+    time.sleep(RESYNC * 3 + 1)
+    reconciles_after = scrape_metrics(leader.metrics_port)
+    count = reconciles_after["iotenant_operator_reconcile_seconds_count"] - reconciles_before["iotenant_operator_reconcile_seconds_count"]
+    took = reconciles_after["iotenant_operator_reconcile_seconds_sum"] - reconciles_before["iotenant_operator_reconcile_seconds_sum"]
+    quiet_writes = audit_log.operator_writes(audit, quiet_since)
+    figures[f"noop_resync_{total}_instances"] = {
+        "resync_interval_s": RESYNC, "window_s": RESYNC * 3 + 1, "reconciles": int(count),
+        "writes_besides_lease_renewals": sum(1 for e in quiet_writes if e.get("objectRef", {}).get("resource") != "leases"),
+        "lease_renewals": sum(1 for e in quiet_writes if e.get("objectRef", {}).get("resource") == "leases"),
+        "api_reads": reads_between(reads_before, api_reads(leader.metrics_port)),
+        "reconcile_ms_mean": round(1000 * took / max(count, 1), 2),
+        "wait_for_a_reconcile_thread_ms_mean": round(1000 * (
+            reconciles_after["iotenant_operator_reconcile_wait_seconds_sum"] - reconciles_before["iotenant_operator_reconcile_wait_seconds_sum"]
+        ) / max(count, 1), 2),
+        "operator_cpu_share_of_one_core": round((cpu_seconds(leader.process.pid) - cpu_before) / (RESYNC * 3 + 1), 2),
+    }
+    figures[f"operator_rss_mib_{total}_instances"] = round(resident_kib(leader.process.pid) / 1024, 1)
+    figures[f"watch_cache_mib_{total}_instances"] = round(sum(
+        value for name, value in reconciles_after.items() if name.startswith("iotenant_operator_cached_bytes{")) / 2**20, 1)
+    return figures
 
 
 def failover(custom: client.CustomObjectsApi, leases: client.CoordinationV1Api, audit: Path, leader: Operator, standby: Operator,

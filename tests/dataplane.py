@@ -25,7 +25,7 @@ from iotenant.broker.identities import API, INGEST, Identity, service_identities
 from iotenant.licensing.plans import load_catalogue
 from iotenant_testbed.loopback import free_port
 from iotenant_testbed.mosquitto import MosquittoBroker
-from real_services import resident_kib
+from real_services import resident_kib, scrape_metrics
 
 CUSTOMER_ID = "acme-0001"
 DEVICES = [f"dev-{n:03d}" for n in range(1, 41)]
@@ -166,13 +166,7 @@ class IngestProcess:
         return self.process is not None and self.process.poll() is None
 
     def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
-        return values
+        return scrape_metrics(self.metrics_port)
 
     def rss_kib(self) -> int:
         assert self.process is not None

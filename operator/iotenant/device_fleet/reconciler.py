@@ -9,7 +9,6 @@ The broker is then made to hold exactly the service identities and the admitted 
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import math
 import time
@@ -22,8 +21,8 @@ from iotenant.broker.addresses import BrokerAddresses
 from iotenant.broker.admin_tls import AdminTLS
 from iotenant.broker.device_endpoint import DeviceEndpoint
 from iotenant.broker.dynamic_security import AdmissionProgress, BrokerCommandFailed, BrokerUnavailable, DynamicSecurity
-from iotenant.broker.identities import Identity, fleet_label, service_identities
-from iotenant.broker.sync_plan import LiveState, SyncResult
+from iotenant.broker.identities import Identity, desired_roles, fleet_label, service_identities
+from iotenant.broker.sync_plan import LiveState, SyncResult, plan_commands
 from iotenant.device_fleet.admission import ADMITTED, Admission, Fleet, admit
 from iotenant.device_fleet.credentials import fleet_credentials
 from iotenant.device_fleet.status import ADMITTING, FleetReport, report_not_in_customer_namespace, write_fleet_status
@@ -103,9 +102,8 @@ def _made_from(fleet: Fleet, secret: Manifest | None, endpoint: DeviceEndpoint) 
 
 @dataclass(frozen=True)
 class _BrokerMemo:
-    fingerprint: str
-    checked_at: float
-    state: LiveState  # what the broker held when checked
+    checked_at: float  # when the broker's clients were last listed in full
+    state: LiveState  # what the broker holds since the last sync
 
 
 class DeviceFleetReconciler:
@@ -250,16 +248,13 @@ class DeviceFleetReconciler:
         return [Fleet.from_body(body) for body in self.cache.in_namespace(DEVICE_FLEET, namespace)]
 
     def _sync_broker(self, access: TenantAccess, desired: dict[str, Identity], progress: AdmissionProgress) -> SyncResult:
-        """Bring the broker in step, unless it was found in step with the same desired state within a resync."""
+        """Bring the broker in step, unless what the last sync left (within a resync of a full listing) already is the desired state."""
         namespace, share_group = access.owner.namespace, access.share_group
-        fingerprint = hashlib.sha256(
-            "\n".join([share_group, *(f"{username} {identity.text_name}" for username, identity in sorted(desired.items()))]).encode()
-        ).hexdigest()
         memo = self._broker_memo.pop(namespace, None)
         if memo is not None and self.clock() - memo.checked_at >= self.settings.resync_seconds * 0.9:
             memo = None  # a full check (listing what the broker holds) is due
-        if memo is not None and memo.fingerprint == fingerprint:
-            self._broker_memo[namespace] = memo
+        if memo is not None and not plan_commands(memo.state, desired, desired_roles(share_group, desired.values()))[0]:
+            self._broker_memo[namespace] = memo  # nothing to send: no connection either
             BROKER_SYNCS.labels("in_step").inc()
             return SyncResult()
         host, port = self.addresses(namespace)
@@ -274,7 +269,7 @@ class DeviceFleetReconciler:
         BROKER_CHANGES.labels("created").inc(len(result.created))
         BROKER_CHANGES.labels("modified").inc(len(result.modified))
         BROKER_CHANGES.labels("deleted").inc(len(result.deleted))
-        self._broker_memo[namespace] = _BrokerMemo(fingerprint, memo.checked_at if memo is not None else self.clock(), state)
+        self._broker_memo[namespace] = _BrokerMemo(memo.checked_at if memo is not None else self.clock(), state)
         return result
 
     def _progress_reporter(self, fleets: list[Fleet]) -> AdmissionProgress:
