@@ -89,6 +89,27 @@ def test_new_clients_go_in_descending_order_so_each_insert_into_the_brokers_sort
     assert created[0] == "z-9" and created[-1] == "a-1"
 
 
+def test_a_hostile_listing_from_the_broker_is_judged_entry_by_entry_and_the_good_entries_stay_in_step() -> None:
+    """The broker runs in the tenant's namespace: what it lists is read as untrusted."""
+    wanted = desired("d1", "d2", "d3")
+    roles = desired_roles(SHARE_GROUP, wanted.values())
+    good_roles = [{"rolename": name, "acls": role.acls()} for name, role in roles.items()]
+    clients = [
+        {"username": ADMIN}, *(wanted[name].client() for name in (INGEST, "iotenant:api", "d1")),
+        {**wanted["d2"].client(), "roles": "device-00"},  # a string where a list belongs
+        {**wanted["d3"].client(), "roles": [None, 7, {"rolename": ["x" * 10_000]}]},
+        "not an object", None, 12, {"username": None}, {"username": ["d4"]}, {"textname": "no username"},
+        {"username": "stray", "roles": {"deep": [[[[]]]]}, "textname": "\x00\ud800"},
+    ]
+    hostile_roles = [*good_roles[1:], {"rolename": good_roles[0]["rolename"], "acls": "#"},
+                     {"rolename": "odd", "acls": [None, "x", {"acltype": 1}]}, {"acls": []}, "role", None]
+    live = LiveState.from_listings(clients, hostile_roles)
+    commands, result = plan_commands(live, wanted, roles)
+    assert result.deleted == ["stray"] and result.modified == ["d2", "d3"] and result.created == []
+    assert sorted(result.roles_changed) == sorted([good_roles[0]["rolename"], "odd"])
+    assert "d1" not in {c.get("username") for c in commands}  # the good entry is in step: nothing sent for it
+
+
 def test_sync_changes_only_what_differs_and_other_clients_stay_connected(bare_broker: MosquittoBroker) -> None:
     port = bare_broker.port
     with admin(bare_broker) as broker:

@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotenant.broker.admin_tls import AdminTLS, client_context
-from iotenant.broker.identities import BROKER_VERSION_TOPIC, Identity, Role, desired_roles
+from iotenant.broker.identities import BROKER_VERSION_TOPIC, Identity, desired_roles
 from iotenant.broker.sync_plan import (
     COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, PATTERN_ACLS_FROM, LiveState, SyncResult, commands_per_message, compact_json, next_message, parse_version,
     plan_commands,
@@ -63,7 +63,7 @@ class DynamicSecurity:
         self.host, self.port = host, port
         self.message_bytes = max_packet_bytes - PACKET_MARGIN_BYTES if max_packet_bytes else COMMAND_MESSAGE_BYTES
         self.version: tuple[int, ...] | None = None
-        self._responses: list[dict[str, Any]] = []
+        self._responses: list[Any] = []
         self._connect_result: Any = None
         self._subscribed = False
         self._version_readable = False
@@ -157,27 +157,34 @@ class DynamicSecurity:
 
             self._pump(answered, RESPONSE_TIMEOUT, f"running {len(batch)} dynamic-security commands")
             answer = next(response for response in self._responses if self._matches(response, tag))
-            responses.extend(answer.get("responses", []))
+            answered = answer["responses"]
+            if len(answered) != len(batch) or not all(isinstance(entry, dict) for entry in answered):
+                raise BrokerCommandFailed(f"broker {self.host}:{self.port} answered {len(answered)} of {len(batch)} commands, "
+                                          "or not each with an object")
+            responses.extend(answered)
             if answered_message is not None:
                 answered_message(batch)
         return responses
 
     @staticmethod
-    def _matches(response: dict[str, Any], tag: str) -> bool:
-        entries = response.get("responses") or []
-        return bool(entries) and str(entries[0].get("correlationData", "")).startswith(f"{tag}-")
+    def _matches(response: object, tag: str) -> bool:
+        entries = response.get("responses") if isinstance(response, dict) else None
+        return (isinstance(entries, list) and bool(entries) and isinstance(entries[0], dict)
+                and str(entries[0].get("correlationData", "")).startswith(f"{tag}-"))
 
-    def _listing(self, command: str, key: str) -> list[dict[str, Any]]:
+    def _listing(self, command: str, key: str) -> list[Any]:
         (response,) = self.execute([{"command": command, "verbose": True, "count": -1, "offset": 0}])
         if "error" in response:
-            raise BrokerCommandFailed(f"{command}: {response['error']}")
-        return list(response["data"][key])
+            raise BrokerCommandFailed(f"{command}: {str(response['error'])[:200]}")
+        data = response.get("data")
+        listed = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(listed, list):
+            raise BrokerCommandFailed(f"{command}: the broker's answer holds no list of {key}")
+        return listed
 
     def live_state(self) -> LiveState:
         """Every client and role the broker knows."""
-        clients = {entry["username"]: entry for entry in self._listing("listClients", "clients")}
-        roles = {entry["rolename"]: Role.allows_of(entry.get("acls") or []) for entry in self._listing("listRoles", "roles")}
-        return LiveState.listed(clients, roles)
+        return LiveState.from_listings(self._listing("listClients", "clients"), self._listing("listRoles", "roles"))
 
     def list_clients(self) -> dict[str, str]:
         """Every client the broker knows: username -> text name."""

@@ -65,7 +65,8 @@ class Role:
     @staticmethod
     def allows_of(acls: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
         """The allowed pairs of a role as the broker lists it (a deny or a missing field counts as drift)."""
-        return frozenset((str(a.get("acltype")), str(a.get("topic")) + ("" if a.get("allow") is True else " (deny)")) for a in acls)
+        return frozenset((str(a.get("acltype")), str(a.get("topic")) + ("" if a.get("allow") is True else " (deny)"))
+                         if isinstance(a, dict) else ("(malformed)", repr(a)[:100]) for a in acls)
 
 
 # The broker's version tells the operator how the broker saves (``broker_control.commands_per_message``).

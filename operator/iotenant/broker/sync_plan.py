@@ -61,11 +61,26 @@ class LiveState:
         return cls({username: client_shape(entry) for username, entry in clients.items()}, roles)
 
     @classmethod
+    def from_listings(cls, clients: list[Any], roles: list[Any]) -> "LiveState":
+        """The state of the broker's listings as it answered them. The broker runs in the tenant's namespace:
+        an entry without a name cannot be addressed by a command and is left out (the desired ones are then
+        created), and a malformed field only makes its client or role differ from the desired one."""
+        return cls.listed(
+            {entry["username"]: entry for entry in clients if _named(entry, "username")},
+            {entry["rolename"]: Role.allows_of(entry["acls"] if isinstance(entry.get("acls"), list) else [entry.get("acls")])
+             for entry in roles if _named(entry, "rolename")},
+        )
+
+    @classmethod
     def after(cls, live: "LiveState", desired: dict[str, Identity], roles: dict[str, Role]) -> "LiveState":
         """What the broker holds once the plan from ``live`` to ``desired`` and ``roles`` has run."""
         clients = {ADMIN: live.clients[ADMIN]} if ADMIN in live.clients else {}
         clients.update((username, identity.shape) for username, identity in desired.items())
         return cls(clients, {name: Role.allows_of(role.acls()) for name, role in roles.items()})
+
+
+def _named(entry: object, key: str) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get(key), str)
 
 
 def commands_per_message(entries: int, version: tuple[int, ...] | None = None) -> int:
@@ -85,7 +100,11 @@ def parse_version(text: str) -> tuple[int, ...] | None:
 
 
 def client_shape(entry: dict[str, Any]) -> ClientShape:
-    roles = tuple(sorted(str(role.get("rolename")) for role in entry.get("roles") or []))
+    """A listed client's shape; whatever a field holds (the broker runs in the tenant's namespace), a
+    malformed one only makes the shape differ from the desired one, so the client is rewritten."""
+    listed = entry.get("roles")
+    roles = tuple(sorted(str(role.get("rolename")) if isinstance(role, dict) else repr(role)[:100]
+                         for role in (listed if isinstance(listed, list) else [listed])))
     return str(entry.get("textname", "")), str(entry.get("clientid") or ""), roles
 
 
