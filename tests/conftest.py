@@ -173,6 +173,9 @@ def broker_addresses(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CHART = REPO / "charts" / "iotenant"
 OPERATOR_ACCOUNT = "iotenant-operator"
 SECRET_READER_ROLE = f"{OPERATOR_ACCOUNT}-secrets"  # the chart's, bound by the operator in each customer namespace
+# The registry credentials the suite's operator is configured with (chart value imagePullSecrets), for the tenant pods.
+PULL_SECRET = "registry-credentials"
+PULL_SECRET_CONFIG = {"auths": {"registry.invalid": {"auth": "aW90ZW5hbnQ6dGVzdA=="}}}
 OPERATOR_IDENTITY = "pytest-operator"
 
 
@@ -197,8 +200,12 @@ def operator_kubeconfig(kube: Cluster, binaries: Binaries, tmp_path_factory: pyt
     """
     kube.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     kube.kubectl("create", "namespace", "billing", check=False)  # the chart's Role there lets the operator read billing licences
-    rbac = [o for o in render_chart(binaries, "--set", "installCRDs=false") if is_operator_rbac(o)]
+    rbac = [o for o in render_chart(binaries, "--set", "installCRDs=false", "--set", f"imagePullSecrets[0].name={PULL_SECRET}")
+            if is_operator_rbac(o)]
     kube.kubectl("apply", "--server-side", "--field-manager=iotenant-tests", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+    registry = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": PULL_SECRET, "namespace": OPERATOR_NAMESPACE},
+                "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": json.dumps(PULL_SECRET_CONFIG)}}
+    kube.kubectl("apply", "--server-side", "--field-manager=iotenant-tests", "-f", "-", stdin=json.dumps(registry))
     kubeconfig = token_kubeconfig(kube, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, tmp_path_factory.mktemp("operator-identity"))
     # The API server takes a moment to load a new admission policy: wait until the fence refuses a dry run.
     probe = json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fence-probe", "namespace": "default"}})
@@ -247,6 +254,7 @@ def operator(
             [sys.executable, "-m", "iotenant", "operator",
              "--namespace", OPERATOR_NAMESPACE,
              "--service-account", OPERATOR_ACCOUNT, "--secret-reader-role", SECRET_READER_ROLE,
+             "--image-pull-secrets", PULL_SECRET,
              "--resync-seconds", str(RESYNC_SECONDS),
              "--expiry-grace-seconds", str(EXPIRY_GRACE_SECONDS),
              "--trusted-issuers", str(billing.trusted_issuers_file),

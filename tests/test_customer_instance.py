@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import BILLING_ISSUER, OPERATOR_NAMESPACE, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
+from conftest import BILLING_ISSUER, OPERATOR_NAMESPACE, PULL_SECRET, PULL_SECRET_CONFIG, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
 from iotenant.licensing import licence as licences
 from iotenant.licensing import keys as licence_keys
 from iotenant.licensing.plans import load_catalogue
@@ -245,6 +245,26 @@ def test_every_pod_template_passes_pod_security_restricted(kube: Cluster, operat
         assert result.returncode == 0 and "Warning" not in result.stderr, f"{name}: {result.stderr}"
 
 
+def test_every_tenant_pod_pulls_with_the_operators_registry_credentials(kube: Cluster, operator: RunningOperator,
+                                                                       servicemonitor_crd: None) -> None:
+    """The chart's imagePullSecrets reach the tenant pods: a copy in the customer namespace, named by every pod."""
+    name, namespace = "pulling", "customer-pulling"
+    create_instance(kube, name, plan="enterprise")  # enterprise: the dedicated Prometheus' pods too
+    wait_phase(kube, name, "Ready", timeout=90)
+    copy = kube.core.read_namespaced_secret(PULL_SECRET, namespace)
+    assert copy.type == "kubernetes.io/dockerconfigjson"
+    assert json.loads(base64.b64decode(copy.data[".dockerconfigjson"])) == PULL_SECRET_CONFIG
+    templates = {s.metadata.name: s.spec.template for s in kube.apps.list_namespaced_stateful_set(namespace).items}
+    templates |= {d.metadata.name: d.spec.template for d in kube.apps.list_namespaced_deployment(namespace).items}
+    assert set(templates) == {"broker", "database", "prometheus", "ingest", "api"}
+    for workload, template in templates.items():
+        assert [s.name for s in template.spec.image_pull_secrets or []] == [PULL_SECRET], workload
+    kube.core.delete_namespaced_secret(PULL_SECRET, namespace)  # drift: the copy comes back
+    wait_for(lambda: exists(lambda: kube.core.read_namespaced_secret(PULL_SECRET, namespace)), timeout=30,
+             what="the pull Secret's copy restored")
+    delete_instance(kube, name)
+
+
 def test_enterprise_gets_a_dedicated_prometheus_from_its_claims(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None, tmp_path: Path) -> None:
     body = ready_instance(kube, "plan-enterprise", "enterprise")
     assert condition(body, "MonitoringReady")["reason"] == "PrometheusReady"
@@ -303,6 +323,61 @@ def test_volumes_use_the_storage_class_the_spec_names_which_cannot_change(kube: 
             patch_instance(kube, name, {"spec": change})
         assert refused.value.status == 422 and "storageClassName cannot be added, changed or removed" in refused.value.body
     delete_instance(kube, name)
+
+
+def test_volumes_grow_where_their_class_allows_without_a_restart_and_never_shrink(kube: Cluster, operator: RunningOperator,
+                                                                                 servicemonitor_crd: None) -> None:
+    """A StatefulSet's volume claim template cannot change: the operator grows the claims and replaces the
+    StatefulSet around its running pods; a class without expansion keeps the size and says why."""
+    expandable = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "expandable"},
+                  "provisioner": "kubernetes.io/host-path", "allowVolumeExpansion": True, "volumeBindingMode": "Immediate"}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(expandable))
+    name, namespace = "growing", "customer-growing"
+    create_instance(kube, name, plan="starter", database={"storageClassName": "expandable", "storage": "1Gi"})
+    wait_phase(kube, name, "Ready", timeout=90)
+    claim = "data-database-0"
+    wait_for(lambda: kube.core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase == "Bound", timeout=60,
+             what=f"{claim} bound")
+    pod = kube.core.read_namespaced_pod("database-0", namespace).metadata.uid
+
+    patch_instance(kube, name, {"spec": {"database": {"storage": "2Gi"}}})
+    def template_size(workload: str) -> str | None:  # None while the StatefulSet is being replaced
+        try:
+            stateful_set = kube.apps.read_namespaced_stateful_set(workload, namespace)
+        except ApiException as error:
+            assert error.status == 404, error
+            return None
+        return stateful_set.spec.volume_claim_templates[0].spec.resources.requests["storage"]
+
+    wait_for(lambda: template_size("database") == "2Gi", timeout=60, what="the database StatefulSet asking 2Gi")
+    assert kube.core.read_namespaced_persistent_volume_claim(claim, namespace).spec.resources.requests["storage"] == "2Gi"
+    assert kube.core.read_namespaced_pod("database-0", namespace).metadata.uid == pod, "the database pod kept running"
+    owners = kube.core.read_namespaced_pod("database-0", namespace).metadata.owner_references
+    new_uid = kube.apps.read_namespaced_stateful_set("database", namespace).metadata.uid
+    wait_for(lambda: [o.uid for o in kube.core.read_namespaced_pod("database-0", namespace).metadata.owner_references or []] == [new_uid],
+             timeout=30, what=f"the new StatefulSet adopting database-0 (owners {owners})")
+    assert condition(instance(kube, name), "Ready")["status"] == "True"
+
+    with pytest.raises(ApiException) as refused:
+        patch_instance(kube, name, {"spec": {"database": {"storage": "1Gi"}}})
+    assert refused.value.status == 422 and "storage can grow, never shrink" in refused.value.body
+
+    # The broker's volume is in the default class, which does not allow expansion.
+    patch_instance(kube, name, {"spec": {"broker": {"storage": "3Gi"}}})
+
+    def refusal() -> str | None:
+        events = kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
+        return next((e.message for e in events if e.reason == "VolumeExpansionRefused"), None)
+
+    message = wait_for(refusal, timeout=60, what="a VolumeExpansionRefused Event")
+    assert "data-broker-0 cannot grow to 3Gi" in message and "must support resize" in message, message
+    assert template_size("broker") == "1Gi"
+    time.sleep(RESYNC_SECONDS + 1)
+    events = kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
+    assert [e.reason for e in events].count("VolumeExpansionRefused") == 1, "the refusal is told once, not at every resync"
+    assert instance(kube, name)["status"]["phase"] == "Ready"
+    delete_instance(kube, name)
+    kube.kubectl("delete", "storageclass", "expandable")
 
 
 def test_professional_gets_a_service_monitor(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:

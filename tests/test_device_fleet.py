@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubernetes import watch
 
-from conftest import Cluster, RunningOperator, wait_for
+from conftest import PULL_SECRET, Cluster, RunningOperator, wait_for
 from mqtt_probe import NOT_AUTHORIZED, Probe, refused
 from real_services import PostgresServer
 from tenants import GROUP, VERSION, Tenant, delete_tenant, run_generated, start_tenant
@@ -395,6 +395,7 @@ def test_simulator_traffic_is_queryable_through_the_api(enterprise: Tenant, post
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["simulate"]
     assert pod["volumes"][0]["secret"]["secretName"] == "devicefleet-sims-credentials"
+    assert pod["imagePullSecrets"] == [{"name": PULL_SECRET}], "the simulator pulls the iotenant image as ingest and api do"
     assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "simulator"
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "DeviceFleet"
     assert pod["containers"][0]["resources"]["requests"]["memory"] == "65Mi"  # grows with the fleet

@@ -57,6 +57,8 @@ class OperatorSettings:
     apiserver_ports: tuple[int, ...] = (443, 6443)
     # The StorageClass of tenant volumes whose spec names none (empty: the cluster's default class).
     storage_class: str = ""
+    # Pull Secrets in ``namespace`` that tenant pods pull their images with (copied into each customer namespace).
+    image_pull_secrets: tuple[str, ...] = ()
     images: Images = Images()
 
     def device_broker_address(self, namespace: str, customer: str) -> str:
@@ -121,6 +123,9 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("apiserver_ports", "IOTENANT_APISERVER_PORTS", port_list, "the API server's ports with --apiserver-cidrs (default 443,6443)"),
     ("storage_class", "IOTENANT_STORAGE_CLASS", str,
      "StorageClass of new tenant volumes whose spec names none (empty: the cluster's default); volumes keep the class they were made in"),
+    ("image_pull_secrets", "IOTENANT_IMAGE_PULL_SECRETS", comma_list,
+     "pull Secrets (kubernetes.io/dockerconfigjson) in --namespace, comma-separated, that tenant pods pull their images with: "
+     "each is copied into every customer namespace and named by every pod the operator makes"),
     ("service_account", "IOTENANT_SERVICE_ACCOUNT", str,
      "the operator's ServiceAccount in --namespace, bound in each customer namespace to --secret-reader-role"),
     ("secret_reader_role", "IOTENANT_SECRET_READER_ROLE", str,

@@ -33,3 +33,10 @@ when the tag is a digest; the tag defaults to the chart's appVersion.
 {{- printf "%s:%s" .Values.image.repository $tag -}}
 {{- end -}}
 {{- end }}
+
+{{- /* The names of .Values.imagePullSecrets, comma-separated (an operator setting, and a YAML flow list). */ -}}
+{{- define "iotenant.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range . -}}{{- $names = append $names .name -}}{{- end -}}
+{{- join "," $names -}}
+{{- end -}}

@@ -19,6 +19,7 @@ from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance import kept_secrets, status as rules
 from iotenant.customer_instance.live_objects import LiveObjects, live_objects
 from iotenant.customer_instance.finalize import finalize
+from iotenant.customer_instance.volume_growth import announce_refusals, grow_volumes
 from iotenant.customer_instance.licence_decision import (
     DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate,
 )
@@ -37,6 +38,7 @@ from iotenant.render import meta
 from iotenant.render.broker import broker_tls_secret
 from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.ingest_and_api import api_url
+from iotenant.render.image_pull import PullSecret
 from iotenant.render.inputs import StackInput
 from iotenant.render.monitoring import SERVICE_MONITOR_CRD
 from iotenant.render.operator_access import secret_reader_binding
@@ -101,6 +103,9 @@ class CustomerInstanceReconciler:
         self.fleets = fleets or DeviceFleetReconciler(api, cache, settings)
         self.licences = LicenceDecider(api, settings, catalogue, keyring, trusted_issuers, clock)
         self._progress_reported: dict[str, float] = {}  # uid -> when a provisioning tenant's progress was last written
+        # The operator's image pull Secrets as last read (kube.pull_secrets), copied into every tenant.
+        self.pull_secrets: tuple[PullSecret, ...] = ()
+        self._volume_refusals: dict[str, dict[str, str]] = {}  # uid -> StatefulSet -> why its volumes cannot grow (announced)
 
     def post_event(self, body: Manifest, event_type: str, reason: str, message: str) -> None:
         post_event(self.api, {"apiVersion": meta.API_VERSION, "kind": "CustomerInstance", **body}, event_type, reason, message)
@@ -129,7 +134,11 @@ class CustomerInstanceReconciler:
         decision = duplicate(spec.get("customerId", ""), str(customer_id_holder)) if is_duplicate else self._decide_licence(spec, live)
         tls, endpoint = self._broker_tls(spec, owner, live), self._device_endpoint(spec, owner, live)
         stack = self._stack_input(body, owner, decision, live, tls, endpoint)
-        result: Convergence = converge(self.api, render_customer_stack(stack), live.stack, owner.uid)
+        growth = grow_volumes(self.api, owner, render_customer_stack(stack), live.stack)
+        self._volume_refusals[owner.uid] = announce_refusals(growth, self._volume_refusals.get(owner.uid, {}),
+                                                             lambda message: self.post_event(body, "Warning", "VolumeExpansionRefused", message))
+        result: Convergence = converge(self.api, growth.desired, growth.live, owner.uid)
+        result.objects.update({key: was for key, was in growth.replaced.items() if key in result.objects})
         fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects, endpoint), live.fleets, body)
         found = self._findings(stack, decision, live, result, tls)
         phase, conditions = rules.phase_and_conditions(found)
@@ -252,6 +261,7 @@ class CustomerInstanceReconciler:
             certificate_crd_present=CERTIFICATE_CRD in crds,
             device_endpoint=endpoint,
             broker_tls_hash=tls.certificate_hash,
+            pull_secrets=self.pull_secrets,
         )
 
     def _storage_classes(self, spec: dict[str, Any], live: LiveObjects) -> dict[str, str]:
@@ -337,6 +347,7 @@ class CustomerInstanceReconciler:
     def forget(self, uid: str, namespace: str) -> None:
         """The instance's loop ended: drop what was kept about it in memory."""
         self._progress_reported.pop(uid, None)
+        self._volume_refusals.pop(uid, None)
         self.fleets.forget(namespace)
 
     def finalize(self, body: Manifest) -> None:

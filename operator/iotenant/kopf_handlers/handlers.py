@@ -18,8 +18,9 @@ from iotenant.device_fleet.status import report_not_in_customer_namespace
 from iotenant.kopf_handlers import instance_loop
 from iotenant.kopf_handlers.keyring_upkeep import maintain_keyring, publish_jwks
 from iotenant.kopf_handlers.state import RECONCILE_THREADS, OperatorState, state
-from iotenant.kube import apiserver_endpoints
+from iotenant.kube import apiserver_endpoints, pull_secrets
 from iotenant.kube.apiserver_endpoints import settings_with_endpoints
+from iotenant.kube.pull_secrets import read_pull_secrets
 from iotenant.kube.kinds import CRD, DEVICE_FLEET, NAMESPACE
 from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
@@ -86,9 +87,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         trusted_issuers=trusted,
         optional_crds=lambda: s.optional_crds,
     )
+    s.reconciler.pull_secrets = await asyncio.to_thread(read_pull_secrets, s.api, s.settings.namespace, s.settings.image_pull_secrets)
     await asyncio.to_thread(publish_jwks, s)
     s.tasks.append(asyncio.create_task(maintain_keyring(s)))
     s.tasks.append(asyncio.create_task(follow_apiserver_endpoints(s)))
+    if s.settings.image_pull_secrets:
+        s.tasks.append(asyncio.create_task(follow_pull_secrets(s)))
     log.info("iotenant operator started: namespace %s, active signing key %s", s.settings.namespace, ring.active_kid)
 
 
@@ -107,6 +111,24 @@ async def follow_apiserver_endpoints(s: OperatorState) -> None:
         if current != s.reconciler.settings:
             log.info("the API server's endpoints changed: %s on %s", ",".join(current.apiserver_cidrs), current.apiserver_ports)
             s.reconciler.settings = current
+            s.wake()
+
+
+async def follow_pull_secrets(s: OperatorState) -> None:
+    """The image pull Secrets, read again every REFRESH_SECONDS; a change re-renders every tenant's copies."""
+    assert s.reconciler is not None
+    while True:
+        await asyncio.sleep(pull_secrets.REFRESH_SECONDS)
+        try:
+            current = await asyncio.to_thread(read_pull_secrets, s.api, s.settings.namespace, s.settings.image_pull_secrets)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reading the image pull Secrets failed; retrying")
+            continue
+        if current != s.reconciler.pull_secrets:
+            log.info("image pull Secrets changed: %s", ", ".join(secret.name for secret in current) or "none readable")
+            s.reconciler.pull_secrets = current
             s.wake()
 
 

@@ -93,7 +93,8 @@ def _broker_pod(stack: StackInput, tls_secret: str | None, broker_resources: Man
         readinessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 5},
         livenessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 20},
     )
-    template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init])
+    template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init],
+                            pull_secrets=stack.settings.image_pull_secrets)
     annotations = template["metadata"].setdefault("annotations", {})
     annotations[ADMIN_TLS_ANNOTATION] = hashlib.sha256(stack.secrets.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
     if tls_secret:

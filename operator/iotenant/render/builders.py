@@ -7,6 +7,7 @@ import base64
 from typing import Any
 
 from iotenant.render.contract import PROBE_TIMEOUT_SECONDS
+from iotenant.render.image_pull import image_pull_secrets
 from iotenant.render.meta import Owner
 from iotenant.render.pod_security import container_security_context, pod_security_context
 
@@ -55,8 +56,10 @@ def pod_template(
     volumes: list[Manifest],
     init_containers: list[Manifest] | None = None,
     service_account: str | None = None,
+    pull_secrets: tuple[str, ...] = (),
 ) -> Manifest:
     spec: Manifest = {
+        **image_pull_secrets(pull_secrets),
         "securityContext": pod_security_context(user_id),
         "automountServiceAccountToken": service_account is not None,
         "enableServiceLinks": False,

@@ -36,7 +36,8 @@ def database(stack: StackInput) -> list[Manifest]:
         readinessProbe=ready,
         livenessProbe={**ready, "periodSeconds": 20, "failureThreshold": 6},
     )
-    template = pod_template(owner, "database", DATABASE_UID, [main], [empty_dir("run"), empty_dir("tmp")])
+    template = pod_template(owner, "database", DATABASE_UID, [main], [empty_dir("run"), empty_dir("tmp")],
+                            pull_secrets=stack.settings.image_pull_secrets)
     credentials = {
         # The superuser: the image initialises the database with it; only ingest's init container uses it.
         "username": tenant_database.SUPERUSER, "password": generated.database_password, "database": tenant_database.NAME,

@@ -119,7 +119,7 @@ def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_fo
         {"name": "credentials", "secret": {"secretName": credentials_secret_name(fleet.name)}},
         empty_dir("tmp"),
     ]
-    template = pod_template(owner, "simulator", IOTENANT_UID, [main], volumes)
+    template = pod_template(owner, "simulator", IOTENANT_UID, [main], volumes, pull_secrets=settings.image_pull_secrets)
     template["metadata"]["labels"][FLEET_LABEL] = fleet.name
     fingerprint = hashlib.sha256("\n".join([rotated_for, *fleet.devices]).encode()).hexdigest()[:16]
     template["metadata"]["annotations"] = {DEVICES_HASH_ANNOTATION: fingerprint}

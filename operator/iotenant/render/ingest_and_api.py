@@ -102,7 +102,8 @@ def _iotenant_volumes(service: str) -> list[Manifest]:
 def ingest(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("ingest", {})
     main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
-    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes("ingest"), init_containers=[database_setup(stack)])
+    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes("ingest"), init_containers=[database_setup(stack)],
+                            pull_secrets=stack.settings.image_pull_secrets)
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     if replicas > 1:
         template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, "ingest")
@@ -118,7 +119,7 @@ def api(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("api", {})
     http = [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
     main = _iotenant_container(stack, "api", http, spec.get("resources"))
-    template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes("api"))
+    template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes("api"), pull_secrets=stack.settings.image_pull_secrets)
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     if replicas > 1:
         template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, "api")

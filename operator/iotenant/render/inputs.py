@@ -9,6 +9,7 @@ from iotenant.broker.admin_tls import AdminTLS
 from iotenant.broker.device_endpoint import BrokerExposure, DeviceEndpoint
 from iotenant.licensing.licence import Claims
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, BrokerLimits, Quota
+from iotenant.render.image_pull import PullSecret
 from iotenant.render.meta import Owner
 from iotenant.settings import OperatorSettings
 
@@ -52,6 +53,8 @@ class StackInput:
     # listener starts, and restarts when it changes); None: no device TLS yet.
     broker_tls_hash: str | None = None
     certificate_crd_present: bool = False
+    # The operator's pull Secrets as read from its namespace (settings.image_pull_secrets), copied into the tenant's.
+    pull_secrets: tuple[PullSecret, ...] = ()
 
     @property
     def exposure(self) -> BrokerExposure:

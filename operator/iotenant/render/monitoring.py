@@ -95,6 +95,7 @@ def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
         [server],
         [{"name": "config", "configMap": {"name": "prometheus-config"}}],
         service_account="prometheus",
+        pull_secrets=stack.settings.image_pull_secrets,
     )
     config_text = yaml.safe_dump(prometheus_config(namespace), sort_keys=True)
     return [

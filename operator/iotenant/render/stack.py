@@ -6,6 +6,7 @@ from typing import Any
 
 from iotenant.render import broker, database, guardrails, ingest_and_api, licence, monitoring, operator_access
 from iotenant.render.cert_manager import CERTIFICATE_CRD
+from iotenant.render.image_pull import pull_secret_copies
 from iotenant.render.inputs import StackInput
 
 Manifest = dict[str, Any]
@@ -20,6 +21,7 @@ def render_customer_stack(stack: StackInput) -> list[Manifest]:
         objects.append(guardrails.resource_quota(stack.owner, stack.quota))
     objects.append(guardrails.limit_range(stack.owner))
     objects += guardrails.network_policies(stack)
+    objects += pull_secret_copies(stack.owner, stack.pull_secrets)
     objects += licence.licence_objects(stack)
     objects += broker.broker(stack)
     objects += database.database(stack)

@@ -1,0 +1,135 @@
+"""Growing a tenant's volumes when its spec asks for more storage.
+
+A StatefulSet's volume claim templates cannot change; its claims can grow where their StorageClass allows
+volume expansion. So a larger ``storage`` is brought about in one reconcile:
+
+1. every claim of the StatefulSet is asked for the new size (the cluster's resize controller and the
+   volume's driver do the rest, online where the driver can);
+2. the StatefulSet is deleted with its pods orphaned: they keep running and keep their volumes;
+3. once it is gone, it is applied anew with the new template and adopts the pods.
+
+A claim whose class refuses to grow leaves the StatefulSet as it is (a ``VolumeExpansionRefused`` Event
+says why, once per refusal) and the rest of the stack converges around it. A smaller size is never
+applied: the schema refuses shrinking ``storage``, and a size the licence lowered (a dedicated
+Prometheus after a plan change) leaves the volume as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Callable
+
+from kubernetes.utils import parse_quantity
+
+from iotenant.kube.apply import ObjectKey, key_of
+from iotenant.kube.client import ClusterAPI, Manifest
+from iotenant.kube.kinds import PVC, STATEFUL_SET
+from iotenant.render import meta
+
+# How long the garbage collector may take to orphan a StatefulSet's pods and let it go.
+REPLACEMENT_TIMEOUT_SECONDS = 30.0
+_REPLACEMENT_POLL_SECONDS = 0.1
+
+
+def claim_size(stateful_set: Manifest) -> str | None:
+    """The storage each pod's volume claim asks for, None for a StatefulSet without volumes."""
+    templates = stateful_set.get("spec", {}).get("volumeClaimTemplates") or []
+    return templates[0]["spec"]["resources"]["requests"]["storage"] if templates else None
+
+
+def with_claim_size(stateful_set: Manifest, size: str) -> Manifest:
+    """``stateful_set`` (a desired manifest, left unchanged) with its volume claim template asking for ``size``."""
+    changed = copy.deepcopy(stateful_set)
+    changed["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = size
+    return changed
+
+
+def bytes_of(quantity: str) -> Decimal:
+    return Decimal(parse_quantity(quantity))
+
+
+@dataclass
+class VolumeGrowth:
+    """What this reconcile applies: ``desired`` with sizes that cannot be applied replaced by the live ones,
+    ``live`` without the StatefulSets just replaced, ``replaced`` those as they were (their status still says
+    whether the pods, which kept running, are ready), ``refusals`` why a StatefulSet's volumes cannot grow."""
+
+    desired: list[Manifest]
+    live: dict[ObjectKey, Manifest]
+    replaced: dict[ObjectKey, Manifest] = field(default_factory=dict)
+    refusals: dict[str, str] = field(default_factory=dict)
+
+
+def grow_volumes(api: ClusterAPI, owner: meta.Owner, desired: list[Manifest], live: dict[ObjectKey, Manifest]) -> VolumeGrowth:
+    """Bring each StatefulSet's volumes to the size ``desired`` asks for, as the module says."""
+    growth = VolumeGrowth(desired=[], live=dict(live))
+    for manifest in desired:
+        key = key_of(manifest)
+        current = live.get(key) if manifest["kind"] == STATEFUL_SET.kind else None
+        wanted, has = (claim_size(manifest), claim_size(current)) if current is not None else (None, None)
+        if current is None or wanted is None or has is None or wanted == has:
+            growth.desired.append(manifest)
+            continue
+        refusal = "" if bytes_of(wanted) <= bytes_of(has) else _grow_claims(api, owner, manifest, wanted)
+        if refusal is None:
+            _replace_orphaning_pods(api, manifest["metadata"]["name"], owner.namespace, _selector(manifest))
+            growth.live.pop(key)
+            growth.replaced[key] = current
+            growth.desired.append(manifest)
+        else:
+            if refusal:
+                growth.refusals[manifest["metadata"]["name"]] = refusal
+            growth.desired.append(with_claim_size(manifest, has))  # volumes never shrink; 1Gi stays 1Gi, not 1024Mi
+    return growth
+
+
+def _selector(stateful_set: Manifest) -> str:
+    """The label selector of a StatefulSet's pods, which their volume claims carry too."""
+    labels = stateful_set["spec"]["selector"]["matchLabels"]
+    return ",".join(f"{name}={value}" for name, value in sorted(labels.items()))
+
+
+def _grow_claims(api: ClusterAPI, owner: meta.Owner, stateful_set: Manifest, size: str) -> str | None:
+    """Ask each claim of ``stateful_set`` (its pods' volumes, by label) for ``size``; the API server's refusal, if any."""
+    for claim in api.list(PVC, owner.namespace, _selector(stateful_set)):
+        requested = claim.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+        if requested is not None and bytes_of(requested) >= bytes_of(size):
+            continue
+        try:
+            api.merge_patch(PVC, claim["metadata"]["name"], owner.namespace, {"spec": {"resources": {"requests": {"storage": size}}}})
+        except Exception as error:  # the resize admission's answer: the class does not allow expansion, the claim is unbound, ...
+            return f"volume {claim['metadata']['name']} cannot grow to {size}: {_reason(error)}"[:900]
+    return None
+
+
+def _reason(error: Exception) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, (str, bytes)):
+        try:
+            return str(json.loads(body).get("message") or body)
+        except ValueError:
+            return str(body)
+    return f"{type(error).__name__}: {error}"
+
+
+def _replace_orphaning_pods(api: ClusterAPI, name: str, namespace: str, selector: str) -> None:
+    """Delete StatefulSet ``name`` (labelled ``selector``) leaving its pods running, and wait until it is gone."""
+    api.delete(STATEFUL_SET, name, namespace, propagation="Orphan")
+    deadline = time.monotonic() + REPLACEMENT_TIMEOUT_SECONDS
+    while any(item["metadata"]["name"] == name for item in api.list(STATEFUL_SET, namespace, selector)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"StatefulSet {name} was deleted (pods orphaned) to take its larger volumes, "
+                               f"and is still there after {REPLACEMENT_TIMEOUT_SECONDS:.0f} s")
+        time.sleep(_REPLACEMENT_POLL_SECONDS)
+
+
+def announce_refusals(growth: VolumeGrowth, announced: dict[str, str], warn: Callable[[str], None]) -> dict[str, str]:
+    """Warn once about each new refusal; the refusals still standing, to compare with next time."""
+    for name, message in growth.refusals.items():
+        if announced.get(name) != message:
+            warn(message)
+    return dict(growth.refusals)

@@ -1,0 +1,58 @@
+"""Registry credentials for tenant pods: the operator's image pull Secrets, copied into each customer namespace.
+
+The operator is configured with the names of ``kubernetes.io/dockerconfigjson`` Secrets in its own namespace
+(``--image-pull-secrets``; the chart passes ``imagePullSecrets``). A pod can only use a pull Secret of its
+own namespace, so each customer namespace gets a copy under the same name, and every pod the operator
+renders names them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from typing import Any
+
+from iotenant.render.meta import Owner
+
+Manifest = dict[str, Any]
+
+# The Secret types a kubelet pulls with, and the key each keeps its credentials under.
+PULL_SECRET_KEYS = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson", "kubernetes.io/dockercfg": ".dockercfg"}
+
+
+@dataclass(frozen=True)
+class PullSecret:
+    """One pull Secret as read from the operator's namespace: its name, type and (base64) credentials."""
+
+    name: str
+    type: str
+    credentials: str
+
+    @classmethod
+    def from_secret(cls, secret: Manifest) -> "PullSecret | None":
+        """The pull Secret ``secret`` holds, None unless it is of a pull type with its key as a string."""
+        secret_type = secret.get("type")
+        key = PULL_SECRET_KEYS.get(secret_type) if isinstance(secret_type, str) else None
+        value = (secret.get("data") or {}).get(key) if key else None
+        if not isinstance(value, str) or not value:
+            return None
+        return cls(secret["metadata"]["name"], secret_type, value)  # type: ignore[arg-type]
+
+
+def pull_secret_copies(owner: Owner, sources: tuple[PullSecret, ...]) -> list[Manifest]:
+    """The customer namespace's copy of each pull Secret."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": owner.metadata(source.name, None),
+            "type": source.type,
+            "data": {PULL_SECRET_KEYS[source.type]: source.credentials},
+        }
+        for source in sources
+    ]
+
+
+def image_pull_secrets(names: tuple[str, ...]) -> dict[str, list[dict[str, str]]]:
+    """The pod spec field naming ``names`` (nothing at all without names)."""
+    return {"imagePullSecrets": [{"name": name} for name in names]} if names else {}

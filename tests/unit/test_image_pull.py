@@ -1,0 +1,41 @@
+"""Image pull Secrets: what is taken from the operator's namespace, and the copies and pod field made of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from iotenant.render import meta
+from iotenant.render.image_pull import PullSecret, image_pull_secrets, pull_secret_copies
+
+OWNER = meta.Owner("acme", "00000000-0000-0000-0000-000000000001")
+
+
+def secret(secret_type: Any, data: Any) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred", "namespace": "iotenant-system"},
+            "type": secret_type, "data": data}
+
+
+def test_a_pull_secret_is_copied_with_its_type_and_credentials_and_named_by_pods() -> None:
+    source = PullSecret.from_secret(secret("kubernetes.io/dockerconfigjson", {".dockerconfigjson": "e30=", "other": "eA=="}))
+    assert source == PullSecret("regcred", "kubernetes.io/dockerconfigjson", "e30=")
+    (copy,) = pull_secret_copies(OWNER, (source,))
+    assert copy["metadata"]["namespace"] == "customer-acme" and copy["metadata"]["name"] == "regcred"
+    assert copy["type"] == "kubernetes.io/dockerconfigjson" and copy["data"] == {".dockerconfigjson": "e30="}, "nothing else is copied"
+    assert copy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert image_pull_secrets(("regcred", "other")) == {"imagePullSecrets": [{"name": "regcred"}, {"name": "other"}]}
+    assert image_pull_secrets(()) == {}, "no empty field on pods when none is configured"
+
+
+@pytest.mark.parametrize("secret_type, data", [
+    ("Opaque", {".dockerconfigjson": "e30="}),  # not a pull type: never copied (it may hold anything)
+    ("kubernetes.io/dockerconfigjson", {".dockercfg": "e30="}),  # the other type's key
+    ("kubernetes.io/dockerconfigjson", {".dockerconfigjson": ""}),
+    ("kubernetes.io/dockerconfigjson", {".dockerconfigjson": {"nested": True}}),
+    ("kubernetes.io/dockerconfigjson", None),
+    (["kubernetes.io/dockerconfigjson"], {".dockerconfigjson": "e30="}),
+    (None, None),
+])
+def test_a_secret_that_is_not_a_pull_secret_is_left_out(secret_type: Any, data: Any) -> None:
+    assert PullSecret.from_secret(secret(secret_type, data)) is None
