@@ -32,7 +32,8 @@ clean: dev-down
 	rm -rf $(VENV)
 
 ## With Docker (not run in CI): the image, and a kind cluster running the chart and the examples.
-IMAGE ?= iotenant:0.1.0
+# The reference the chart renders by default (image.repository, tag = the chart's appVersion), so the pods run the image kind loads.
+IMAGE ?= ghcr.io/iotenant/iotenant:0.1.0
 KIND_CLUSTER ?= iotenant
 HELM = $(shell $(PY) -c 'from iotenant_testbed.binaries import ensure_binaries; print(ensure_binaries().path("helm"))')
 
