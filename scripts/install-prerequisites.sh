@@ -28,21 +28,27 @@ install_python_env() {
   fi
 }
 
+# Debian packages not installed yet, installed with apt-get (through sudo unless run as root).
+install_packages() {
+  local missing=() package
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
 # --python-only: just the virtual environment (the unit tier needs no service).
 if [[ "${1:-}" == "--python-only" ]]; then
+  install_packages python3-venv
   install_python_env
   exit 0
 fi
 
-missing=()
-for package in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "installing Debian packages: ${missing[*]}" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_packages python3-venv "${PACKAGES[@]}"
 
 command -v go >/dev/null || { echo "Go 1.26 or newer is required on PATH to build the local control plane" >&2; exit 1; }
 

@@ -214,6 +214,19 @@ def operator_kubeconfig(kube: Cluster, binaries: Binaries, tmp_path_factory: pyt
     return kubeconfig
 
 
+SERVICE_MONITOR_CRD_FILE = REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml"
+PROMETHEUS_RULE_CRD_FILE = REPO / "examples" / "monitoring" / "prometheusrule-crd.yaml"
+
+
+@pytest.fixture
+def servicemonitor_crd(kube: Cluster) -> None:
+    """The ServiceMonitor and PrometheusRule CRDs, so that shared-tier instances can become fully Ready."""
+    for path in (SERVICE_MONITOR_CRD_FILE, PROMETHEUS_RULE_CRD_FILE):
+        kube.kubectl("apply", "--server-side", "-f", str(path))
+    for name in ("servicemonitors", "prometheusrules"):
+        kube.kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=30s")
+
+
 def is_operator_rbac(manifest: dict) -> bool:
     """The chart's objects that make the operator's identity: its account, roles, bindings and fence
     (not the roles it ships for people and billing systems)."""

@@ -83,7 +83,7 @@ def test_a_volume_of_the_previous_release_keeps_its_identities_sessions_and_reta
             assert sorted(moved.modified) == ["m1", "m2"]
             assert sorted(moved.roles_changed) == sorted({device_role_name("m1"), device_role_name("m2"), "device:m1", "device:m2"})
             assert broker.sync({**{i.username: i for i in SERVICES}, **DEVICES}, SHARE_GROUP)[0].changed is False
-        # Moved to its device role, a connected device is disconnected once (as the README says).
+        # Moved to its device role, a connected device is disconnected once (as docs/concepts.md says).
         assert connected.disconnected.wait(10) and "Administrative action" in str(connected.disconnect_reason)
         connected.client.loop_stop()
         meter = Probe.connect(new.port, "m1", "m1-password")

@@ -17,7 +17,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import BILLING_ISSUER, OPERATOR_NAMESPACE, PULL_SECRET, PULL_SECRET_CONFIG, RESYNC_SECONDS, BillingIssuer, Cluster, RunningOperator, wait_for
+from conftest import (BILLING_ISSUER, OPERATOR_NAMESPACE, PROMETHEUS_RULE_CRD_FILE, PULL_SECRET, PULL_SECRET_CONFIG, RESYNC_SECONDS,
+                      SERVICE_MONITOR_CRD_FILE, BillingIssuer, Cluster, RunningOperator, wait_for)
 from iotenant.licensing import licence as licences
 from iotenant.licensing import keys as licence_keys
 from iotenant.licensing.plans import load_catalogue
@@ -129,19 +130,6 @@ def billing_token(billing: BillingIssuer, subject: str, plan: str = "professiona
     claims = CATALOGUE[plan].claims(subject, BILLING_ISSUER, 30 * 86400)
     payload = {**claims.to_payload(), **overrides}
     return licences.sign(licences._claims_from_payload(payload), billing.key)
-
-
-SERVICE_MONITOR_CRD_FILE = REPO / "examples" / "monitoring" / "servicemonitor-crd.yaml"
-PROMETHEUS_RULE_CRD_FILE = REPO / "examples" / "monitoring" / "prometheusrule-crd.yaml"
-
-
-@pytest.fixture
-def servicemonitor_crd(kube: Cluster) -> None:
-    """The ServiceMonitor and PrometheusRule CRDs, so that shared-tier instances can become fully Ready."""
-    for path in (SERVICE_MONITOR_CRD_FILE, PROMETHEUS_RULE_CRD_FILE):
-        kube.kubectl("apply", "--server-side", "-f", str(path))
-    for name in ("servicemonitors", "prometheusrules"):
-        kube.kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com", "--timeout=30s")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataplane import ApiProcess, IngestProcess, LicenceFiles
 from iotenant_testbed.binaries import Binaries
 from iotenant_testbed.mosquitto import MosquittoBroker
 from iotenant.render.tenant_alerts import rule_groups
+from iotenant.settings import RUNBOOK_BASE_URL
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 METRIC = re.compile(r"\biotenant_[a-z_]+\b")
@@ -50,7 +51,7 @@ def test_every_dashboard_and_alert_expression_passes_promtool(binaries: Binaries
     assert len(expressions) >= 20
     as_rules = [{"record": f"iotenant:dashboard:{n}", "expr": expr} for n, expr in enumerate(expressions.values())]
     promtool_check(binaries, [{"name": "dashboards", "rules": as_rules}])
-    promtool_check(binaries, rule_groups("customer-x"))
+    promtool_check(binaries, rule_groups("customer-x", RUNBOOK_BASE_URL))
     promtool_check(binaries, chart_rules(binaries))
     rendered = render_chart(binaries)
     shipped = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"]}
@@ -88,6 +89,6 @@ def test_every_metric_named_is_exported_by_the_operator_or_a_workload(
     finally:
         api.stop()
         ingest.stop()
-    texts = [*dashboard_expressions().values(), json.dumps(rule_groups("customer-x")), json.dumps(chart_rules(binaries))]
+    texts = [*dashboard_expressions().values(), json.dumps(rule_groups("customer-x", RUNBOOK_BASE_URL)), json.dumps(chart_rules(binaries))]
     named = {name for text in texts for name in METRIC.findall(text)}
     assert named - available == set(), f"named by dashboards or rules but exported by nothing: {sorted(named - available)}"

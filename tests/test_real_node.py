@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
+import os
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from conftest import Cluster, wait_for
+from doc_blocks import run_block
 from mqtt_probe import Probe, Refused
 from iotenant.broker.identities import INGEST, DeviceCredentials
 from iotenant.render.contract import API_TOKEN_KEY, API_TOKEN_SECRET
@@ -33,24 +33,24 @@ from iotenant_testbed.real_node import NODE_NAME
 from iotenant_testbed.node_network import NODE_ADDRESS
 
 REAL_NODE_CLUSTER = "iotenant-node-test"
-CHART = Path(__file__).resolve().parents[1] / "charts" / "iotenant"
 GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"
 OPERATOR_NAMESPACE = "iotenant-system"
 STACK_READY_SECONDS = 300
 
 
 @pytest.fixture(scope="module")
-def node_cluster(binaries: Binaries) -> Iterator[Cluster]:
-    """A cluster with the real node and the chart installed: the operator runs as pods on the node."""
+def node_cluster(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A cluster with the real node and the chart installed by the README's own command: the operator runs
+    as pods on the node."""
     devcluster.down(REAL_NODE_CLUSTER)
     kubeconfig = devcluster.up(REAL_NODE_CLUSTER, nodes=0, with_real_node=True)
     api = config.new_client_from_config(config_file=str(kubeconfig))
     cluster = Cluster(name=REAL_NODE_CLUSTER, kubeconfig=kubeconfig, binaries=binaries, api=api)
     try:
-        helm = [str(binaries.path("helm")), "--kubeconfig", str(kubeconfig)]
-        installed = subprocess.run([*helm, "install", "iotenant", str(CHART), "--namespace", OPERATOR_NAMESPACE,
-                                    "--create-namespace", "--wait", "--timeout", "180s"], capture_output=True, text=True)
+        installed = run_block("helm-install", tmp_path_factory.mktemp("readme"), [binaries.path("helm").parent],
+                              env=dict(os.environ, KUBECONFIG=str(kubeconfig)))
         assert installed.returncode == 0, installed.stderr
+        cluster.kubectl("rollout", "status", "deployment/iotenant-operator", "-n", OPERATOR_NAMESPACE, "--timeout=180s")
         yield cluster
     finally:
         api.close()
@@ -261,7 +261,7 @@ def simulated_telemetry_reaches_another_pod(kube: Cluster, namespace: str, token
 def broker_restart_keeps_retained_status_and_identities(kube: Cluster, namespace: str, device: DeviceCredentials, token: str) -> None:
     """The broker's volume keeps its retained messages and the device identities across a new pod. The
     device waits for ingest to be back: until then Mosquitto (2.0.21 and 2.1.2) delivers nothing to its restored
-    shared subscription (the README's known gap)."""
+    shared subscription (the known gap docs/data-plane.md names)."""
     status = json.dumps({"v": 2, "device_id": device.device_id, "online": True, "fw": "e2e"}).encode()
     publish_retained(device, status)
     replace_pod(kube, namespace, "broker-0")

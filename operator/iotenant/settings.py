@@ -11,6 +11,8 @@ from iotenant import __version__
 from iotenant.environment_flags import boolean, flag
 
 
+# Where the alerts' runbooks are: the troubleshooting guide of this release's documentation.
+RUNBOOK_BASE_URL = f"https://github.com/iotenant/iotenant/blob/v{__version__}/docs/operate.md"
 # The Mosquitto the stack ships; `iotenant dev build` unpacks the same release from Debian for the tests.
 MOSQUITTO_VERSION = "2.1.2"
 
@@ -59,6 +61,8 @@ class OperatorSettings:
     storage_class: str = ""
     # Pull Secrets in ``namespace`` that tenant pods pull their images with (copied into each customer namespace).
     image_pull_secrets: tuple[str, ...] = ()
+    # The troubleshooting guide that every alert's runbook_url points into (#<alert name in lower case>).
+    runbook_base_url: str = RUNBOOK_BASE_URL
     images: Images = Images()
 
     def device_broker_address(self, namespace: str, customer: str) -> str:
@@ -126,6 +130,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("image_pull_secrets", "IOTENANT_IMAGE_PULL_SECRETS", comma_list,
      "pull Secrets (kubernetes.io/dockerconfigjson) in --namespace, comma-separated, that tenant pods pull their images with: "
      "each is copied into every customer namespace and named by every pod the operator makes"),
+    ("runbook_base_url", "IOTENANT_RUNBOOK_BASE_URL", str,
+     "the troubleshooting guide (docs/operate.md, where your copy of the docs is served) that each tenant alert's runbook_url points into"),
     ("service_account", "IOTENANT_SERVICE_ACCOUNT", str,
      "the operator's ServiceAccount in --namespace, bound in each customer namespace to --secret-reader-role"),
     ("secret_reader_role", "IOTENANT_SECRET_READER_ROLE", str,

@@ -69,6 +69,14 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from iotenant_testbed import reference_docs
+
+    for path in reference_docs.write():
+        print(f"wrote {path.relative_to(reference_docs.REPO)}")
+    return 0
+
+
 def _guarded(handler):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         try:
@@ -110,3 +118,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     build = actions.add_parser("build", help="build (or reuse) the pinned control-plane binaries, unpack the shipped Mosquitto "
                                "(and the previous one, whose volumes the tests upgrade), and print their folders")
     build.set_defaults(run=_guarded(_build))
+    docs = actions.add_parser("docs", help="write docs/reference/ anew from the definitions it describes (flags, chart values, "
+                              "CRDs, plans, metrics)")
+    docs.set_defaults(run=_guarded(_docs))

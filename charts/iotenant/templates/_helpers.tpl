@@ -21,6 +21,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- join "," $pairs -}}
 {{- end -}}
 
+{{- /* The troubleshooting guide the alerts' runbook_url point into: this release's docs unless set. */ -}}
+{{- define "iotenant.runbookBaseUrl" -}}
+{{- .Values.runbookBaseUrl | default (printf "https://github.com/iotenant/iotenant/blob/v%s/docs/operate.md" .Chart.AppVersion) -}}
+{{- end -}}
+
 {{/*
 The one iotenant image (operator, ingest, api, simulators): repository:tag, or repository@sha256:...
 when the tag is a digest; the tag defaults to the chart's appVersion.

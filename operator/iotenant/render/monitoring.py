@@ -98,12 +98,13 @@ def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
         pull_secrets=stack.settings.image_pull_secrets,
     )
     config_text = yaml.safe_dump(prometheus_config(namespace), sort_keys=True)
+    rules_text = yaml.safe_dump({"groups": rule_groups(namespace, stack.settings.runbook_base_url)}, sort_keys=True)
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": labels_sa, "automountServiceAccountToken": True},
         role,
         binding,
         config_map(owner, "prometheus-config", "monitoring",
-                   {"prometheus.yml": config_text, RULES_FILE: yaml.safe_dump({"groups": rule_groups(namespace)}, sort_keys=True)}),
+                   {"prometheus.yml": config_text, RULES_FILE: rules_text}),
         stateful_set(owner, "prometheus", "monitoring", 1, template, f"{claims.monitoring.storageGb}Gi",
                      storage_class=stack.storage_classes.get("prometheus")),
         service(owner, "prometheus", "monitoring", [("web", PROMETHEUS_PORT)]),
@@ -134,7 +135,7 @@ def monitoring(stack: StackInput) -> list[Manifest]:
     if stack.claims.monitoring.tier == "dedicated":
         return dedicated(stack, stack.claims)
     shared = [service_monitor(stack)] if stack.service_monitor_crd_present else []
-    return shared + ([prometheus_rule(stack.owner)] if stack.prometheus_rule_crd_present else [])
+    return shared + ([prometheus_rule(stack.owner, stack.settings.runbook_base_url)] if stack.prometheus_rule_crd_present else [])
 
 
 __all__ = ["monitoring", "prometheus_config", "MONITORING_CRDS", "SERVICE_MONITOR_CRD", "SMALL"]

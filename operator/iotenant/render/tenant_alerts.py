@@ -11,13 +11,18 @@ PROMETHEUS_RULE_CRD = "prometheusrules.monitoring.coreos.com"
 RULES_FILE = "tenant-rules.yml"
 
 
-def rule_groups(namespace: str) -> list[dict[str, Any]]:
+def runbook_url(base: str, alert: str) -> str:
+    """Where the troubleshooting guide says what to do about ``alert``: its heading's anchor."""
+    return f"{base}#{alert.lower()}"
+
+
+def rule_groups(namespace: str, runbook_base: str) -> list[dict[str, Any]]:
     """Ingest lag, refusal rate, broker down and database down, for the pods of ``namespace``."""
     scope = f'namespace="{namespace}"'
 
     def alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
         return {"alert": name, "expr": expr, "for": for_, "labels": {"severity": severity, "namespace": namespace},
-                "annotations": {"summary": summary, "description": description}}
+                "annotations": {"summary": summary, "description": description, "runbook_url": runbook_url(runbook_base, name)}}
 
     return [{
         "name": f"iotenant-tenant-{namespace}",
@@ -41,10 +46,10 @@ def rule_groups(namespace: str) -> list[dict[str, Any]]:
     }]
 
 
-def prometheus_rule(owner: Owner) -> dict[str, Any]:
+def prometheus_rule(owner: Owner, runbook_base: str) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": owner.metadata("iotenant", "monitoring"),
-        "spec": {"groups": rule_groups(owner.namespace)},
+        "spec": {"groups": rule_groups(owner.namespace, runbook_base)},
     }
