@@ -19,7 +19,10 @@ from iotenant.licensing.keys import ALGORITHM, SigningKey
 from iotenant.timestamps import rfc3339
 
 AUDIENCE = "iotenant"
-FEATURE_NAMES = ("commands", "alerts", "export", "ota")
+# The features every licence carries (DESIGN §2): absent, the licence is Malformed. A feature added to
+# ``Features`` later is off in a licence that does not name it (licences issued before it, by the operator or
+# a billing system, stay valid); a feature a licence names that this release does not know is ignored.
+REQUIRED_FEATURES = ("commands", "alerts", "export", "ota")
 MonitoringTier = Literal["shared", "dedicated"]
 
 # Reasons a licence is not valid; each becomes LicenceValid=False with that reason.
@@ -50,6 +53,8 @@ class LicenceInvalid(Exception):
 
 @dataclass(frozen=True)
 class Features:
+    """What a licence sells; every field defaults to off (a new one is off in older licences)."""
+
     commands: bool = False
     alerts: bool = False
     export: bool = False
@@ -146,7 +151,8 @@ def _claims_from_payload(payload: dict[str, Any]) -> Claims:
             exp=_require(payload, "exp", int),
             jti=_require(payload, "jti", str),
             plan=_require(payload, "plan", str),
-            features=Features(**{name: _require(features, name, bool) for name in FEATURE_NAMES}),
+            features=Features(**{name: _require(features, name, bool) for name in Features.__dataclass_fields__
+                                 if name in REQUIRED_FEATURES or name in features}),
             limits=Limits(**{name: _require(limits, name, int) for name in Limits.__dataclass_fields__
                              if name in REQUIRED_LIMITS or name in limits}),
             monitoring=Monitoring(
