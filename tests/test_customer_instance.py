@@ -345,6 +345,8 @@ def test_volumes_grow_where_their_class_allows_without_a_restart_and_never_shrin
     wait_for(lambda: [o.uid for o in kube.core.read_namespaced_pod("database-0", namespace).metadata.owner_references or []] == [new_uid],
              timeout=30, what=f"the new StatefulSet adopting database-0 (owners {owners})")
     assert condition(instance(kube, name), "Ready")["status"] == "True"
+    reasons = [e.reason for e in kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items]
+    assert "Provisioning" not in reasons, f"the replaced StatefulSet's running pod was reported not ready: {reasons}"
 
     with pytest.raises(ApiException) as refused:
         patch_instance(kube, name, {"spec": {"database": {"storage": "1Gi"}}})

@@ -138,7 +138,6 @@ class CustomerInstanceReconciler:
         self._volume_refusals[owner.uid] = announce_refusals(growth, self._volume_refusals.get(owner.uid, {}),
                                                              lambda message: self.post_event(body, "Warning", "VolumeExpansionRefused", message))
         result: Convergence = converge(self.api, growth.desired, growth.live, owner.uid)
-        result.objects.update({key: was for key, was in growth.replaced.items() if key in result.objects})
         fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects, endpoint), live.fleets, body)
         found = self._findings(stack, decision, live, result, tls)
         phase, conditions = rules.phase_and_conditions(found)

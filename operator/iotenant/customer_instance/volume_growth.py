@@ -6,7 +6,9 @@ volume expansion. So a larger ``storage`` is brought about in one reconcile:
 1. every claim of the StatefulSet is asked for the new size (the cluster's resize controller and the
    volume's driver do the rest, online where the driver can);
 2. the StatefulSet is deleted with its pods orphaned: they keep running and keep their volumes;
-3. once it is gone, it is applied anew with the new template and adopts the pods.
+3. once it is gone, it is applied anew with the new template; the reconcile waits (bounded) until the new
+   StatefulSet has adopted the pods and counts them ready, so the status never reports a running broker or
+   database as not ready because its StatefulSet was replaced.
 
 A claim whose class refuses to grow leaves the StatefulSet as it is (a ``VolumeExpansionRefused`` Event
 says why, once per refusal) and the rest of the stack converges around it. A smaller size is never
@@ -25,7 +27,7 @@ from typing import Callable
 
 from kubernetes.utils import parse_quantity
 
-from iotenant.kube.apply import ObjectKey, key_of
+from iotenant.kube.apply import ObjectKey, apply_if_changed, key_of
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.kinds import PVC, STATEFUL_SET
 from iotenant.render import meta
@@ -55,12 +57,11 @@ def bytes_of(quantity: str) -> Decimal:
 @dataclass
 class VolumeGrowth:
     """What this reconcile applies: ``desired`` with sizes that cannot be applied replaced by the live ones,
-    ``live`` without the StatefulSets just replaced, ``replaced`` those as they were (their status still says
-    whether the pods, which kept running, are ready), ``refusals`` why a StatefulSet's volumes cannot grow."""
+    ``live`` with the StatefulSets just replaced as they are now, ``refusals`` why a StatefulSet's volumes
+    cannot grow."""
 
     desired: list[Manifest]
     live: dict[ObjectKey, Manifest]
-    replaced: dict[ObjectKey, Manifest] = field(default_factory=dict)
     refusals: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,9 +77,7 @@ def grow_volumes(api: ClusterAPI, owner: meta.Owner, desired: list[Manifest], li
             continue
         refusal = "" if bytes_of(wanted) <= bytes_of(has) else _grow_claims(api, owner, manifest, wanted)
         if refusal is None:
-            _replace_orphaning_pods(api, manifest["metadata"]["name"], owner.namespace, _selector(manifest))
-            growth.live.pop(key)
-            growth.replaced[key] = current
+            growth.live[key] = _replaced(api, manifest, owner.namespace)
             growth.desired.append(manifest)
         else:
             if refusal:
@@ -116,15 +115,33 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _replace_orphaning_pods(api: ClusterAPI, name: str, namespace: str, selector: str) -> None:
-    """Delete StatefulSet ``name`` (labelled ``selector``) leaving its pods running, and wait until it is gone."""
+def _replaced(api: ClusterAPI, manifest: Manifest, namespace: str) -> Manifest:
+    """Replace StatefulSet ``manifest`` around its running pods, as the module says; the new one as last seen."""
+    name, selector = manifest["metadata"]["name"], _selector(manifest)
+
+    def found() -> Manifest | None:
+        return next((item for item in api.list(STATEFUL_SET, namespace, selector) if item["metadata"]["name"] == name), None)
+
     api.delete(STATEFUL_SET, name, namespace, propagation="Orphan")
     deadline = time.monotonic() + REPLACEMENT_TIMEOUT_SECONDS
-    while any(item["metadata"]["name"] == name for item in api.list(STATEFUL_SET, namespace, selector)):
+    while found() is not None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"StatefulSet {name} was deleted (pods orphaned) to take its larger volumes, "
                                f"and is still there after {REPLACEMENT_TIMEOUT_SECONDS:.0f} s")
         time.sleep(_REPLACEMENT_POLL_SECONDS)
+    latest = apply_if_changed(api, manifest, None)
+    assert latest is not None
+    while not _counts_its_pods(latest) and time.monotonic() < deadline:
+        time.sleep(_REPLACEMENT_POLL_SECONDS)
+        latest = found() or latest
+    return latest
+
+
+def _counts_its_pods(stateful_set: Manifest) -> bool:
+    """Whether the StatefulSet's controller has observed it and counts as many ready pods as it wants."""
+    status, wanted = stateful_set.get("status") or {}, int(stateful_set["spec"].get("replicas", 1))
+    observed = int(status.get("observedGeneration", 0)) >= int(stateful_set["metadata"].get("generation", 1))
+    return observed and int(status.get("readyReplicas", 0) or 0) >= wanted
 
 
 def announce_refusals(growth: VolumeGrowth, announced: dict[str, str], warn: Callable[[str], None]) -> dict[str, str]:
