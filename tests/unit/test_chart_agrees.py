@@ -16,7 +16,7 @@ from iotenant.cli import build_parser
 from iotenant.kube.kinds import NAMESPACED_KINDS, ResourceKind
 from iotenant.licensing.licence import Features, Limits, Monitoring
 from iotenant.licensing.plans import BrokerLimits
-from iotenant.settings import Images, OperatorSettings
+from iotenant.settings import Images
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "iotenant"
 TEMPLATES = CHART / "templates"

@@ -67,7 +67,10 @@ class AlertRule:
 
 
 def _seconds(body: dict[str, Any], name: str, lowest: int, highest: int, default: int | None = None) -> int:
+    """An integer in range; 60.0 is the integer 60, as JSON Schema counts it."""
     value = body.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
         raise InvalidRule(f"{name} must be an integer from {lowest} to {highest}")
     return value
@@ -102,7 +105,7 @@ def judge_rule(body: dict[str, Any]) -> AlertRule:
     except Unacceptable as error:
         raise InvalidRule(error.detail or "type is required") from None
     comparison = body.get("operator")
-    if comparison not in COMPARISONS:
+    if not isinstance(comparison, str) or comparison not in COMPARISONS:
         raise InvalidRule(f"operator must be one of {' '.join(COMPARISONS)}")
     try:
         threshold = datagram.number(body.get("threshold"), "threshold")

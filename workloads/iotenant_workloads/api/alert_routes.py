@@ -12,9 +12,12 @@ from aiohttp import web
 from psycopg import AsyncCursor
 
 from iotenant_workloads.api import requests as api_requests
-from iotenant_workloads.alert_rules import FIRING, RESOLVED, AlertRule, InvalidRule, judge_rule
+from iotenant_workloads.alert_rules import FIRING, RESOLVED, SILENCE, THRESHOLD, AlertRule, InvalidRule, judge_rule
 from iotenant_workloads.alert_rules import COMPARISONS, KINDS, MAX_FOR_SECONDS, MAX_NAME, MAX_SILENCE_SECONDS, MIN_SILENCE_SECONDS
+from iotenant_workloads.api.parameters import ALERT_ID, DEVICE, DEVICE_ID_SCHEMA, LIMIT, RULE_ID, STATE, STORABLE_TEXT
 from iotenant_workloads.api.requests import ApiError, Route
+from iotenant_workloads.api.schemas import INTEGER, NUMBER, TEXT, TIME, list_of, named, nullable, record
+from iotenant_workloads.datagram import MAX_TEXT
 
 if TYPE_CHECKING:
     from iotenant_workloads.api.customer_api import CustomerApi
@@ -76,12 +79,13 @@ async def create_rule(api: CustomerApi, request: web.Request) -> Any:
         assert created is not None
         return created
 
-    return web.json_response(_rule(await api.transaction(insert)), status=201)
+    created = _rule(await api.transaction(insert))
+    return web.json_response(created, status=201, headers={"Location": f"/api/v1/alert-rules/{created['id']}"})
 
 
 async def delete_rule(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
-    rule_id = api_requests.integer_id(request, "rule_id")
+    rule_id = RULE_ID.read(request)
 
     async def delete(cursor: AsyncCursor[dict[str, Any]]) -> bool:
         await cursor.execute("UPDATE alert_rules SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL RETURNING id", (rule_id,))
@@ -97,44 +101,62 @@ async def delete_rule(api: CustomerApi, request: web.Request) -> Any:
 
 async def list_alerts(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
-    state = api_requests.choice(request, "state", (FIRING, RESOLVED))
-    device_id = api_requests.device_parameter(request)
+    state, device_id = STATE.read(request), DEVICE.read(request)
     clauses, parameters = api_requests.where(("a.state = %s", state), ("a.device_id = %s", device_id))
     rows = await api.query(f"{ALERT_SELECT} WHERE {clauses} ORDER BY a.fired_at DESC, a.id DESC LIMIT %s",
-                           (*parameters, api_requests.limit(request)))
+                           (*parameters, LIMIT.read(request)))
     return {"alerts": [_alert(row) for row in rows], "count": len(rows)}
 
 
 async def acknowledge(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
-    alert_id = api_requests.integer_id(request, "alert_id")
+    alert_id = ALERT_ID.read(request)
     rows = await api.query(ACKNOWLEDGE, (alert_id,))
     if not rows:
         raise ApiError(404, "alert_not_found", f"no alert {alert_id}")
     return _alert(rows[0])
 
 
-RULE_BODY: dict[str, Any] = {
-    "type": "object", "required": ["name"], "additionalProperties": False,
+_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": STORABLE_TEXT}
+_SCOPE = {"deviceId": {"anyOf": [DEVICE_ID_SCHEMA, {"type": "null"}], "description": "one device; absent or null: every device"}}
+THRESHOLD_RULE_BODY: dict[str, Any] = {
+    "title": "NewThresholdRule", "type": "object", "required": ["name", "type", "operator", "threshold"], "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
-        "kind": {"type": "string", "enum": list(KINDS), "default": KINDS[0]},
-        "deviceId": {"type": "string", "nullable": True, "description": "one device; absent or null: every device"},
-        "type": {"type": "string", "description": "threshold: the measurement type"},
-        "operator": {"type": "string", "enum": list(COMPARISONS)},
+        "name": _NAME, "kind": {"const": THRESHOLD}, **_SCOPE,
+        "type": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": STORABLE_TEXT, "description": "the measurement type"},
+        "operator": {"enum": list(COMPARISONS)},
         "threshold": {"type": "number"},
-        "forSeconds": {"type": "integer", "minimum": 0, "maximum": MAX_FOR_SECONDS, "default": 0},
-        "silenceSeconds": {"type": "integer", "minimum": MIN_SILENCE_SECONDS, "maximum": MAX_SILENCE_SECONDS,
-                           "description": "silence: seconds without telemetry"},
+        "forSeconds": {"type": "integer", "minimum": 0, "maximum": MAX_FOR_SECONDS, "default": 0,
+                       "description": "how long the condition must hold before the alert fires"},
     },
 }
+SILENCE_RULE_BODY: dict[str, Any] = {
+    "title": "NewSilenceRule", "type": "object", "required": ["name", "kind", "silenceSeconds"], "additionalProperties": False,
+    "properties": {
+        "name": _NAME, "kind": {"const": SILENCE}, **_SCOPE,
+        "silenceSeconds": {"type": "integer", "minimum": MIN_SILENCE_SECONDS, "maximum": MAX_SILENCE_SECONDS,
+                           "description": "seconds without telemetry before the alert fires"},
+    },
+}
+# kind defaults to threshold, so a body without kind is a threshold rule; the two never overlap (silenceSeconds
+# belongs to one, operator and threshold to the other).
+RULE_BODY: dict[str, Any] = {"oneOf": [THRESHOLD_RULE_BODY, SILENCE_RULE_BODY]}
+RULE = {"title": "AlertRule", "type": "object", "required": ["id", "name", "kind", "deviceId", "createdAt"], "properties": {
+    "id": INTEGER, "name": TEXT, "kind": {"enum": list(KINDS)}, "deviceId": nullable(TEXT), "createdAt": TIME,
+    "type": TEXT, "operator": {"enum": list(COMPARISONS)}, "threshold": NUMBER, "forSeconds": INTEGER, "silenceSeconds": INTEGER}}
+ALERT = named("Alert", record(id=INTEGER, ruleId=INTEGER, ruleName=TEXT, deviceId=TEXT, state={"enum": [FIRING, RESOLVED]}, value=nullable(NUMBER),
+               firedAt=TIME, resolvedAt=nullable(TIME), resolvedValue=nullable(NUMBER), acknowledgedAt=nullable(TIME)))
 
 ROUTES = [
-    Route("GET", "/api/v1/alert-rules", list_rules, "Alert rules and the licence's bound on them (needs features.alerts)."),
+    Route("GET", "/api/v1/alert-rules", list_rules, "Alert rules and the licence's bound on them (needs features.alerts).",
+          "listAlertRules", response=named("AlertRuleList", record(rules=list_of(RULE), count=INTEGER, limit=INTEGER)), errors=(403,)),
     Route("POST", "/api/v1/alert-rules", create_rule, "Create a threshold or silence rule (needs features.alerts).",
-          body=RULE_BODY, success="201"),
+          "createAlertRule", body=RULE_BODY, success="201", response=RULE, errors=(403, 409, 413, 415, 422),
+          links={"DeleteThisRule": ("deleteAlertRule", {"rule_id": "$response.body#/id"})}),
     Route("DELETE", "/api/v1/alert-rules/{rule_id}", delete_rule, "Delete a rule; its firing alerts resolve (needs features.alerts).",
-          success="204"),
-    Route("GET", "/api/v1/alerts", list_alerts, "Alerts, newest first (needs features.alerts).", ("state", "device", "limit")),
-    Route("POST", "/api/v1/alerts/{alert_id}/acknowledge", acknowledge, "Acknowledge an alert (needs features.alerts)."),
+          "deleteAlertRule", (RULE_ID,), success="204", errors=(403, 404, 422)),
+    Route("GET", "/api/v1/alerts", list_alerts, "Alerts, newest first (needs features.alerts).", "listAlerts", (STATE, DEVICE, LIMIT),
+          response=named("AlertList", record(alerts=list_of(ALERT), count=INTEGER)), errors=(403, 422)),
+    Route("POST", "/api/v1/alerts/{alert_id}/acknowledge", acknowledge, "Acknowledge an alert (needs features.alerts).",
+          "acknowledgeAlert", (ALERT_ID,), response=ALERT, errors=(403, 404, 422)),
 ]

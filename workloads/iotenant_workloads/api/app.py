@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
@@ -34,10 +35,26 @@ from iotenant_workloads.service_flags import add_common_flags, mounted_licence, 
 log = logging.getLogger("iotenant.api")
 
 REQUESTS = Counter("iotenant_api_requests_total", "API requests", ["route", "status"])
+MALFORMED = Counter("iotenant_api_malformed_requests_total", "Requests refused before routing: not HTTP, or malformed HTTP")
 LATENCY = Histogram("iotenant_api_request_seconds", "API request latency", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
 # Client addresses whose request rate is tracked at once (the least recently seen are forgotten first).
 MAX_TRACKED_CLIENTS = 10_000
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a whole traceback for every request it cannot parse: anyone who reaches the port could
+    fill the log. Each becomes one line, and is counted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            MALFORMED.inc()
+            detail = " ".join(str(error).split())[:200]
+            record.msg, record.args = "malformed request refused (%s): %s", (type(error).__name__, detail)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def add_endpoints(app: web.Application, api: CustomerApi) -> None:
@@ -82,8 +99,9 @@ def build_app(api: CustomerApi, endpoints: bool) -> web.Application:
             REQUESTS.labels(route, "broken").inc()
             raise
         except web.HTTPException as error:
-            code = {404: "not_found", 405: "method_not_allowed"}.get(error.status, "http_error")
-            response = web.json_response({"error": code, "message": error.reason}, status=error.status)
+            code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(error.status, "http_error")
+            allowed = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else {}
+            response = web.json_response({"error": code, "message": error.reason}, status=error.status, headers=allowed)
         except Exception:  # never a stack trace to the client
             log.exception("unexpected error on %s %s", request.method, request.path)
             response = web.json_response({"error": "internal_error", "message": "unexpected error"}, status=500)
@@ -109,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     licence = mounted_licence(args)  # served anyway: every route answers 503 licence_invalid until one is mounted
     publisher = CommandPublisher(args.mqtt_host, args.mqtt_port, args.mqtt_username, mqtt_password(args)) if args.mqtt_username else None
+
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
 
     async def serve() -> None:
         # Autocommit: a route's one statement is one round trip (no BEGIN and COMMIT around it); work of

@@ -15,7 +15,9 @@ from prometheus_client import Gauge
 
 from iotenant import topics
 from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, STORABLE_TEXT, anchored
 from iotenant_workloads.api.requests import ApiError, Route
+from iotenant_workloads.api.schemas import ANY_OBJECT, TEXT, TIME, list_of, named, nullable, record
 
 if TYPE_CHECKING:
     from iotenant_workloads.api.customer_api import CustomerApi
@@ -27,15 +29,18 @@ COMMAND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 async def send_command(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature("commands")
-    device_id = api_requests.path_device_id(request)
+    device_id = DEVICE_ID.read(request)
     await api.device_or_404(device_id)
     body = await api_requests.json_object(request)
+    unknown = sorted(set(body) - set(COMMAND_BODY["properties"]))
+    if unknown:
+        raise ApiError(422, "invalid_body", f"unknown field {unknown[0]!r}: allowed are {', '.join(COMMAND_BODY['properties'])}")
     if not isinstance(body.get("name"), str) or not 1 <= len(body["name"]) <= 64:
         raise ApiError(422, "invalid_body", "name (1..64 characters) is required")
     args = body.get("args", {})
     if not isinstance(args, dict):
         raise ApiError(422, "invalid_body", "args must be an object")
-    cmd_id = body.get("cmd_id") or str(uuid.uuid4())
+    cmd_id = body["cmd_id"] if "cmd_id" in body else str(uuid.uuid4())  # absent: one is made; null, "" or 0 are refused
     if not isinstance(cmd_id, str) or not COMMAND_ID.fullmatch(cmd_id):
         raise ApiError(422, "invalid_body", f"cmd_id must be 1..{MAX_COMMAND_ID} of [A-Za-z0-9._:-], starting with a letter or digit")
     api.require_broker()
@@ -50,11 +55,11 @@ async def send_command(api: CustomerApi, request: web.Request) -> Any:
 
 async def list_commands(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature("commands")
-    device_id = api_requests.path_device_id(request)
+    device_id = DEVICE_ID.read(request)
     rows = await api.query(
         "SELECT cmd_id, name, args, status, created_at, acked_at, result FROM commands WHERE device_id = %s "
         "ORDER BY created_at DESC LIMIT %s",
-        (device_id, api_requests.limit(request)),
+        (device_id, LIMIT.read(request)),
     )
     return {"deviceId": device_id, "commands": [
         {"cmdId": r["cmd_id"], "name": r["name"], "args": r["args"], "status": r["status"],
@@ -63,16 +68,20 @@ async def list_commands(api: CustomerApi, request: web.Request) -> Any:
 
 
 COMMAND_BODY: dict[str, Any] = {
-    "type": "object", "required": ["name"], "additionalProperties": True,
-    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64}, "args": {"type": "object"},
-                   "cmd_id": {"type": "string", "pattern": COMMAND_ID.pattern}},
+    "title": "NewCommand", "type": "object", "required": ["name"], "additionalProperties": False,
+    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": STORABLE_TEXT}, "args": ANY_OBJECT,
+                   "cmd_id": {"type": "string", "pattern": anchored(COMMAND_ID),
+                              "description": "the command's id, for the device's acknowledgement; absent: one is made"}},
 }
+COMMAND = named("Command", record(cmdId=TEXT, name=TEXT, args=ANY_OBJECT, status=TEXT, createdAt=TIME, ackedAt=nullable(TIME), result={"description": "what the device acknowledged with, any JSON"}))
 
 ROUTES = [
     Route("POST", "/api/v1/devices/{device_id}/commands", send_command, "Send a command (needs features.commands).",
-          body=COMMAND_BODY, success="202"),
+          "sendCommand", (DEVICE_ID,), body=COMMAND_BODY, success="202", response=named("CommandSent", record(cmdId=TEXT, status={"const": "sent"})),
+          errors=(403, 404, 409), links={"ListTheDevicesCommands": ("listCommands", {"device_id": "$request.path.device_id"})}),
     Route("GET", "/api/v1/devices/{device_id}/commands", list_commands,
-          "Commands and their acknowledgement (needs features.commands).", ("limit",)),
+          "Commands and their acknowledgement, newest first (needs features.commands).", "listCommands", (DEVICE_ID, LIMIT),
+          response=named("CommandList", record(deviceId=TEXT, commands=list_of(COMMAND))), errors=(403,)),
 ]
 
 

@@ -11,7 +11,9 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.api.parameters import DEVICE_ID, FROM, LIMIT, TO, TYPE, time_range
 from iotenant_workloads.api.requests import ApiError, Route
+from iotenant_workloads.api.schemas import ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, TEXT, TIME, list_of, named, nullable, record
 
 if TYPE_CHECKING:
     from iotenant_workloads.api.customer_api import CustomerApi
@@ -25,7 +27,7 @@ COUNTS_TAKEN = Counter("iotenant_api_tenant_counts_total", "Times the tenant's c
 
 
 async def list_devices(api: CustomerApi, request: web.Request) -> Any:
-    limit = api_requests.limit(request)
+    limit = LIMIT.read(request)
     rows = await api.query(
         "SELECT device_id, first_seen, last_seen, online FROM devices ORDER BY device_id LIMIT %s", (limit,)
     )
@@ -35,12 +37,12 @@ def _device(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["device_id"], "online": row["online"], "firstSeen": api_requests.iso(row["first_seen"]), "lastSeen": api_requests.iso(row["last_seen"])}
 
 async def get_device(api: CustomerApi, request: web.Request) -> Any:
-    row = await api.device_or_404(api_requests.path_device_id(request))
+    row = await api.device_or_404(DEVICE_ID.read(request))
     return {**_device(row), "hello": row.get("hello"), "stateChangedAt": api_requests.iso(row.get("state_changed_at"))}
 
 async def last_telemetry(api: CustomerApi, request: web.Request) -> Any:
-    device_id = api_requests.path_device_id(request)
-    kind = api_requests.type_parameter(request)
+    device_id = DEVICE_ID.read(request)
+    kind = TYPE.read(request)
     if kind:
         rows = await api.query(LAST_OF_TYPE, (device_id, kind))
     else:
@@ -58,11 +60,9 @@ def _measurement(row: dict[str, Any]) -> dict[str, Any]:
     return {"ts": api_requests.iso(row["ts"]), "type": row["type"], "val": row["val"], "unit": row["unit"], "seq": row["seq"]}
 
 async def telemetry(api: CustomerApi, request: web.Request) -> Any:
-    device_id = api_requests.path_device_id(request)
-    since, until, kind, limit = api_requests.time_parameter(request, "from"), api_requests.time_parameter(request, "to"), api_requests.type_parameter(request), api_requests.limit(request)
-    if since and until and since > until:
-        raise ApiError(422, "invalid_parameter", "from must not be after to")
-    clauses, parameters = api_requests.where(("device_id = %s", device_id), ("type = %s", kind), ("ts >= %s", since), ("ts <= %s", until))
+    device_id = DEVICE_ID.read(request)
+    (since, until), kind, limit = time_range(request), TYPE.read(request), LIMIT.read(request)
+    clauses, parameters = api_requests.where(("device_id = %s", device_id), ("type = %s", kind), ("ts >= %s", since), ("ts < %s", until))
     rows = await api.query(NEWEST_FIRST.format(clauses=clauses), (*parameters, limit))
     if not rows:
         await api.device_or_404(device_id)
@@ -107,13 +107,30 @@ async def stats(api: CustomerApi, request: web.Request) -> Any:
     return {**counts, "countedAt": api.counts.counted_at(), "deviceLimit": api.claims().limits.maxDevices}
 
 
+_DEVICE = {"id": TEXT, "online": BOOLEAN, "firstSeen": TIME, "lastSeen": TIME}
+DEVICE = named("Device", record(**_DEVICE))
+MEASUREMENT = named("Measurement", record(ts=TIME, type=TEXT, val=NUMBER, unit=nullable(TEXT), seq=INTEGER))
+_MEASUREMENTS = {"deviceId": TEXT, "measurements": list_of(MEASUREMENT)}
+
 ROUTES = [
-    Route("GET", "/api/v1/devices", list_devices, "List devices.", ("limit",)),
-    Route("GET", "/api/v1/devices/{device_id}", get_device, "One device: online state, first and last seen, hello."),
-    Route("GET", "/api/v1/devices/{device_id}/telemetry/last", last_telemetry, "Latest measurement per type.", ("type",)),
-    Route("GET", "/api/v1/devices/{device_id}/telemetry", telemetry, "Measurements, newest first.", ("from", "to", "type", "limit")),
+    Route("GET", "/api/v1/devices", list_devices, "List devices, by id.", "listDevices", (LIMIT,),
+          response=named("DeviceList", record(devices=list_of(DEVICE), count=INTEGER))),
+    Route("GET", "/api/v1/devices/{device_id}", get_device, "One device: online state, first and last seen, hello.", "getDevice",
+          (DEVICE_ID,), response=named("DeviceDetail", record(**_DEVICE, hello=nullable(ANY_OBJECT), stateChangedAt=nullable(TIME))),
+          errors=(404,)),
+    Route("GET", "/api/v1/devices/{device_id}/telemetry/last", last_telemetry, "Latest measurement per type.", "getLastTelemetry",
+          (DEVICE_ID, TYPE), response=named("LatestMeasurements", record(**_MEASUREMENTS)), errors=(404,)),
+    Route("GET", "/api/v1/devices/{device_id}/telemetry", telemetry,
+          "Measurements from (included) to (excluded), newest first.", "listTelemetry", (DEVICE_ID, FROM, TO, TYPE, LIMIT),
+          response=named("Telemetry", record(**_MEASUREMENTS, count=INTEGER)), errors=(404,)),
 ]
+_LIMITS = named("Limits", record(maxDevices=INTEGER, maxFleets=INTEGER, retentionDays=INTEGER, maxMessagesPerSecond=INTEGER, maxAlertRules=INTEGER))
 TENANT_ROUTES = [
-    Route("GET", "/api/v1/licence", licence_state, "The verified licence: plan, features, limits, expiry."),
-    Route("GET", "/api/v1/stats", stats, "Counts of devices, measurements, commands and refused messages."),
+    Route("GET", "/api/v1/licence", licence_state, "The verified licence: plan, features, limits, expiry.", "getLicence",
+          response=named("Licence", record(plan=TEXT, subject=TEXT, issuer=TEXT, id=TEXT, expiresAt=TIME,
+                          features={"type": "object", "additionalProperties": BOOLEAN}, limits=_LIMITS,
+                          monitoring=record(tier={"enum": ["shared", "dedicated"]}, retentionDays=INTEGER, storageGb=INTEGER)))),
+    Route("GET", "/api/v1/stats", stats, "Counts of devices, measurements, commands and refused messages.", "getStats",
+          response=named("Stats", record(devices=INTEGER, online=INTEGER, measurements=INTEGER, commands=INTEGER,
+                          rejected={"type": "object", "additionalProperties": INTEGER}, countedAt=nullable(TIME), deviceLimit=INTEGER))),
 ]

@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from iotenant_workloads.api import requests as api_requests
 from iotenant_workloads import tenant_schema as database
+from iotenant_workloads.api.parameters import DEVICE, FROM, TO, TYPE, choice, time_range
 from iotenant_workloads.api.requests import ApiError, Route, StreamBroken
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ FEATURE = "export"
 CSV, NDJSON = "csv", "ndjson"
 FORMATS = (CSV, NDJSON)
 CONTENT_TYPES = {CSV: "text/csv; charset=utf-8", NDJSON: "application/x-ndjson"}
+FORMAT = choice("format", FORMATS, CSV, "CSV or newline-delimited JSON")
 CSV_HEADER = ("ts", "deviceId", "type", "val", "unit", "seq")
 CHUNK_ROWS = 5000
 # How long a client may take no data before its export ends (it holds a connection and a transaction).
@@ -49,7 +51,9 @@ TIMESTAMP = """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""
 SPREADSHEET_SAFE = "CASE WHEN {0} ~ '^[-=+@\t\r]' THEN '''' || {0} ELSE {0} END"
 COLUMNS = {
     CSV: f"{TIMESTAMP}, device_id, {SPREADSHEET_SAFE.format('type')}, val, {SPREADSHEET_SAFE.format('unit')}, seq",
-    NDJSON: f"json_build_object('ts', {TIMESTAMP}, 'deviceId', device_id, 'type', type, 'val', val, 'unit', unit, 'seq', seq)::text",
+    # Compact JSON, one object a line, built by PostgreSQL (to_json quotes and escapes each text).
+    NDJSON: f"""concat('{{"ts":"', {TIMESTAMP}, '","deviceId":', to_json(device_id), ',"type":', to_json(type), ',"val":', to_json(val),
+                ',"unit":', coalesce(to_json(unit)::text, 'null'), ',"seq":', seq, '}}')""",
 }
 
 
@@ -66,14 +70,10 @@ def _ndjson_chunk(rows: list[tuple[Any, ...]]) -> bytes:
 def _range(api: CustomerApi, request: web.Request) -> tuple[datetime, datetime]:
     retention = api.claims().limits.retentionDays
     oldest, newest = database.retention_window(retention)
-    since = api_requests.time_parameter(request, "from") or oldest
-    until = api_requests.time_parameter(request, "to") or newest
-    if since < oldest:
-        raise ApiError(422, "invalid_parameter",
-                       f"from must be within the licence's retention of {retention} days (not before {api_requests.iso(oldest)})")
-    if since >= until:
-        raise ApiError(422, "invalid_parameter", "from must be before to")
-    return since, min(until, newest)
+    since, until = time_range(request)
+    # What the retention keeps, and no more: X-Export-From and X-Export-To say what was served.
+    since = max(since or oldest, oldest)
+    return since, max(since, min(until or newest, newest))  # from not before to: an empty export
 
 
 class Exports:
@@ -87,11 +87,9 @@ class Exports:
 
 async def export(api: CustomerApi, request: web.Request) -> web.StreamResponse:
     api.require_feature(FEATURE)
-    chosen = api_requests.choice(request, "format", FORMATS, CSV)
-    assert chosen is not None
+    chosen = FORMAT.read(request)
     since, until = _range(api, request)
-    device_id = api_requests.device_parameter(request)
-    measurement_type = api_requests.type_parameter(request)
+    device_id, measurement_type = DEVICE.read(request), TYPE.read(request)
     clauses, parameters = api_requests.where(("ts >= %s", since), ("ts < %s", until), ("device_id = %s", device_id),
                                              ("type = %s", measurement_type))
     statement = f"SELECT {COLUMNS[chosen]} FROM telemetry WHERE {clauses} ORDER BY ts, device_id, type, seq"
@@ -149,6 +147,8 @@ async def _stream(api: CustomerApi, request: web.Request, chosen: str, statement
 
 ROUTES = [
     Route("GET", "/api/v1/export", export,
-          "Telemetry from..to (half-open, within retention), oldest first, streamed as CSV or NDJSON (needs features.export).",
-          ("from", "to", "device", "type", "format"), produces=(CONTENT_TYPES[CSV], CONTENT_TYPES[NDJSON])),
+          "Telemetry from (included) to (excluded), within retention, oldest first, streamed as CSV or NDJSON "
+          "(needs features.export). X-Export-From and X-Export-To state the range served.", "exportTelemetry",
+          (FROM, TO, DEVICE, TYPE, FORMAT), produces=(CONTENT_TYPES[CSV], CONTENT_TYPES[NDJSON]),
+          response={"type": "string", "description": "CSV with a header row, or one compact JSON object a line"}, errors=(403,)),
 ]

@@ -18,7 +18,9 @@ from psycopg import AsyncCursor
 from iotenant import topics
 from iotenant_workloads import ota
 from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, anchored
 from iotenant_workloads.api.requests import ApiError, Route
+from iotenant_workloads.api.schemas import INTEGER, TEXT, TIME, list_of, named, nullable, record
 
 if TYPE_CHECKING:
     from iotenant_workloads.api.customer_api import CustomerApi
@@ -49,7 +51,7 @@ def _report(row: dict[str, Any]) -> dict[str, Any]:
 
 async def start_update(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
-    device_id = api_requests.path_device_id(request)
+    device_id = DEVICE_ID.read(request)
     await api.device_or_404(device_id)
     body = await api_requests.json_object(request)
     try:
@@ -80,8 +82,7 @@ async def start_update(api: CustomerApi, request: web.Request) -> Any:
 
 async def list_updates(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
-    device_id = api_requests.path_device_id(request)
-    most = api_requests.limit(request)
+    device_id, most = DEVICE_ID.read(request), LIMIT.read(request)
     updates = await api.query("SELECT * FROM ota_updates WHERE device_id = %s ORDER BY created_at DESC LIMIT %s", (device_id, most))
     reports = await api.query("SELECT * FROM ota_reports WHERE device_id = %s ORDER BY ts DESC, id DESC LIMIT %s", (device_id, most))
     if not updates and not reports:
@@ -91,17 +92,24 @@ async def list_updates(api: CustomerApi, request: web.Request) -> Any:
 
 
 UPDATE_BODY: dict[str, Any] = {
-    "type": "object", "required": ["version", "url", "sha256"], "additionalProperties": False,
+    "title": "NewOtaUpdate", "type": "object", "required": ["version", "url", "sha256"], "additionalProperties": False,
     "properties": {
-        "version": {"type": "string", "pattern": ota.VERSION.pattern},
+        "version": {"type": "string", "pattern": anchored(ota.VERSION)},
         "url": {"type": "string", "format": "uri", "pattern": "^https://", "maxLength": ota.MAX_URL},
         "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
     },
 }
+UPDATE = named("OtaUpdate", record(cmdId=TEXT, version=TEXT, url=TEXT, sha256=TEXT, state=TEXT, progress=nullable(INTEGER), error=nullable(TEXT),
+                createdAt=TIME, reportedAt=nullable(TIME)))
+REPORT = named("OtaReport", record(cmdId=TEXT, ts=TIME, state=TEXT, progress=nullable(INTEGER), version=nullable(TEXT), error=nullable(TEXT)))
 
 ROUTES = [
     Route("POST", "/api/v1/devices/{device_id}/ota", start_update, "Start an OTA update on the device (needs features.ota).",
-          body=UPDATE_BODY, success="202"),
+          "startOtaUpdate", (DEVICE_ID,), body=UPDATE_BODY, success="202",
+          response=named("OtaStarted", record(cmdId=TEXT, state=TEXT, version=TEXT, url=TEXT, sha256=TEXT)), errors=(403, 404, 409),
+          links={"FollowTheUpdate": ("listOtaUpdates", {"device_id": "$request.path.device_id"})}),
     Route("GET", "/api/v1/devices/{device_id}/ota", list_updates, "The device's OTA updates and progress reports (needs features.ota).",
-          ("limit",)),
+          "listOtaUpdates", (DEVICE_ID, LIMIT),
+          response=named("OtaState", record(deviceId=TEXT, current=nullable(UPDATE), updates=list_of(UPDATE), reports=list_of(REPORT))),
+          errors=(403, 404)),
 ]

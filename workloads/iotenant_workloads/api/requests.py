@@ -4,7 +4,6 @@ a message naming the field and the rule)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,17 +11,21 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from iotenant import topics
-from iotenant_workloads import datagram, untrusted_json
+from iotenant_workloads import untrusted_json
 from iotenant_workloads.untrusted_json import Unacceptable
 
 if TYPE_CHECKING:
     from iotenant_workloads.api.customer_api import CustomerApi
+    from iotenant_workloads.api.parameters import Parameter
 
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
 MAX_BODY_BYTES = 64 * 1024
-INTEGER_ID = re.compile(r"[1-9][0-9]{0,17}")
+JSON = "application/json"
+# Every refusal's body (401, 403, 404, 405, 409, 413, 415, 422, 429, 503): a stable code and a message.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error", "message"], "additionalProperties": False,
+    "properties": {"error": {"type": "string", "description": "stable code, e.g. invalid_parameter"},
+                   "message": {"type": "string", "description": "what was refused and why, naming the field and the rule"}},
+}
 
 
 class ApiError(Exception):
@@ -38,58 +41,33 @@ class StreamBroken(Exception):
 
 @dataclass(frozen=True)
 class Route:
-    """One row of the route table, and what ``/openapi.json`` says about it."""
+    """One row of the route table, and what ``/openapi.json`` says about it: the parameters its handler reads
+    (the same definitions judge them), the body it takes, the answer it gives and what can follow it."""
 
     method: str
     path: str
     handler: Callable[[CustomerApi, web.Request], Awaitable[Any]]
     summary: str
-    query: tuple[str, ...] = ()
-    body: dict[str, Any] | None = None  # JSON schema of the request body
+    operation_id: str
+    parameters: tuple[Parameter, ...] = ()
+    body: dict[str, Any] | None = None  # JSON Schema of the request body
     success: str = "200"
-    produces: tuple[str, ...] = field(default=("application/json",))
+    response: dict[str, Any] | None = None  # JSON Schema of the success body (None: no body, as 204)
+    produces: tuple[str, ...] = field(default=(JSON,))
+    # OpenAPI links from the success answer: name -> (operationId, {parameter: runtime expression}).
+    links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    # The errors this route answers besides those of every route (401, 429, 503), by status.
+    errors: tuple[int, ...] = ()
 
 
 def iso(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
 
-def time_parameter(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        return datagram.timestamp_text(raw)
-    except Unacceptable:
-        raise ApiError(422, "invalid_parameter", f"{name} must be an RFC 3339 time or seconds since the epoch, in 1970..2100") from None
-
-
-def limit(request: web.Request) -> int:
-    raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not re.fullmatch(r"[0-9]{1,7}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(422, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def type_parameter(request: web.Request) -> str | None:
-    raw = request.query.get("type")
-    if raw is None:
-        return None
-    try:
-        return datagram.text(raw, "type", datagram.MAX_TEXT, "invalid_parameter")
-    except Unacceptable as error:
-        raise ApiError(422, "invalid_parameter", str(error.detail or error)) from None
-
-
-def path_device_id(request: web.Request) -> str:
-    raw = request.match_info["device_id"]
-    if not topics.is_device_id(raw):
-        raise ApiError(422, "invalid_parameter", f"device id must be {topics.DEVICE_ID_RULE}")
-    return raw
-
-
 async def json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object that PostgreSQL can store (size and nesting bounded)."""
+    """The request body as a JSON object that PostgreSQL can store (size and nesting bounded), sent as JSON."""
+    if request.content_type != JSON:
+        raise ApiError(415, "unsupported_media_type", f"the body must be sent as {JSON}, not {request.content_type or 'untyped'}")
     payload = await request.read()  # aiohttp refuses bodies over its client_max_size (1 MiB) with 413
     try:
         return untrusted_json.storable(untrusted_json.parse_object(payload, MAX_BODY_BYTES), "the body")
@@ -103,23 +81,3 @@ def where(*conditions: tuple[str, object | None]) -> tuple[str, list[object]]:
     return " AND ".join(sql for sql, _ in given) or "true", [value for _, value in given]
 
 
-def integer_id(request: web.Request, name: str) -> int:
-    """A positive integer id from the path (as PostgreSQL's bigint takes it)."""
-    raw = request.match_info[name]
-    if not INTEGER_ID.fullmatch(raw):
-        raise ApiError(422, "invalid_parameter", f"{name} must be a positive integer")
-    return int(raw)
-
-
-def choice(request: web.Request, name: str, allowed: tuple[str, ...], default: str | None = None) -> str | None:
-    raw = request.query.get(name, default)
-    if raw is not None and raw not in allowed:
-        raise ApiError(422, "invalid_parameter", f"{name} must be one of {', '.join(allowed)}")
-    return raw
-
-
-def device_parameter(request: web.Request, name: str = "device") -> str | None:
-    raw = request.query.get(name)
-    if raw is not None and not topics.is_device_id(raw):
-        raise ApiError(422, "invalid_parameter", f"{name} must be a device id ({topics.DEVICE_ID_RULE})")
-    return raw
