@@ -120,10 +120,12 @@ async def acknowledge(api: CustomerApi, request: web.Request) -> Any:
 _NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": STORABLE_TEXT}
 _SCOPE = {"deviceId": {"anyOf": [DEVICE_ID_SCHEMA, {"type": "null"}], "description": "one device; absent or null: every device"}}
 THRESHOLD_RULE_BODY: dict[str, Any] = {
-    "title": "NewThresholdRule", "type": "object", "required": ["name", "type", "operator", "threshold"], "additionalProperties": False,
+    "title": "NewThresholdRule", "type": "object", "additionalProperties": False,
+    "required": ["name", "type", "operator", "threshold"],
     "properties": {
         "name": _NAME, "kind": {"const": THRESHOLD}, **_SCOPE,
-        "type": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": STORABLE_TEXT, "description": "the measurement type"},
+        "type": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": STORABLE_TEXT,
+                 "description": "the measurement type"},
         "operator": {"enum": list(COMPARISONS)},
         "threshold": {"type": "number"},
         "forSeconds": {"type": "integer", "minimum": 0, "maximum": MAX_FOR_SECONDS, "default": 0,
@@ -144,7 +146,8 @@ RULE_BODY: dict[str, Any] = {"oneOf": [THRESHOLD_RULE_BODY, SILENCE_RULE_BODY]}
 RULE = {"title": "AlertRule", "type": "object", "required": ["id", "name", "kind", "deviceId", "createdAt"], "properties": {
     "id": INTEGER, "name": TEXT, "kind": {"enum": list(KINDS)}, "deviceId": nullable(TEXT), "createdAt": TIME,
     "type": TEXT, "operator": {"enum": list(COMPARISONS)}, "threshold": NUMBER, "forSeconds": INTEGER, "silenceSeconds": INTEGER}}
-ALERT = named("Alert", record(id=INTEGER, ruleId=INTEGER, ruleName=TEXT, deviceId=TEXT, state={"enum": [FIRING, RESOLVED]}, value=nullable(NUMBER),
+ALERT = named("Alert", record(id=INTEGER, ruleId=INTEGER, ruleName=TEXT, deviceId=TEXT, state={"enum": [FIRING, RESOLVED]},
+                             value=nullable(NUMBER),
                firedAt=TIME, resolvedAt=nullable(TIME), resolvedValue=nullable(NUMBER), acknowledgedAt=nullable(TIME)))
 
 ROUTES = [

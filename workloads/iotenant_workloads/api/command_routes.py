@@ -73,11 +73,13 @@ COMMAND_BODY: dict[str, Any] = {
                    "cmd_id": {"type": "string", "pattern": anchored(COMMAND_ID),
                               "description": "the command's id, for the device's acknowledgement; absent: one is made"}},
 }
-COMMAND = named("Command", record(cmdId=TEXT, name=TEXT, args=ANY_OBJECT, status=TEXT, createdAt=TIME, ackedAt=nullable(TIME), result={"description": "what the device acknowledged with, any JSON"}))
+COMMAND = named("Command", record(cmdId=TEXT, name=TEXT, args=ANY_OBJECT, status=TEXT, createdAt=TIME, ackedAt=nullable(TIME),
+                                  result={"description": "what the device acknowledged with, any JSON"}))
 
 ROUTES = [
     Route("POST", "/api/v1/devices/{device_id}/commands", send_command, "Send a command (needs features.commands).",
-          "sendCommand", (DEVICE_ID,), body=COMMAND_BODY, success="202", response=named("CommandSent", record(cmdId=TEXT, status={"const": "sent"})),
+          "sendCommand", (DEVICE_ID,), body=COMMAND_BODY, success="202",
+          response=named("CommandSent", record(cmdId=TEXT, status={"const": "sent"})),
           errors=(403, 404, 409), links={"ListTheDevicesCommands": ("listCommands", {"device_id": "$request.path.device_id"})}),
     Route("GET", "/api/v1/devices/{device_id}/commands", list_commands,
           "Commands and their acknowledgement, newest first (needs features.commands).", "listCommands", (DEVICE_ID, LIMIT),
