@@ -25,12 +25,12 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 # A positive id as PostgreSQL's bigint holds it.
 INTEGER_ID = re.compile(r"[1-9][0-9]{0,17}")
-# Times: seconds since the epoch (1 to 4102444799, a fraction allowed), or an RFC 3339 date-time, which any
-# year may name: a range is clamped to 1970..2100, where all data lies.
+# Times: seconds since the epoch (after datagram.EARLIEST, before datagram.LATEST: 1 to 4102444799, a fraction
+# allowed), or an RFC 3339 date-time, which any year may name: a range is clamped to 1970..2100, where all data lies.
 EPOCH_SECONDS = (r"^([1-9][0-9]{0,8}|[1-3][0-9]{9}|40[0-9]{8}|410[01][0-9]{6}|4102[0-3][0-9]{5}|41024[0-3][0-9]{4}"
                  r"|410244[0-3][0-9]{3}|4102444[0-7][0-9]{2})(\.[0-9]{1,9})?$")
 _RFC_3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|([+-])([0-9]{2}):([0-9]{2}))")
-EARLIEST, LATEST = datetime.fromtimestamp(0, timezone.utc), datetime.fromtimestamp(4102444800, timezone.utc)
+EARLIEST, LATEST = (datetime.fromtimestamp(moment, timezone.utc) for moment in (datagram.EARLIEST, datagram.LATEST))
 # Text PostgreSQL can store: no NUL (JSON Schema cannot say "no unpaired surrogate"; those are refused too).
 STORABLE_TEXT = r"^[^\u0000]*$"
 
@@ -48,7 +48,7 @@ class Parameter:
     location: str  # "path" or "query"
     schema: dict[str, Any]
     description: str
-    judge: Callable[[str], Any]  # the raw text -> the value; raises ValueError with the rule in words
+    judge: Callable[[str], Any]  # the raw text -> the value; raises ValueError (or Unacceptable) when it breaks the rule
     rule: str  # the rule in words, for whoever is refused
 
     def read(self, request: web.Request) -> Any:
