@@ -7,6 +7,7 @@ retrying cannot fix; ``lastTransitionTime`` moves only when a condition flips.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,35 +99,89 @@ def _phase_and_ready(found: Findings, workloads: Condition, stalled_reason: str 
     return "Ready", Condition("Ready", TRUE, "Ready", ready)
 
 
-def phase_and_conditions(found: Findings) -> tuple[str, list[Condition]]:
+@dataclass(frozen=True)
+class Verdict:
+    """What the conditions are computed from, besides the findings: decided once, in this order."""
+
+    phase: str
+    ready: Condition
+    workloads: Condition
+    stalled_reason: str | None
+    in_progress: bool
+
+    @classmethod
+    def of(cls, found: Findings) -> "Verdict":
+        decision = found.decision
+        stalled = decision.reason if decision.verified is None and decision.reason in UNFIXABLE_LICENCE_REASONS else None
+        workloads = _workloads(found)
+        phase, ready = _phase_and_ready(found, workloads, stalled)
+        return cls(phase, ready, workloads, stalled, phase == "Provisioning" or found.applied_anything)
+
+
+# How a condition's flip is announced: by an Event of its own, by the phase's Event when the phase changes
+# with it (its own otherwise), or never (the phase always tells it).
+ANNOUNCED, TOLD_BY_PHASE_CHANGE, TOLD_BY_PHASE = "announced", "told by a phase change", "told by the phase"
+
+
+@dataclass(frozen=True)
+class ConditionKind:
+    """One condition type of a CustomerInstance, in the order the status lists them: how it is computed
+    (None: not reported, as TLSReady without TLS), what it says when the instance is refused (reason,
+    message, the licence's status; None: not reported), how its flips are announced, and whether a new
+    message alone, while provisioning, is progress (written now and then, not at every step)."""
+
+    type: str
+    compute: Callable[[Findings, Verdict], Condition | None]
+    refusal: Callable[[str, str, str], Condition | None]
+    announced: str
+    message_is_progress: bool = False
+
+
+def _licence_valid(found: Findings, _verdict: Verdict) -> Condition:
     decision = found.decision
-    stalled_reason = decision.reason if decision.verified is None and decision.reason in UNFIXABLE_LICENCE_REASONS else None
-    workloads = _workloads(found)
-    phase, ready = _phase_and_ready(found, workloads, stalled_reason)
-    in_progress = phase == "Provisioning" or found.applied_anything
-    return phase, [
-        ready,
-        Condition("LicenceValid", TRUE if decision.valid else FALSE, "Verified" if decision.valid else decision.reason, decision.message),
-        workloads,
-        found.monitoring,
-        *([found.tls] if found.tls is not None else []),
-        Condition("Reconciling", TRUE if in_progress else FALSE, "Progressing" if in_progress else "Converged",
-                  workloads.message if in_progress else "the namespace matches the desired state"),
-        Condition("Stalled", TRUE if stalled_reason else FALSE, stalled_reason or "NotStalled",
-                  decision.message if stalled_reason else "no failure that retrying cannot fix"),
-    ]
+    return Condition("LicenceValid", TRUE if decision.valid else FALSE, "Verified" if decision.valid else decision.reason, decision.message)
+
+
+def _reconciling(_found: Findings, verdict: Verdict) -> Condition:
+    if verdict.in_progress:
+        return Condition("Reconciling", TRUE, "Progressing", verdict.workloads.message)
+    return Condition("Reconciling", FALSE, "Converged", "the namespace matches the desired state")
+
+
+def _stalled(found: Findings, verdict: Verdict) -> Condition:
+    if verdict.stalled_reason:
+        return Condition("Stalled", TRUE, verdict.stalled_reason, found.decision.message)
+    return Condition("Stalled", FALSE, "NotStalled", "no failure that retrying cannot fix")
+
+
+CONDITIONS: tuple[ConditionKind, ...] = (
+    ConditionKind("Ready", lambda _found, verdict: verdict.ready,
+                  lambda reason, message, _licence: Condition("Ready", FALSE, reason, message), TOLD_BY_PHASE, message_is_progress=True),
+    ConditionKind("LicenceValid", _licence_valid,
+                  lambda reason, message, licence: Condition("LicenceValid", licence, reason, message if licence == FALSE else "not evaluated"),
+                  ANNOUNCED),
+    ConditionKind("WorkloadsReady", lambda _found, verdict: verdict.workloads,
+                  lambda reason, message, _licence: Condition("WorkloadsReady", FALSE, reason, message), TOLD_BY_PHASE_CHANGE,
+                  message_is_progress=True),
+    ConditionKind("MonitoringReady", lambda found, _verdict: found.monitoring,
+                  lambda reason, _message, _licence: Condition("MonitoringReady", UNKNOWN, reason, "not evaluated"), ANNOUNCED,
+                  message_is_progress=True),
+    ConditionKind("TLSReady", lambda found, _verdict: found.tls, lambda _reason, _message, _licence: None, ANNOUNCED),
+    ConditionKind("Reconciling", _reconciling,
+                  lambda reason, message, _licence: Condition("Reconciling", FALSE, reason, message), TOLD_BY_PHASE, message_is_progress=True),
+    ConditionKind("Stalled", _stalled, lambda reason, message, _licence: Condition("Stalled", TRUE, reason, message), ANNOUNCED),
+)
+_KINDS = {kind.type: kind for kind in CONDITIONS}
+
+
+def phase_and_conditions(found: Findings) -> tuple[str, list[Condition]]:
+    verdict = Verdict.of(found)
+    return verdict.phase, [c for c in (kind.compute(found, verdict) for kind in CONDITIONS) if c is not None]
 
 
 def refused(reason: str, message: str, licence_status: str) -> list[Condition]:
     """Nothing is served and nothing retried: a duplicate customerId, or a namespace someone else owns."""
-    return [
-        Condition("Ready", FALSE, reason, message),
-        Condition("LicenceValid", licence_status, reason, message if licence_status == FALSE else "not evaluated"),
-        Condition("WorkloadsReady", FALSE, reason, message),
-        Condition("MonitoringReady", UNKNOWN, reason, "not evaluated"),
-        Condition("Reconciling", FALSE, reason, message),
-        Condition("Stalled", TRUE, reason, message),
-    ]
+    return [c for c in (kind.refusal(reason, message, licence_status) for kind in CONDITIONS) if c is not None]
 
 
 def kept_conditions(body: Manifest, replaced: tuple[str, ...]) -> list[Condition]:
@@ -190,8 +245,10 @@ def only_progress(previous: dict[str, Any], status: dict[str, Any]) -> bool:
         return False
 
     def without_messages(document: dict[str, Any]) -> dict[str, Any]:
-        return {**{key: document.get(key) for key in status},
-                "conditions": [{k: v for k, v in c.items() if k != "message"} for c in document.get("conditions") or []]}
+        def kept(condition: dict[str, Any]) -> dict[str, Any]:
+            progress = condition.get("type") in _KINDS and _KINDS[condition["type"]].message_is_progress
+            return {k: v for k, v in condition.items() if not (progress and k == "message")}
+        return {**{key: document.get(key) for key in status}, "conditions": [kept(c) for c in document.get("conditions") or []]}
 
     return without_messages(previous) == without_messages(status)
 
@@ -221,7 +278,8 @@ def events(previous: dict[str, Any], status: dict[str, Any]) -> list[EventNote]:
     if phase_changed and not _first_steps(previous, status):
         ready = find(status.get("conditions"), "Ready") or {}
         notes.append(("Warning" if status["phase"] in WARNING_PHASES else "Normal", status["phase"], ready.get("message", status["phase"])))
-    told_by_phase = ("Ready", "Reconciling", "WorkloadsReady") if phase_changed else ("Ready", "Reconciling")
+    told_by_phase = {kind.type for kind in CONDITIONS
+                     if kind.announced == TOLD_BY_PHASE or (phase_changed and kind.announced == TOLD_BY_PHASE_CHANGE)}
     for condition in status.get("conditions", []):
         before = find(previous.get("conditions"), condition["type"])
         if before and before.get("status") != condition["status"] and condition["type"] not in told_by_phase:
