@@ -239,16 +239,16 @@ def test_every_tenant_pod_pulls_with_the_operators_registry_credentials(kube: Cl
     name, namespace = "pulling", "customer-pulling"
     create_instance(kube, name, plan="enterprise")  # enterprise: the dedicated Prometheus' pods too
     wait_phase(kube, name, "Ready", timeout=90)
-    copy = kube.core.read_namespaced_secret(PULL_SECRET, namespace)
+    copy = kube.core.read_namespaced_secret(f"image-pull-{PULL_SECRET}", namespace)  # never a stack Secret's name
     assert copy.type == "kubernetes.io/dockerconfigjson"
     assert json.loads(base64.b64decode(copy.data[".dockerconfigjson"])) == PULL_SECRET_CONFIG
     templates = {s.metadata.name: s.spec.template for s in kube.apps.list_namespaced_stateful_set(namespace).items}
     templates |= {d.metadata.name: d.spec.template for d in kube.apps.list_namespaced_deployment(namespace).items}
     assert set(templates) == {"broker", "database", "prometheus", "ingest", "api"}
     for workload, template in templates.items():
-        assert [s.name for s in template.spec.image_pull_secrets or []] == [PULL_SECRET], workload
-    kube.core.delete_namespaced_secret(PULL_SECRET, namespace)  # drift: the copy comes back
-    wait_for(lambda: exists(lambda: kube.core.read_namespaced_secret(PULL_SECRET, namespace)), timeout=30,
+        assert [s.name for s in template.spec.image_pull_secrets or []] == [f"image-pull-{PULL_SECRET}"], workload
+    kube.core.delete_namespaced_secret(f"image-pull-{PULL_SECRET}", namespace)  # drift: the copy comes back
+    wait_for(lambda: exists(lambda: kube.core.read_namespaced_secret(f"image-pull-{PULL_SECRET}", namespace)), timeout=30,
              what="the pull Secret's copy restored")
     delete_instance(kube, name)
 

@@ -395,7 +395,7 @@ def test_simulator_traffic_is_queryable_through_the_api(enterprise: Tenant, post
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["simulate"]
     assert pod["volumes"][0]["secret"]["secretName"] == "devicefleet-sims-credentials"
-    assert pod["imagePullSecrets"] == [{"name": PULL_SECRET}], "the simulator pulls the iotenant image as ingest and api do"
+    assert pod["imagePullSecrets"] == [{"name": f"image-pull-{PULL_SECRET}"}], "the simulator pulls the iotenant image as ingest and api do"
     assert deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "simulator"
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "DeviceFleet"
     assert pod["containers"][0]["resources"]["requests"]["memory"] == "65Mi"  # grows with the fleet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -84,6 +85,14 @@ def label_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
     return labels
 
 
+def secret_names(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated Secret names, each a DNS label (1..63 of [a-z0-9-], alphanumeric at both ends)."""
+    names = comma_list(value)
+    if any(not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name) for name in names):
+        raise ValueError(f"Secret names must be DNS labels (1..63 of a-z, 0-9 and -), comma-separated: {value!r}")
+    return names
+
+
 def port_list(value: str | tuple[int, ...]) -> tuple[int, ...]:
     """Comma-separated ports, each 1..65535."""
     if isinstance(value, tuple):
@@ -127,7 +136,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("apiserver_ports", "IOTENANT_APISERVER_PORTS", port_list, "the API server's ports with --apiserver-cidrs (default 443,6443)"),
     ("storage_class", "IOTENANT_STORAGE_CLASS", str,
      "StorageClass of new tenant volumes whose spec names none (empty: the cluster's default); volumes keep the class they were made in"),
-    ("image_pull_secrets", "IOTENANT_IMAGE_PULL_SECRETS", comma_list,
+    ("image_pull_secrets", "IOTENANT_IMAGE_PULL_SECRETS", secret_names,
      "pull Secrets (kubernetes.io/dockerconfigjson) in --namespace, comma-separated, that tenant pods pull their images with: "
      "each is copied into every customer namespace and named by every pod the operator makes"),
     ("runbook_base_url", "IOTENANT_RUNBOOK_BASE_URL", str,

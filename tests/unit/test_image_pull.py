@@ -21,10 +21,10 @@ def test_a_pull_secret_is_copied_with_its_type_and_credentials_and_named_by_pods
     source = PullSecret.from_secret(secret("kubernetes.io/dockerconfigjson", {".dockerconfigjson": "e30=", "other": "eA=="}))
     assert source == PullSecret("regcred", "kubernetes.io/dockerconfigjson", "e30=")
     (copy,) = pull_secret_copies(OWNER, (source,))
-    assert copy["metadata"]["namespace"] == "customer-acme" and copy["metadata"]["name"] == "regcred"
+    assert copy["metadata"]["namespace"] == "customer-acme" and copy["metadata"]["name"] == "image-pull-regcred"
     assert copy["type"] == "kubernetes.io/dockerconfigjson" and copy["data"] == {".dockerconfigjson": "e30="}, "nothing else is copied"
     assert copy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
-    assert image_pull_secrets(("regcred", "other")) == {"imagePullSecrets": [{"name": "regcred"}, {"name": "other"}]}
+    assert image_pull_secrets(("regcred", "other")) == {"imagePullSecrets": [{"name": "image-pull-regcred"}, {"name": "image-pull-other"}]}
     assert image_pull_secrets(()) == {}, "no empty field on pods when none is configured"
 
 

@@ -2,19 +2,19 @@
 
 The operator is configured with the names of ``kubernetes.io/dockerconfigjson`` Secrets in its own namespace
 (``--image-pull-secrets``; the chart passes ``imagePullSecrets``). A pod can only use a pull Secret of its
-own namespace, so each customer namespace gets a copy under the same name, and every pod the operator
-renders names them all.
+own namespace, so each customer namespace gets a copy, named ``image-pull-<name>`` so that it can never take
+the name of a Secret of the stack, and every pod the operator renders names them all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 from iotenant.render.meta import Owner
 
 Manifest = dict[str, Any]
+COPY_PREFIX = "image-pull-"
 
 # The Secret types a kubelet pulls with, and the key each keeps its credentials under.
 PULL_SECRET_KEYS = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson", "kubernetes.io/dockercfg": ".dockercfg"}
@@ -45,7 +45,7 @@ def pull_secret_copies(owner: Owner, sources: tuple[PullSecret, ...]) -> list[Ma
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": owner.metadata(source.name, None),
+            "metadata": owner.metadata(copy_name(source.name), None),
             "type": source.type,
             "data": {PULL_SECRET_KEYS[source.type]: source.credentials},
         }
@@ -53,6 +53,11 @@ def pull_secret_copies(owner: Owner, sources: tuple[PullSecret, ...]) -> list[Ma
     ]
 
 
+def copy_name(name: str) -> str:
+    """The name of pull Secret ``name``'s copy in a customer namespace."""
+    return COPY_PREFIX + name
+
+
 def image_pull_secrets(names: tuple[str, ...]) -> dict[str, list[dict[str, str]]]:
-    """The pod spec field naming ``names`` (nothing at all without names)."""
-    return {"imagePullSecrets": [{"name": name} for name in names]} if names else {}
+    """The pod spec field naming the copies of pull Secrets ``names`` (nothing at all without names)."""
+    return {"imagePullSecrets": [{"name": copy_name(name)} for name in names]} if names else {}
