@@ -35,7 +35,7 @@ from iotenant_workloads.service_flags import add_common_flags, mounted_licence, 
 log = logging.getLogger("iotenant.api")
 
 REQUESTS = Counter("iotenant_api_requests_total", "API requests", ["route", "status"])
-MALFORMED = Counter("iotenant_api_malformed_requests_total", "Requests refused before routing: not HTTP, or malformed HTTP")
+MALFORMED = Counter("iotenant_api_malformed_requests_total", "Requests refused before routing because their HTTP could not be parsed")
 LATENCY = Histogram("iotenant_api_request_seconds", "API request latency", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
 # Client addresses whose request rate is tracked at once (the least recently seen are forgotten first).
