@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Callable
 
-from kubernetes.utils import parse_quantity
-
-from iotenant.kube.apply import ObjectKey, apply_if_changed, key_of
+from iotenant.kube.apply import ObjectKey, apply_if_changed, key_of, quantity
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.kinds import PVC, STATEFUL_SET
 from iotenant.render import meta
@@ -50,8 +48,12 @@ def with_claim_size(stateful_set: Manifest, size: str) -> Manifest:
     return changed
 
 
-def bytes_of(quantity: str) -> Decimal:
-    return Decimal(parse_quantity(quantity))
+def bytes_of(size: str) -> Decimal:
+    """A volume size in bytes (the schema's pattern makes every size a quantity)."""
+    value = quantity(size)
+    if value is None:
+        raise ValueError(f"not a quantity: {size!r}")
+    return value
 
 
 @dataclass
