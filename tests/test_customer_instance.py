@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,38 @@ def test_volumes_grow_where_their_class_allows_without_a_restart_and_never_shrin
     assert instance(kube, name)["status"]["phase"] == "Ready"
     delete_instance(kube, name)
     kube.kubectl("delete", "storageclass", "expandable")
+
+
+def test_a_change_that_restarts_pods_waits_for_the_maintenance_window(kube: Cluster, operator: RunningOperator,
+                                                                     servicemonitor_crd: None) -> None:
+    """Outside its window a tenant's pods keep running as they are; the status says what waits and until when."""
+    def hhmm(moment: datetime) -> str:
+        return moment.strftime("%H:%M")
+
+    now = datetime.now(timezone.utc)
+    name, namespace = "windowed", "customer-windowed"
+    create_instance(kube, name, plan="starter", maintenance={"start": hhmm(now + timedelta(hours=3)), "durationMinutes": 15})
+    wait_phase(kube, name, "Ready", timeout=90)
+
+    def api_cpu() -> str:
+        return kube.apps.read_namespaced_deployment("api", namespace).spec.template.spec.containers[0].resources.limits["cpu"]
+
+    before = api_cpu()
+    patch_instance(kube, name, {"spec": {"api": {"resources": {"limits": {"cpu": "700m"}}}}})
+    waiting = wait_for(lambda: (instance(kube, name).get("status") or {}).get("maintenance"), timeout=30, what="status.maintenance")
+    opening = datetime.fromisoformat(waiting["nextWindow"].replace("Z", "+00:00"))
+    assert waiting["pendingRestarts"] == ["api"] and timedelta(hours=2, minutes=58) < opening - now <= timedelta(hours=3), waiting
+    time.sleep(RESYNC_SECONDS + 1)
+    assert api_cpu() == before, "the api's pods keep running as they were"
+    body = instance(kube, name)
+    assert body["status"]["phase"] == "Ready" and body["status"]["observedGeneration"] == body["metadata"]["generation"]
+    events = kube.core.list_namespaced_event("default", field_selector=f"involvedObject.name={name}").items
+    assert [e.reason for e in events].count("RestartDeferred") == 1, "told once, not at every resync"
+
+    patch_instance(kube, name, {"spec": {"maintenance": {"start": hhmm(now - timedelta(minutes=1)), "durationMinutes": 60}}})
+    wait_for(lambda: api_cpu() == "700m", timeout=30, what="the api restarted with its change inside the window")
+    wait_for(lambda: "maintenance" not in instance(kube, name)["status"], timeout=30, what="status.maintenance removed")
+    delete_instance(kube, name)
 
 
 def test_professional_gets_a_service_monitor(kube: Cluster, operator: RunningOperator, servicemonitor_crd: None) -> None:

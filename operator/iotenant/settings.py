@@ -62,6 +62,8 @@ class OperatorSettings:
     storage_class: str = ""
     # Pull Secrets in ``namespace`` that tenant pods pull their images with (copied into each customer namespace).
     image_pull_secrets: tuple[str, ...] = ()
+    # Apply changes that restart a tenant's pods at once, whatever its maintenance window (a security fix).
+    urgent_restarts: bool = False
     # The troubleshooting guide that every alert's runbook_url points into (#<alert name in lower case>).
     runbook_base_url: str = RUNBOOK_BASE_URL
     images: Images = Images()
@@ -139,6 +141,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("image_pull_secrets", "IOTENANT_IMAGE_PULL_SECRETS", secret_names,
      "pull Secrets (kubernetes.io/dockerconfigjson) in --namespace, comma-separated, that tenant pods pull their images with: "
      "each is copied into every customer namespace and named by every pod the operator makes"),
+    ("urgent_restarts", "IOTENANT_URGENT_RESTARTS", boolean,
+     "apply changes that restart tenants' pods at once, whatever their spec.maintenance window (a security fix that cannot wait)"),
     ("runbook_base_url", "IOTENANT_RUNBOOK_BASE_URL", str,
      "the troubleshooting guide (docs/operate.md, where your copy of the docs is served) that each tenant alert's runbook_url points into"),
     ("service_account", "IOTENANT_SERVICE_ACCOUNT", str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from iotenant.broker.admin_tls import AdminTLS
@@ -19,6 +20,7 @@ from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance import kept_secrets, status as rules
 from iotenant.customer_instance.live_objects import LiveObjects, live_objects
 from iotenant.customer_instance.finalize import finalize
+from iotenant.customer_instance.maintenance_window import Deferral, MaintenanceWindow, defer_restarts, maintenance_status, restarts_now
 from iotenant.customer_instance.volume_growth import announce_refusals, grow_volumes
 from iotenant.customer_instance.licence_decision import (
     DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate,
@@ -106,6 +108,8 @@ class CustomerInstanceReconciler:
         # The operator's image pull Secrets as last read (kube.pull_secrets), copied into every tenant.
         self.pull_secrets: tuple[PullSecret, ...] = ()
         self._volume_refusals: dict[str, dict[str, str]] = {}  # uid -> StatefulSet -> why its volumes cannot grow (announced)
+        self._deferred: dict[str, list[str]] = {}  # uid -> workloads whose restart waits for the window (announced)
+        self.clock = clock
 
     def post_event(self, body: Manifest, event_type: str, reason: str, message: str) -> None:
         post_event(self.api, {"apiVersion": meta.API_VERSION, "kind": "CustomerInstance", **body}, event_type, reason, message)
@@ -134,14 +138,17 @@ class CustomerInstanceReconciler:
         decision = duplicate(spec.get("customerId", ""), str(customer_id_holder)) if is_duplicate else self._decide_licence(spec, live)
         tls, endpoint = self._broker_tls(spec, owner, live), self._device_endpoint(spec, owner, live)
         stack = self._stack_input(body, owner, decision, live, tls, endpoint)
-        growth = grow_volumes(self.api, owner, render_customer_stack(stack), live.stack)
+        deferral = self._deferral(body, render_customer_stack(stack), live.stack)
+        growth = grow_volumes(self.api, owner, deferral.desired, deferral.live)
         self._volume_refusals[owner.uid] = announce_refusals(growth, self._volume_refusals.get(owner.uid, {}),
                                                              lambda message: self.post_event(body, "Warning", "VolumeExpansionRefused", message))
         result: Convergence = converge(self.api, growth.desired, growth.live, owner.uid)
+        result.objects.update(deferral.waiting)  # they run as they were: their status says whether they are ready
         fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects, endpoint), live.fleets, body)
         found = self._findings(stack, decision, live, result, tls)
         phase, conditions = rules.phase_and_conditions(found)
-        written = self._write_outcome(body, rules.status_document(body, phase, conditions, self._status_extra(stack, decision, fleets)))
+        extra = {**self._status_extra(stack, decision, fleets), **self._maintenance_status(spec, deferral)}
+        written = self._write_outcome(body, rules.status_document(body, phase, conditions, extra))
         if decision.reason in ISSUING_REASONS and decision.verified and (body.get("status") or {}).get("licence"):
             # A new instance's first licence is named by its status (Ready's message); a later issue is news of its own.
             self.post_event(body, "Normal", f"Licence{decision.reason}", decision.message)
@@ -263,6 +270,29 @@ class CustomerInstanceReconciler:
             pull_secrets=self.pull_secrets,
         )
 
+    def _deferral(self, body: Manifest, desired: list[Manifest], live: dict[ObjectKey, Manifest]) -> Deferral:
+        """Outside the instance's maintenance window, restarts wait (an Event tells each new wait once)."""
+        window = MaintenanceWindow.from_spec((body.get("spec") or {}).get("maintenance"))
+        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        if restarts_now(window, now, self.settings.urgent_restarts):
+            self._deferred.pop(body["metadata"]["uid"], None)
+            return Deferral(desired, live, {})
+        deferral = defer_restarts(desired, live)
+        waiting = sorted(name for _kind, _namespace, name in deferral.waiting)
+        if waiting and self._deferred.get(body["metadata"]["uid"]) != waiting:
+            assert window is not None
+            self.post_event(body, "Normal", "RestartDeferred", f"{', '.join(waiting)} will restart with their change in the "
+                            f"maintenance window opening {window.next_opening(now).isoformat()}; they keep running as they are")
+        self._deferred[body["metadata"]["uid"]] = waiting
+        return deferral
+
+    def _maintenance_status(self, spec: dict[str, Any], deferral: Deferral) -> dict[str, Any]:
+        """``status.maintenance`` while restarts wait; null (removed) when none does."""
+        window = MaintenanceWindow.from_spec(spec.get("maintenance"))
+        if window is None or not deferral.waiting:
+            return {"maintenance": None}
+        return maintenance_status(window, datetime.fromtimestamp(self.clock(), timezone.utc), deferral.waiting)
+
     def _storage_classes(self, spec: dict[str, Any], live: LiveObjects) -> dict[str, str]:
         classes = {}
         for workload, section in VOLUMES:
@@ -347,6 +377,7 @@ class CustomerInstanceReconciler:
         """The instance's loop ended: drop what was kept about it in memory."""
         self._progress_reported.pop(uid, None)
         self._volume_refusals.pop(uid, None)
+        self._deferred.pop(uid, None)
         self.fleets.forget(namespace)
 
     def finalize(self, body: Manifest) -> None:
