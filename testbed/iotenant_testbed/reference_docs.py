@@ -78,15 +78,21 @@ def flags_page() -> str:
 # ----------------------------------------------------------------------------------------------- chart values
 
 
-def _schema_rows(schema: dict[str, Any], defaults: Any, path: str, describe: Callable[[dict[str, Any]], str]) -> Iterator[tuple[str, str, str, str]]:
-    properties = schema.get("properties") or {}
-    for name in sorted(properties):
-        child, child_path = properties[name], f"{path}.{name}" if path else name
-        default = defaults.get(name) if isinstance(defaults, dict) else None
-        yield (f"`{child_path}`", _type_of(child), "" if default in (None, "", {}, []) or child.get("properties") else f"`{cell(default)}`",
-               describe(child))
+def _fields(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """Every property below ``schema``, into objects and arrays of objects: its dotted path, its schema, and
+    whether it is required."""
+    for name in sorted(schema.get("properties") or {}):
+        child = schema["properties"][name]
+        child_path = f"{path}.{name}" if path else name
+        yield child_path, child, name in (schema.get("required") or [])
         if child.get("properties"):
-            yield from _schema_rows(child, default, child_path, describe)
+            yield from _fields(child, child_path)
+        elif (child.get("items") or {}).get("properties"):
+            yield from _fields(child["items"], child_path + "[]")
+
+
+def _shown(default: Any) -> str:
+    return "" if default in (None, "", {}, []) else f"`{cell(default)}`"
 
 
 def _type_of(schema: dict[str, Any]) -> str:
@@ -148,38 +154,23 @@ def chart_values_page() -> str:
     values_text = (CHART / "values.yaml").read_text()
     comments, defaults = values_comments(values_text), yaml.safe_load(values_text)
     rows = []
-    for name, kind, default, rules in _schema_rows(schema, defaults, "", _rules):
-        said = comments.get(name.strip("`"), "")
-        group = kind == "object" and isinstance(schema_at(schema, name.strip("`")).get("properties"), dict)
+    for path, child, _required in _fields(schema):
+        said, group = comments.get(path, ""), bool(child.get("properties"))
         if not group or said:  # a group is listed for what its comment says of its values
-            rows.append((name, kind, default, _explained(said, rules)))
+            rows.append((f"`{path}`", _type_of(child), "" if group else _shown(_value_at(defaults, path)), _explained(said, _rules(child))))
     return "\n".join([GENERATED.format(source="charts/iotenant/values.schema.json and the comments of values.yaml"), "# Chart values\n",
                       "`values.schema.json` refuses any other value (and any value that breaks a rule below), naming the field.\n",
                       table(("value", "type", "default", "what"), rows)])
 
 
-def schema_at(schema: dict[str, Any], path: str) -> dict[str, Any]:
+def _value_at(values: Any, path: str) -> Any:
+    """The default at a dotted path of the values (none inside lists)."""
     for key in path.split("."):
-        schema = (schema.get("properties") or {}).get(key) or {}
-    return schema
+        values = values.get(key) if isinstance(values, dict) else None
+    return values
 
 
 # ----------------------------------------------------------------------------------------------- CRDs
-
-
-def _field_rows(schema: dict[str, Any], path: str) -> Iterator[tuple[Any, ...]]:
-    for name in sorted(schema.get("properties") or {}):
-        child = schema["properties"][name]
-        child_path = f"{path}.{name}"
-        required = name in (schema.get("required") or [])
-        default = child.get("default")
-        yield (f"`{child_path}`", _type_of(child) + (" (required)" if required else ""),
-               "" if default in (None, {}, []) else f"`{cell(default)}`",
-               _explained(child.get("description", ""), _rules(child)))
-        if child.get("properties"):
-            yield from _field_rows(child, child_path)
-        elif (child.get("items") or {}).get("properties"):
-            yield from _field_rows(child["items"], child_path + "[]")
 
 
 def crd_page() -> str:
@@ -196,9 +187,11 @@ def crd_page() -> str:
             if rules:
                 sections.append("Rules on the whole object: " + "; ".join(rules) + "\n")
             for part in ("spec", "status"):
-                if part in (schema.get("properties") or {}):
-                    sections.append(table(("field", "type", "default", "what"), list(_field_rows({"properties": {part: schema["properties"][part]}}, "")))
-                                    .replace("| `.", "| `"))
+                rows = [(f"`{field}`", _type_of(child) + (" (required)" if required else ""), _shown(child.get("default")),
+                         _explained(child.get("description", ""), _rules(child)))
+                        for field, child, required in _fields(schema) if field == part or field.startswith(part + ".")]
+                if rows:
+                    sections.append(table(("field", "type", "default", "what"), rows))
     return "\n".join(sections)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from iotenant.customer_instance.maintenance_window import MaintenanceWindow, defer_restarts, restarts_now
+from iotenant.customer_instance.maintenance_window import MaintenanceWindow, defer_restarts, plan_restarts
 from iotenant.kube.apply import key_of
 from iotenant.render import meta
 from iotenant.render.broker import ADMIN_TLS_ANNOTATION
@@ -27,8 +27,14 @@ def test_a_window_opens_on_its_days_and_may_run_past_midnight() -> None:
     assert SUNDAY_LATE.next_opening(at("2026-12-07T09:00:00")) == at("2026-12-13T23:00:00")
     every_day = MaintenanceWindow.from_spec({"start": "02:00", "durationMinutes": 15})
     assert every_day is not None and every_day.next_opening(at("2026-12-07T02:20:00")) == at("2026-12-08T02:00:00")
-    assert MaintenanceWindow.from_spec(None) is None and restarts_now(None, at("2026-12-07T09:00:00"), urgent=False)
-    assert restarts_now(SUNDAY_LATE, at("2026-12-07T09:00:00"), urgent=True), "an urgent fix does not wait"
+    running, changed = workload("iotenant:1"), workload("iotenant:2")
+    sunday = {"days": ["Sun"], "start": "23:00", "durationMinutes": 120}
+    monday = at("2026-12-07T09:00:00")
+    assert MaintenanceWindow.from_spec(None) is None and plan_restarts(None, monday, False, [changed], {key_of(running): running}).desired
+    assert plan_restarts(sunday, monday, True, [changed], {key_of(running): running}).desired, "an urgent fix does not wait"
+    waiting = plan_restarts(sunday, monday, False, [changed], {key_of(running): running})
+    assert waiting.status() == {"maintenance": {"pendingRestarts": ["api"], "nextWindow": "2026-12-13T23:00:00Z"}}
+    assert plan_restarts(sunday, at("2026-12-06T23:30:00"), False, [changed], {}).status() == {"maintenance": None}
 
 
 def workload(image: str, replicas: int = 1, admin_tls: str = "a") -> dict:

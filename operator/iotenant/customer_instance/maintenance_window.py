@@ -8,7 +8,7 @@ security fix that cannot wait) applies every change at once. Pure: the clock is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -59,21 +59,42 @@ class MaintenanceWindow:
 @dataclass
 class Deferral:
     """What this reconcile applies now: ``desired`` and ``live`` without the workloads whose restart waits for
-    the window; ``waiting`` those workloads as they run (their status still tells their readiness)."""
+    the window; ``waiting`` those workloads as they run (their status still tells their readiness) and
+    ``opening`` when the window opens."""
 
     desired: list[Manifest]
     live: dict[ObjectKey, Manifest]
-    waiting: dict[ObjectKey, Manifest]
+    waiting: dict[ObjectKey, Manifest] = field(default_factory=dict)
+    opening: datetime | None = None
+
+    @property
+    def waiting_names(self) -> list[str]:
+        return sorted(name for _kind, _namespace, name in self.waiting)
+
+    def status(self) -> dict[str, Any]:
+        """``status.maintenance``: what waits and when the window opens; null (removed) when nothing waits."""
+        if not self.waiting or self.opening is None:
+            return {"maintenance": None}
+        opening = self.opening.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return {"maintenance": {"pendingRestarts": self.waiting_names, "nextWindow": opening}}
 
 
-def restarts_now(window: MaintenanceWindow | None, now: datetime, urgent: bool) -> bool:
-    return window is None or urgent or window.is_open(now)
+def plan_restarts(maintenance: dict[str, Any] | None, now: datetime, urgent: bool,
+                  desired: list[Manifest], live: dict[ObjectKey, Manifest]) -> Deferral:
+    """Within ``spec.maintenance``'s window (or without one, or when ``urgent``) everything applies; outside it,
+    restarts wait (``defer_restarts``)."""
+    window = MaintenanceWindow.from_spec(maintenance)
+    if window is None or urgent or window.is_open(now):
+        return Deferral(desired, live)
+    deferral = defer_restarts(desired, live)
+    deferral.opening = window.next_opening(now)
+    return deferral
 
 
 def defer_restarts(desired: list[Manifest], live: dict[ObjectKey, Manifest]) -> Deferral:
     """Hold back each running workload whose only change would restart its pods (its pod template); a change
     of its replicas applies at once, the template change with it."""
-    deferral = Deferral(desired=[], live=dict(live), waiting={})
+    deferral = Deferral(desired=[], live=dict(live))
     for manifest in desired:
         key, current = key_of(manifest), live.get(key_of(manifest))
         if current is not None and manifest["kind"] in RESTARTING_KINDS and _only_template_changed(manifest, current):
@@ -92,9 +113,3 @@ def _only_template_changed(desired: Manifest, live: Manifest) -> bool:
         return False
     annotations = [(t or {}).get("metadata", {}).get("annotations") or {} for t in (wanted.get("template"), running.get("template"))]
     return all(annotations[0].get(name) == annotations[1].get(name) for name in REPAIRS)
-
-
-def maintenance_status(window: MaintenanceWindow, now: datetime, waiting: dict[ObjectKey, Manifest]) -> dict[str, Any]:
-    """``status.maintenance``: the workloads whose restart waits, and when the window opens."""
-    opening = window.next_opening(now).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    return {"maintenance": {"pendingRestarts": sorted(name for _kind, _namespace, name in waiting), "nextWindow": opening}}

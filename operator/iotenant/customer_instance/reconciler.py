@@ -20,7 +20,7 @@ from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance import kept_secrets, status as rules
 from iotenant.customer_instance.live_objects import LiveObjects, live_objects
 from iotenant.customer_instance.finalize import finalize
-from iotenant.customer_instance.maintenance_window import Deferral, MaintenanceWindow, defer_restarts, maintenance_status, restarts_now
+from iotenant.customer_instance.maintenance_window import Deferral, plan_restarts
 from iotenant.customer_instance.volume_growth import announce_refusals, grow_volumes
 from iotenant.customer_instance.licence_decision import (
     DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate,
@@ -147,7 +147,7 @@ class CustomerInstanceReconciler:
         fleets = self._reconcile_fleets(self._tenant_access(stack, decision, live, result.objects, endpoint), live.fleets, body)
         found = self._findings(stack, decision, live, result, tls)
         phase, conditions = rules.phase_and_conditions(found)
-        extra = {**self._status_extra(stack, decision, fleets), **self._maintenance_status(spec, deferral)}
+        extra = {**self._status_extra(stack, decision, fleets), **deferral.status()}
         written = self._write_outcome(body, rules.status_document(body, phase, conditions, extra))
         if decision.reason in ISSUING_REASONS and decision.verified and (body.get("status") or {}).get("licence"):
             # A new instance's first licence is named by its status (Ready's message); a later issue is news of its own.
@@ -272,26 +272,14 @@ class CustomerInstanceReconciler:
 
     def _deferral(self, body: Manifest, desired: list[Manifest], live: dict[ObjectKey, Manifest]) -> Deferral:
         """Outside the instance's maintenance window, restarts wait (an Event tells each new wait once)."""
-        window = MaintenanceWindow.from_spec((body.get("spec") or {}).get("maintenance"))
-        now = datetime.fromtimestamp(self.clock(), timezone.utc)
-        if restarts_now(window, now, self.settings.urgent_restarts):
-            self._deferred.pop(body["metadata"]["uid"], None)
-            return Deferral(desired, live, {})
-        deferral = defer_restarts(desired, live)
-        waiting = sorted(name for _kind, _namespace, name in deferral.waiting)
-        if waiting and self._deferred.get(body["metadata"]["uid"]) != waiting:
-            assert window is not None
+        now, uid = datetime.fromtimestamp(self.clock(), timezone.utc), body["metadata"]["uid"]
+        deferral = plan_restarts((body.get("spec") or {}).get("maintenance"), now, self.settings.urgent_restarts, desired, live)
+        waiting = deferral.waiting_names
+        if waiting and self._deferred.get(uid) != waiting and deferral.opening is not None:
             self.post_event(body, "Normal", "RestartDeferred", f"{', '.join(waiting)} will restart with their change in the "
-                            f"maintenance window opening {window.next_opening(now).isoformat()}; they keep running as they are")
-        self._deferred[body["metadata"]["uid"]] = waiting
+                            f"maintenance window opening {deferral.opening.isoformat()}; they keep running as they are")
+        self._deferred[uid] = waiting
         return deferral
-
-    def _maintenance_status(self, spec: dict[str, Any], deferral: Deferral) -> dict[str, Any]:
-        """``status.maintenance`` while restarts wait; null (removed) when none does."""
-        window = MaintenanceWindow.from_spec(spec.get("maintenance"))
-        if window is None or not deferral.waiting:
-            return {"maintenance": None}
-        return maintenance_status(window, datetime.fromtimestamp(self.clock(), timezone.utc), deferral.waiting)
 
     def _storage_classes(self, spec: dict[str, Any], live: LiveObjects) -> dict[str, str]:
         classes = {}

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -27,9 +28,12 @@ from iotenant.licensing import signing_keys
 from iotenant.licensing.plans import load_catalogue
 from iotenant.licensing.trusted_issuers import TrustedIssuers
 from iotenant.render.meta import API_VERSION, CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF, is_managed_namespace
+from iotenant.render.image_pull import PullSecret
 from iotenant.render.stack import OPTIONAL_CRDS
+from iotenant.settings import OperatorSettings
 
 log = logging.getLogger("iotenant.operator")
+T = TypeVar("T")
 GROUP, VERSION = API_VERSION.split("/")
 # The watch cache lists every kind once before the first reconcile; an operator that cannot (RBAC, an
 # unreachable API server) stops with the kinds it could not list rather than reconcile blind.
@@ -90,46 +94,50 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     s.reconciler.pull_secrets = await asyncio.to_thread(read_pull_secrets, s.api, s.settings.namespace, s.settings.image_pull_secrets)
     await asyncio.to_thread(publish_jwks, s)
     s.tasks.append(asyncio.create_task(maintain_keyring(s)))
-    s.tasks.append(asyncio.create_task(follow_apiserver_endpoints(s)))
+    s.tasks.append(asyncio.create_task(refresh_every(
+        s, apiserver_endpoints.REFRESH_SECONDS, "the API server's endpoints",
+        lambda: settings_with_endpoints(s.api, s.settings), lambda current: adopt_endpoints(s, current))))
     if s.settings.image_pull_secrets:
-        s.tasks.append(asyncio.create_task(follow_pull_secrets(s)))
+        s.tasks.append(asyncio.create_task(refresh_every(
+            s, pull_secrets.REFRESH_SECONDS, "the image pull Secrets",
+            lambda: read_pull_secrets(s.api, s.settings.namespace, s.settings.image_pull_secrets),
+            lambda current: adopt_pull_secrets(s, current))))
     log.info("iotenant operator started: namespace %s, active signing key %s", s.settings.namespace, ring.active_kid)
 
 
-async def follow_apiserver_endpoints(s: OperatorState) -> None:
-    """The API server's addresses, read again every REFRESH_SECONDS; a change re-renders every tenant's egress."""
+async def refresh_every(s: OperatorState, seconds: float, what: str, read: Callable[[], T], adopt: Callable[[T], bool]) -> None:
+    """Read ``what`` again every ``seconds``; when ``adopt`` takes a changed value, every tenant is reconciled again."""
     while True:
-        await asyncio.sleep(apiserver_endpoints.REFRESH_SECONDS)
-        assert s.reconciler is not None
+        await asyncio.sleep(seconds)
         try:
-            current = await asyncio.to_thread(settings_with_endpoints, s.api, s.settings)
+            value = await asyncio.to_thread(read)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("reading the API server's endpoints failed; retrying")
+            log.exception("reading %s failed; retrying", what)
             continue
-        if current != s.reconciler.settings:
-            log.info("the API server's endpoints changed: %s on %s", ",".join(current.apiserver_cidrs), current.apiserver_ports)
-            s.reconciler.settings = current
+        if adopt(value):
             s.wake()
 
 
-async def follow_pull_secrets(s: OperatorState) -> None:
-    """The image pull Secrets, read again every REFRESH_SECONDS; a change re-renders every tenant's copies."""
+def adopt_endpoints(s: OperatorState, current: OperatorSettings) -> bool:
+    """The API server's addresses as read now; a change re-renders every tenant's egress."""
     assert s.reconciler is not None
-    while True:
-        await asyncio.sleep(pull_secrets.REFRESH_SECONDS)
-        try:
-            current = await asyncio.to_thread(read_pull_secrets, s.api, s.settings.namespace, s.settings.image_pull_secrets)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("reading the image pull Secrets failed; retrying")
-            continue
-        if current != s.reconciler.pull_secrets:
-            log.info("image pull Secrets changed: %s", ", ".join(secret.name for secret in current) or "none readable")
-            s.reconciler.pull_secrets = current
-            s.wake()
+    if current == s.reconciler.settings:
+        return False
+    log.info("the API server's endpoints changed: %s on %s", ",".join(current.apiserver_cidrs), current.apiserver_ports)
+    s.reconciler.settings = current
+    return True
+
+
+def adopt_pull_secrets(s: OperatorState, current: tuple[PullSecret, ...]) -> bool:
+    """The image pull Secrets as read now; a change re-renders every tenant's copies."""
+    assert s.reconciler is not None
+    if current == s.reconciler.pull_secrets:
+        return False
+    log.info("image pull Secrets changed: %s", ", ".join(secret.name for secret in current) or "none readable")
+    s.reconciler.pull_secrets = current
+    return True
 
 
 @kopf.on.cleanup()
