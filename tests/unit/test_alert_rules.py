@@ -66,6 +66,13 @@ def test_older_measurements_change_nothing_and_order_within_a_batch_does_not_mat
         ({"name": "r", "kind": "silence", "silenceSeconds": 60, "threshold": 3}, "threshold"),
         ({"name": "r", "kind": "sql"}, "kind"),
         ({"name": "r", "kind": "silence", "silenceSeconds": 60, "owner": "x"}, "owner"),
+        # Wrong JSON types where a word is expected: judged, never a crash (an object is not hashable).
+        ({"name": "r", "type": "t", "operator": {}, "threshold": 1}, "operator"),
+        ({"name": "r", "type": "t", "operator": [">"], "threshold": 1}, "operator"),
+        ({"name": "r", "type": "t", "operator": None, "threshold": 1}, "operator"),
+        ({"name": "r", "kind": {"silence": True}, "silenceSeconds": 60}, "kind"),
+        ({"name": "r", "kind": "silence", "silenceSeconds": 60.5}, "silenceSeconds"),
+        ({"name": "r", "kind": "silence", "silenceSeconds": 1e300}, "silenceSeconds"),
     ],
 )
 def test_hostile_rules_are_refused_naming_the_field(body: dict, field: str) -> None:
@@ -80,3 +87,11 @@ def test_good_rules_are_taken_as_written() -> None:
     silence = judge_rule({"name": "quiet", "kind": "silence", "silenceSeconds": 300})
     assert (silence.kind, silence.device_id, silence.silence_seconds) == (SILENCE, None, 300)
     assert silence.to_json() == {"id": 0, "name": "quiet", "kind": "silence", "deviceId": None, "silenceSeconds": 300}
+
+
+def test_an_integral_number_of_seconds_counts_as_an_integer_and_the_next_rule_is_judged_alike() -> None:
+    """JSON Schema (and every JSON encoder that writes 60.0) counts 60.0 as the integer 60."""
+    assert judge_rule({"name": "quiet", "kind": "silence", "silenceSeconds": 60.0}).silence_seconds == 60
+    with pytest.raises(InvalidRule):
+        judge_rule({"name": "r", "type": "t", "operator": {}, "threshold": 1})
+    assert judge_rule({"name": "hot", "type": "t", "operator": ">", "threshold": 1, "forSeconds": 30.0}).for_seconds == 30

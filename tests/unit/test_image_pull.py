@@ -32,6 +32,7 @@ def test_a_pull_secret_is_copied_with_its_type_and_credentials_and_named_by_pods
     ("Opaque", {".dockerconfigjson": "e30="}),  # not a pull type: never copied (it may hold anything)
     ("kubernetes.io/dockerconfigjson", {".dockercfg": "e30="}),  # the other type's key
     ("kubernetes.io/dockerconfigjson", {".dockerconfigjson": ""}),
+    ("kubernetes.io/dockerconfigjson", {".dockerconfigjson": "not base64!"}),
     ("kubernetes.io/dockerconfigjson", {".dockerconfigjson": {"nested": True}}),
     ("kubernetes.io/dockerconfigjson", None),
     (["kubernetes.io/dockerconfigjson"], {".dockerconfigjson": "e30="}),
@@ -39,3 +40,14 @@ def test_a_pull_secret_is_copied_with_its_type_and_credentials_and_named_by_pods
 ])
 def test_a_secret_that_is_not_a_pull_secret_is_left_out(secret_type: Any, data: Any) -> None:
     assert PullSecret.from_secret(secret(secret_type, data)) is None
+
+
+def test_one_unusable_secret_leaves_the_next_one_usable() -> None:
+    """Each named Secret is judged alone: hostile ones are left out, a good one after them is still copied."""
+    read = [secret("Opaque", {".dockerconfigjson": "e30="}), secret({"nested": "type"}, {"a": "b"}),
+            secret("kubernetes.io/dockerconfigjson", {".dockerconfigjson": "\u0000" * 10**6}),
+            secret("kubernetes.io/dockercfg", {".dockercfg": "e30="})]
+    usable = [judged for judged in map(PullSecret.from_secret, read) if judged is not None]
+    assert [s.type for s in usable] == ["kubernetes.io/dockercfg"], "credentials that are not base64 are never copied"
+    (copy,) = pull_secret_copies(OWNER, tuple(usable))
+    assert copy["data"] == {".dockercfg": "e30="}

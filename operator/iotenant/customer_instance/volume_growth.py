@@ -25,11 +25,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Callable
 
+from kubernetes.client.exceptions import ApiException
+
 from iotenant.kube.apply import ObjectKey, apply_if_changed, key_of, quantity
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.kinds import PVC, STATEFUL_SET
 from iotenant.render import meta
 
+# The resize admission's refusals: the class does not allow expansion (403), the claim cannot take it (422).
+REFUSALS = (403, 422)
 # How long the garbage collector may take to orphan a StatefulSet's pods and let it go.
 REPLACEMENT_TIMEOUT_SECONDS = 30.0
 _REPLACEMENT_POLL_SECONDS = 0.1
@@ -102,19 +106,19 @@ def _grow_claims(api: ClusterAPI, owner: meta.Owner, stateful_set: Manifest, siz
             continue
         try:
             api.merge_patch(PVC, claim["metadata"]["name"], owner.namespace, {"spec": {"resources": {"requests": {"storage": size}}}})
-        except Exception as error:  # the resize admission's answer: the class does not allow expansion, the claim is unbound, ...
-            return f"volume {claim['metadata']['name']} cannot grow to {size}: {_reason(error)}"[:900]
+        except ApiException as error:
+            if error.status not in REFUSALS:
+                raise  # the API server in trouble is no answer about the class: the reconcile fails and is retried
+            return f"volume {claim['metadata']['name']} cannot grow to {size}: {_message(error)}"[:900]
     return None
 
 
-def _reason(error: Exception) -> str:
-    body = getattr(error, "body", None)
-    if isinstance(body, (str, bytes)):
-        try:
-            return str(json.loads(body).get("message") or body)
-        except ValueError:
-            return str(body)
-    return f"{type(error).__name__}: {error}"
+def _message(error: ApiException) -> str:
+    """What the API server said (its Status message), or its raw answer."""
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.body)
+    except (ValueError, AttributeError):
+        return str(error.body or error.reason)
 
 
 def _replaced(api: ClusterAPI, manifest: Manifest, namespace: str) -> Manifest:

@@ -8,6 +8,8 @@ the name of a Secret of the stack, and every pod the operator renders names them
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +36,17 @@ class PullSecret:
         secret_type = secret.get("type")
         key = PULL_SECRET_KEYS.get(secret_type) if isinstance(secret_type, str) else None
         value = (secret.get("data") or {}).get(key) if key else None
-        if not isinstance(value, str) or not value:
-            return None
+        if not isinstance(value, str) or not value or not _is_base64(value):
+            return None  # a copy of it would be refused by the API server, and stop every tenant's reconcile
         return cls(secret["metadata"]["name"], secret_type, value)  # type: ignore[arg-type]
+
+
+def _is_base64(value: str) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def pull_secret_copies(owner: Owner, sources: tuple[PullSecret, ...]) -> list[Manifest]:
