@@ -44,8 +44,8 @@ from mqtt_probe import Probe, Refused  # noqa: E402
 from real_services import cpu_seconds, resident_kib, scrape_metrics  # noqa: E402
 from tenants import Tenant, start_tenant  # noqa: E402
 
-from iotenant.broker.identities import DeviceCredentials  # noqa: E402
-from iotenant.render.fleet import simulator_resources  # noqa: E402
+from iotenant.mosquitto.identities import DeviceCredentials  # noqa: E402
+from iotenant.device_fleet.manifests import simulator_resources  # noqa: E402
 from iotenant_testbed.loopback import free_port  # noqa: E402
 from iotenant.licensing.plans import DEFAULT_CATALOGUE  # noqa: E402
 

@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from dataplane_bench import Services, histogram_quantile, services
 from dataplane import DEVICES, IngestProcess, telemetry
-from iotenant.broker.identities import INGEST
+from iotenant.mosquitto.identities import INGEST
 
 from iotenant_workloads import tenant_schema as database
 from iotenant_workloads.ingest.telemetry_store import STAGING_COLUMNS

@@ -23,7 +23,7 @@ from iotenant_testbed.mosquitto import MosquittoBroker
 
 from dataplane import LicenceFiles, Stack, broker_identities, start_stack, write_licence
 from iotenant.licensing import keys as licence_keys
-from iotenant.broker.identities import new_share_group
+from iotenant.mosquitto.identities import new_share_group
 from iotenant_testbed import cluster as devcluster
 from iotenant_testbed.loopback import free_port
 from iotenant_testbed.binaries import Binaries, MissingPart, ensure_binaries

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotenant.licensing import licence as licences
 
 from iotenant.licensing import keys as licence_keys
-from iotenant.broker.identities import API, INGEST, Identity, service_identities
+from iotenant.mosquitto.identities import API, INGEST, Identity, service_identities
 from iotenant.licensing.plans import load_catalogue
 from iotenant_testbed.loopback import free_port
 from iotenant_testbed.mosquitto import MosquittoBroker

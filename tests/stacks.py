@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from iotenant.broker.admin_tls import AdminTLS
-from iotenant.broker.device_endpoint import DeviceEndpoint
+from iotenant.mosquitto.admin_tls import AdminTLS
+from iotenant.mosquitto.device_endpoint import DeviceEndpoint
 from iotenant.licensing.plans import load_catalogue
 from iotenant.render.inputs import GeneratedSecrets, StackInput
-from iotenant.render.meta import Owner
+from iotenant.vocabulary.meta import Owner
 from iotenant.settings import OperatorSettings
 
 

@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from conftest import Cluster, wait_for
 
-from iotenant.broker.identities import DeviceCredentials
+from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant_testbed.local_pods import LocalProcess, read_secret, run_container
 from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
 

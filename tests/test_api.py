@@ -18,8 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import wait_for
 from dataplane import TOKEN, Stack, start_stack, write_licence
-from iotenant.broker.identities import DeviceCredentials
-from iotenant.render.contract import PROBE_TIMEOUT_SECONDS
+from iotenant.mosquitto.identities import DeviceCredentials
+from iotenant.vocabulary.contract import PROBE_TIMEOUT_SECONDS
 from real_services import PostgresServer
 from iotenant_testbed.mosquitto import MosquittoBroker
 

@@ -13,9 +13,9 @@ from conftest import wait_for
 from mqtt_probe import NOT_AUTHORIZED, Probe, Refused, refused
 from iotenant_testbed.mosquitto import MosquittoBroker
 
-from iotenant.broker.dynamic_security import DynamicSecurity
-from iotenant.broker.sync_plan import LiveState, plan_commands
-from iotenant.broker.identities import ADMIN, INGEST, Identity, Role, desired_roles, device_role_name, service_identities
+from iotenant.mosquitto.dynamic_security import DynamicSecurity
+from iotenant.mosquitto.sync_plan import LiveState, plan_commands
+from iotenant.mosquitto.identities import ADMIN, INGEST, Identity, Role, desired_roles, device_role_name, service_identities
 
 SHARE_GROUP = "ingest-0123456789abcdef"
 
@@ -174,8 +174,8 @@ def test_the_broker_keeps_identities_across_a_restart(bare_broker: MosquittoBrok
 
 
 def test_the_admin_logs_in_only_with_its_certificate_on_the_admin_listener(bare_broker: MosquittoBroker) -> None:
-    from iotenant.broker.admin_tls import issue
-    from iotenant.broker.dynamic_security import BrokerUnavailable
+    from iotenant.mosquitto.admin_tls import issue
+    from iotenant.mosquitto.dynamic_security import BrokerUnavailable
 
     with admin(bare_broker) as broker:
         assert ADMIN in broker.list_clients()
@@ -245,7 +245,7 @@ def test_a_changed_device_role_is_restored(bare_broker: MosquittoBroker) -> None
 
 
 def test_the_broker_under_test_is_the_version_the_stack_ships_and_runs_our_files_without_warnings(bare_broker: MosquittoBroker) -> None:
-    from iotenant.broker.sync_plan import parse_version
+    from iotenant.mosquitto.sync_plan import parse_version
     from iotenant.settings import MOSQUITTO_VERSION, Images
 
     assert Images().broker.endswith(f":{MOSQUITTO_VERSION}")
@@ -259,13 +259,13 @@ def test_the_broker_under_test_is_the_version_the_stack_ships_and_runs_our_files
 
 
 def test_batches_follow_how_the_broker_saves() -> None:
-    from iotenant.broker.sync_plan import MAX_COMMANDS_PER_SAVING_MESSAGE, commands_per_message
+    from iotenant.mosquitto.sync_plan import MAX_COMMANDS_PER_SAVING_MESSAGE, commands_per_message
 
     assert commands_per_message(10_000, (2, 0, 21)) == 3  # 2.0 rewrites its file per command: small messages
     assert commands_per_message(10, (2, 0, 21)) == 100
     assert commands_per_message(10_000, (2, 1, 2)) == MAX_COMMANDS_PER_SAVING_MESSAGE  # 2.1 saves once per message
     assert commands_per_message(10_000, None) == 3
-    from iotenant.broker.sync_plan import parse_version
+    from iotenant.mosquitto.sync_plan import parse_version
 
     assert parse_version("mosquitto version 2.0.21") == (2, 0, 21)
     assert [parse_version(hostile) for hostile in ("", "   ", "mosquitto version x.1", "\x00\ud800", "9" * 5000 + ".a")] == [None] * 5

@@ -22,7 +22,7 @@ from raw_mqtt import MQTT_5, MQTT_311, RawClient, publish_packet, subscribe_pack
 from real_services import resident_kib
 from iotenant_testbed.mosquitto import MosquittoBroker
 
-from iotenant.broker.identities import Identity, new_share_group, service_identities
+from iotenant.mosquitto.identities import Identity, new_share_group, service_identities
 from iotenant.licensing.plans import load_catalogue
 from iotenant.render.broker import memory_limit_bytes
 from iotenant.render.builders import SMALL, resources

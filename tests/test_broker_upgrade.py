@@ -18,10 +18,10 @@ from mqtt_probe import NOT_AUTHORIZED, Probe
 from iotenant_testbed.mosquitto import MosquittoBroker
 from iotenant_testbed.mosquitto_package import PREVIOUS, installed
 
-from iotenant import topics
-from iotenant.broker.config import Listeners, mosquitto_conf
-from iotenant.broker.dynamic_security import DynamicSecurity
-from iotenant.broker.identities import DEVICE_ROLE_PREFIX, INGEST, Identity, device_role_name, dynamic_security_config, service_identities
+from iotenant.vocabulary import topics
+from iotenant.mosquitto.config import Listeners, mosquitto_conf
+from iotenant.mosquitto.dynamic_security import DynamicSecurity
+from iotenant.mosquitto.identities import DEVICE_ROLE_PREFIX, INGEST, Identity, device_role_name, dynamic_security_config, service_identities
 from iotenant.settings import MOSQUITTO_VERSION
 
 SHARE_GROUP = "ingest-upgrade"

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from iotenant import tenant_database
+from iotenant.vocabulary import tenant_database
 from iotenant_workloads import tenant_schema as schema
 from iotenant_workloads.datagram import Measurement, Telemetry
 from iotenant_workloads.ingest.telemetry_store import Accepted, store

@@ -29,7 +29,7 @@ from conftest import Cluster, RunningOperator, wait_for
 from tenants import Tenant
 from test_customer_instance import GROUP, PLURAL, VERSION, condition, create_instance, delete_instance, exists, instance, patch_instance
 
-from iotenant.broker.identities import DeviceCredentials
+from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address
 
 CERTIFICATE_CRD_FILE = Path(__file__).parent / "crds" / "certificates.cert-manager.io.yaml"

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import wait_for
 from dataplane import TOKEN, Stack
-from iotenant.broker.identities import DeviceCredentials
+from iotenant.mosquitto.identities import DeviceCredentials
 
 SHA = "0123456789abcdef" * 4
 UPDATE = {"version": "2.0.0", "url": "https://updates.example/fw/2.0.0.bin", "sha256": SHA}

@@ -24,8 +24,8 @@ from kubernetes.client.exceptions import ApiException
 from conftest import Cluster, wait_for
 from doc_blocks import run_block
 from mqtt_probe import Probe, Refused
-from iotenant.broker.identities import INGEST, DeviceCredentials
-from iotenant.render.contract import API_TOKEN_KEY, API_TOKEN_SECRET
+from iotenant.mosquitto.identities import INGEST, DeviceCredentials
+from iotenant.vocabulary.contract import API_TOKEN_KEY, API_TOKEN_SECRET
 from iotenant_testbed import cluster as devcluster
 from iotenant_testbed import containerd_runtime, real_node
 from iotenant_testbed.binaries import Binaries

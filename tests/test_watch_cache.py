@@ -14,9 +14,9 @@ from kubernetes import config
 from conftest import Cluster, token_kubeconfig, wait_for
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import CONFIG_MAP, NAMESPACE, SECRET, ResourceKind
+from iotenant.vocabulary.kinds import CONFIG_MAP, NAMESPACE, SECRET, ResourceKind
 from iotenant.kube.watch_cache import NotListedYet, WatchCache, Watched
-from iotenant.render.meta import CUSTOMER
+from iotenant.vocabulary.meta import CUSTOMER
 
 NS = "cache-test"
 WIDGET = ResourceKind("cache-test.iotenant.io/v1", "Widget", "widgets", True)

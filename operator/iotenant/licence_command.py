@@ -30,7 +30,7 @@ def _trusted_keys(args: argparse.Namespace) -> dict[str, Any]:
         return dict(json.loads(Path(args.jwks).read_text()))
     from iotenant.licensing import signing_keys
     from iotenant.kube.client import ClusterAPI
-    from iotenant.kube.kinds import CONFIG_MAP
+    from iotenant.vocabulary.kinds import CONFIG_MAP
 
     api = ClusterAPI.from_environment()
     config_map = api.get(CONFIG_MAP, signing_keys.JWKS_CONFIG_MAP, args.namespace)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from iotenant import settings
-from iotenant.broker.config import DYNSEC_PLUGIN
+from iotenant.mosquitto.config import DYNSEC_PLUGIN
 from iotenant.render.broker import BROKER_UID
 from iotenant.render.database import DATABASE_UID
 from iotenant.render.ingest_and_api import IOTENANT_UID

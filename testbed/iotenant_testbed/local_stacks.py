@@ -19,14 +19,14 @@ import psycopg
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from iotenant import tenant_database
-from iotenant.broker.identities import DeviceCredentials
+from iotenant.vocabulary import tenant_database
+from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant_testbed.local_pods import LocalProcess, localise_database_url, read_secret, run_container
 from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
 from iotenant_testbed.loopback import free_port
 from iotenant_testbed.postgres import PostgresServer
-from iotenant.render.fleet import FLEET_LABEL
-from iotenant.render.meta import COMPONENT, namespace_for
+from iotenant.vocabulary.meta import FLEET
+from iotenant.vocabulary.meta import COMPONENT, namespace_for
 
 # Simulated sensors follow a wave between about 17 and 28 (iotenant simulate): this fires and resolves.
 DEMO_ALERT_RULE = {"name": "sensor0 above 26 for 10 s", "type": "sensor0", "operator": ">", "threshold": 26, "forSeconds": 10}
@@ -188,7 +188,7 @@ class LocalStacks:
         with psycopg.connect(stack.database_url or "") as connection:
             reporting = [row[0] for row in connection.execute("SELECT device_id FROM devices ORDER BY last_seen DESC")]
         credentials = {}
-        for secret in self.core.list_namespaced_secret(stack.namespace, label_selector=FLEET_LABEL).items:
+        for secret in self.core.list_namespaced_secret(stack.namespace, label_selector=FLEET).items:
             for device_id, value in (secret.data or {}).items():
                 credentials[device_id] = DeviceCredentials.from_url(base64.b64decode(value).decode())
         quiet = next((c for device_id, c in sorted(credentials.items()) if device_id not in reporting), None)

@@ -7,7 +7,7 @@ import secrets
 
 from iotenant.customer_instance.live_objects import cache_dictionary
 from iotenant.kube.apply import with_hash
-from iotenant.kube.kinds import kind_of_manifest
+from iotenant.vocabulary.kinds import kind_of_manifest
 from iotenant.kube.object_store import DICTIONARY_BYTES, CompressedJSON
 from iotenant.licensing.plans import load_catalogue
 from iotenant.render.stack import render_customer_stack

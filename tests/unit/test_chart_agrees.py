@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from iotenant.cli import build_parser
-from iotenant.kube.kinds import NAMESPACED_KINDS, ResourceKind
+from iotenant.vocabulary.kinds import NAMESPACED_KINDS, ResourceKind
 from iotenant.licensing.licence import Features, Limits, Monitoring
 from iotenant.licensing.plans import BrokerLimits
 from iotenant.settings import Images

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from iotenant.render import meta
+from iotenant.vocabulary import meta
 from iotenant.render.image_pull import PullSecret, image_pull_secrets, pull_secret_copies
 
 OWNER = meta.Owner("acme", "00000000-0000-0000-0000-000000000001")

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from iotenant.customer_instance.maintenance_window import MaintenanceWindow, defer_restarts, plan_restarts
 from iotenant.kube.apply import key_of
-from iotenant.render import meta
+from iotenant.vocabulary import meta
 from iotenant.render.broker import ADMIN_TLS_ANNOTATION
 from iotenant.render.builders import deployment
 

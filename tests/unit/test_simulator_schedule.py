@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iotenant.broker.identities import DeviceCredentials
+from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant_workloads.simulate.device import MAX_RETRY_SECONDS, RECONNECT_SPREAD_SECONDS, RETRY_SECONDS, SimulatedDevice
 
 

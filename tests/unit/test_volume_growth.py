@@ -6,7 +6,7 @@ from typing import Any
 
 from iotenant.customer_instance.volume_growth import bytes_of, claim_size, grow_volumes, with_claim_size
 from iotenant.kube.apply import key_of
-from iotenant.render import meta
+from iotenant.vocabulary import meta
 from iotenant.render.builders import stateful_set
 
 OWNER = meta.Owner("acme", "00000000-0000-0000-0000-000000000001")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant_workloads import datagram
 from iotenant_workloads.untrusted_json import Unacceptable
 

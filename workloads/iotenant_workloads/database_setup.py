@@ -22,7 +22,8 @@ import time
 import psycopg
 from psycopg import sql
 
-from iotenant import logs, tenant_database
+from iotenant import logs
+from iotenant.vocabulary import tenant_database
 from iotenant.environment_flags import flag
 from iotenant_workloads import tenant_schema as database
 

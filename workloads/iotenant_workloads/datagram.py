@@ -1,6 +1,6 @@
 """Device messages: the topic, and the v2 telemetry datagram, judged and parsed, nothing else.
 
-Topics: ``iot/<device-id>/<kind>`` (``iotenant.topics``). Telemetry v2:
+Topics: ``iot/<device-id>/<kind>`` (``iotenant.vocabulary.topics``). Telemetry v2:
 ``{v: 2, device_id, ts, seq, msg_type, measurements: [{ts, type, val, unit}]}`` with at most 200
 measurements and ``seq`` in 0..2^32-1. The device id is the topic's: a payload naming another
 device is refused. Every value that reaches the database was checked for what PostgreSQL refuses
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant_workloads import untrusted_json
 from iotenant_workloads.untrusted_json import (
     INVALID_JSON, NESTING_TOO_DEEP, NOT_AN_OBJECT, NUMBER_OUT_OF_RANGE, PAYLOAD_TOO_LARGE, UNSTORABLE_TEXT, Unacceptable,

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant_workloads import datagram, untrusted_json
 from iotenant_workloads.datagram import BAD_OTA_STATUS
 from iotenant_workloads.untrusted_json import Unacceptable

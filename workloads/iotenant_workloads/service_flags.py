@@ -9,7 +9,7 @@ from pathlib import Path
 
 from iotenant import logs
 from iotenant.environment_flags import flag
-from iotenant.render.contract import JWKS_FILE, LICENCE_FILE, METRICS_PORT, MQTT_PORT, Env
+from iotenant.vocabulary.contract import JWKS_FILE, LICENCE_FILE, METRICS_PORT, MQTT_PORT, Env
 from iotenant_workloads.mounted_licence import MountedLicence
 
 log = logging.getLogger("iotenant.licence")

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iotenant.customer_instance.kept_secrets import Undecodable, decode
 from iotenant.kube.conditions import FALSE, TRUE, Condition
-from iotenant.render.contract import MQTTS_PORT
+from iotenant.vocabulary.contract import MQTTS_PORT
 
 Manifest = dict[str, Any]
 CERT_MANAGER_MISSING = "CertManagerMissing"

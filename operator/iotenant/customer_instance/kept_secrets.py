@@ -11,8 +11,8 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from iotenant.broker.admin_tls import AdminTLS
-from iotenant.broker.identities import new_share_group
+from iotenant.mosquitto.admin_tls import AdminTLS
+from iotenant.mosquitto.identities import new_share_group
 from iotenant.kube.client import Manifest
 from iotenant.render.inputs import GeneratedSecrets
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from iotenant.customer_instance.kept_secrets import Undecodable, decode
 from iotenant.kube.client import ClusterAPI
-from iotenant.kube.kinds import SECRET
+from iotenant.vocabulary.kinds import SECRET
 from iotenant.licensing import licence as licences
 from iotenant.timestamps import rfc3339
 from iotenant.licensing.plans import Plan

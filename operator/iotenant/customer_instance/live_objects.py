@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from iotenant.broker.addresses import split_address
-from iotenant.broker.admin_tls import AdminTLS
-from iotenant.broker.device_endpoint import BrokerExposure, device_endpoint
+from iotenant.mosquitto.addresses import split_address
+from iotenant.mosquitto.admin_tls import AdminTLS
+from iotenant.mosquitto.device_endpoint import BrokerExposure, device_endpoint
 from iotenant.kube.apply import ObjectKey, key_of, with_hash
 from iotenant.kube.client import Manifest
-from iotenant.kube.kinds import CUSTOMER_INSTANCE, DEVICE_FLEET, NAMESPACE, NAMESPACED_KINDS, SECRET
+from iotenant.vocabulary.kinds import CUSTOMER_INSTANCE, DEVICE_FLEET, NAMESPACE, NAMESPACED_KINDS, SECRET
 from iotenant.kube.watch_cache import WatchCache, Watched
 from iotenant.licensing.plans import Plan
-from iotenant.render import meta
-from iotenant.render.fleet import FLEET_LABEL
+from iotenant.vocabulary import meta
+from iotenant.vocabulary.meta import FLEET
 from iotenant.render.inputs import GeneratedSecrets, StackInput
 from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
@@ -63,7 +63,7 @@ def live_objects(cache: WatchCache, owner: meta.Owner, namespace: Manifest | Non
         return live
     for kind in NAMESPACED_KINDS:
         for item in cache.in_namespace(kind, owner.namespace, {meta.CUSTOMER: owner.name}):
-            (live.fleets if FLEET_LABEL in item["metadata"].get("labels", {}) else live.stack)[key_of(item)] = item
+            (live.fleets if FLEET in item["metadata"].get("labels", {}) else live.stack)[key_of(item)] = item
     live.stack[key_of(namespace)] = namespace
     live.namespace_exists = True
     return live

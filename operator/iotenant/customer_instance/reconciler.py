@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from iotenant.broker.admin_tls import AdminTLS
-from iotenant.broker.admin_tls import issue as issue_admin_tls
-from iotenant.broker.addresses import split_address
-from iotenant.broker.device_endpoint import DEVICE_SERVICE, BrokerExposure, DeviceEndpoint, device_endpoint
+from iotenant.mosquitto.admin_tls import AdminTLS
+from iotenant.mosquitto.admin_tls import issue as issue_admin_tls
+from iotenant.mosquitto.addresses import split_address
+from iotenant.mosquitto.device_endpoint import DEVICE_SERVICE, BrokerExposure, DeviceEndpoint, device_endpoint
 from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance import kept_secrets, status as rules
 from iotenant.customer_instance.live_objects import LiveObjects, live_objects
@@ -30,13 +30,13 @@ from iotenant.kube.apply import Convergence, ObjectKey, apply_if_changed, contro
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.conditions import FALSE, UNKNOWN, find
 from iotenant.kube.events import post_event
-from iotenant.kube.kinds import CUSTOMER_INSTANCE, NAMESPACE, ROLE_BINDING, SECRET
+from iotenant.vocabulary.kinds import CUSTOMER_INSTANCE, NAMESPACE, ROLE_BINDING, SECRET
 from iotenant.kube.status import write_status
 from iotenant.kube.watch_cache import NotListedYet, WatchCache
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
-from iotenant.render import meta
+from iotenant.vocabulary import meta
 from iotenant.render.broker import broker_tls_secret
 from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.ingest_and_api import api_url

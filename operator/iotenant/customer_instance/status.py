@@ -16,7 +16,7 @@ from iotenant.kube.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merg
 from iotenant.kube.status import EventNote
 from iotenant.licensing import licence as licences
 from iotenant.timestamps import rfc3339
-from iotenant.render import meta
+from iotenant.vocabulary import meta
 
 Manifest = dict[str, Any]
 PAUSED_ANNOTATION = "iotenant.io/paused"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 
-from iotenant.broker.device_endpoint import DeviceEndpoint
-from iotenant.broker.identities import DeviceCredentials, new_password
+from iotenant.mosquitto.device_endpoint import DeviceEndpoint
+from iotenant.mosquitto.identities import DeviceCredentials, new_password
 from iotenant.device_fleet.admission import Fleet
 from iotenant.kube.client import Manifest
-from iotenant.render import fleet as fleet_objects
+from iotenant.device_fleet import manifests as fleet_objects
 
 
 def fleet_credentials(

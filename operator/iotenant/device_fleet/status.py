@@ -9,7 +9,7 @@ from prometheus_client import Counter
 
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.conditions import FALSE, TRUE, Condition, find, merge_conditions
-from iotenant.kube.kinds import DEVICE_FLEET
+from iotenant.vocabulary.kinds import DEVICE_FLEET
 from iotenant.kube.status import EventNote, write_status
 
 NOT_IN_CUSTOMER_NAMESPACE = "NotInCustomerNamespace"

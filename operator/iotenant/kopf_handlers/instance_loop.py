@@ -13,8 +13,8 @@ from iotenant.kopf_handlers.metrics import (
     OBJECTS_APPLIED, OBJECTS_PRUNED, RECONCILE_SECONDS, RECONCILE_WAIT_SECONDS, RECONCILES, count_phases,
 )
 from iotenant.kopf_handlers.state import OperatorState
-from iotenant.kube.kinds import CUSTOMER_INSTANCE
-from iotenant.render.meta import namespace_for
+from iotenant.vocabulary.kinds import CUSTOMER_INSTANCE
+from iotenant.vocabulary.meta import namespace_for
 
 log = logging.getLogger("iotenant.operator")
 

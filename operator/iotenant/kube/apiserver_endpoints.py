@@ -15,7 +15,7 @@ from dataclasses import replace
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import ENDPOINT_SLICE
+from iotenant.vocabulary.kinds import ENDPOINT_SLICE
 from iotenant.settings import OperatorSettings
 
 log = logging.getLogger("iotenant.operator")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import kind_of_manifest
+from iotenant.vocabulary.kinds import kind_of_manifest
 
 DESIRED_HASH = "iotenant.io/desired-hash"
 

@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from iotenant import __version__
-from iotenant.kube.kinds import ResourceKind, kind_of_manifest
+from iotenant.vocabulary.kinds import ResourceKind, kind_of_manifest
 
 FIELD_MANAGER = "iotenant-operator"
 USER_AGENT = f"iotenant-operator/{__version__}"

@@ -7,7 +7,7 @@ import logging
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.render import meta
+from iotenant.vocabulary import meta
 from iotenant.timestamps import rfc3339
 
 log = logging.getLogger("iotenant.events")

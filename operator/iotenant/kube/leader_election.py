@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Gauge
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import LEASE
+from iotenant.vocabulary.kinds import LEASE
 
 log = logging.getLogger("iotenant.leader_election")
 LEADING = Gauge("iotenant_operator_leader", "1 while this replica holds the leader Lease and reconciles, 0 while standing by")

@@ -13,7 +13,7 @@ import zlib
 from prometheus_client import Gauge
 
 from iotenant.kube.client import Manifest
-from iotenant.kube.kinds import ResourceKind
+from iotenant.vocabulary.kinds import ResourceKind
 
 CACHED_OBJECTS = Gauge("iotenant_operator_cached_objects", "Objects held by the operator's watch cache, by kind", ["kind"])
 CACHED_BYTES = Gauge("iotenant_operator_cached_bytes", "Compressed bytes held by the operator's watch cache, by kind", ["kind"])

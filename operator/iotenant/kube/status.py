@@ -7,7 +7,7 @@ from typing import Any
 
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.events import post_event
-from iotenant.kube.kinds import ResourceKind
+from iotenant.vocabulary.kinds import ResourceKind
 
 # An Event a status change deserves: (type Normal|Warning, reason, message).
 EventNote = tuple[str, str, str]

@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.kube.kinds import NAMESPACE, ResourceKind
+from iotenant.vocabulary.kinds import NAMESPACE, ResourceKind
 from iotenant.kube.object_store import CompressedJSON, ObjectStore, newer
 
 log = logging.getLogger("iotenant.watch_cache")

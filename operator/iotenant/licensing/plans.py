@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant.licensing.licence import Claims, Features, Limits, Monitoring
 
 

@@ -16,9 +16,9 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI
-from iotenant.kube.kinds import NAMESPACE, SECRET
-from iotenant.render.contract import JWKS_CONFIG_MAP, JWKS_KEY
-from iotenant.render.meta import MANAGED_BY, OPERATOR_NAME, PART_OF
+from iotenant.vocabulary.kinds import NAMESPACE, SECRET
+from iotenant.vocabulary.contract import JWKS_CONFIG_MAP, JWKS_KEY
+from iotenant.vocabulary.meta import MANAGED_BY, OPERATOR_NAME, PART_OF
 from iotenant.licensing.keys import SigningKey, jwks
 
 SECRET_NAME = "iotenant-licence-signing-keys"

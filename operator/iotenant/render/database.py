@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from iotenant import tenant_database
+from iotenant.vocabulary import tenant_database
 from iotenant.render.builders import Manifest, container, empty_dir, pod_template, resources, secret, service, stateful_set
-from iotenant.render.contract import DATABASE_CREDENTIALS
+from iotenant.vocabulary.contract import DATABASE_CREDENTIALS
 from iotenant.render.inputs import StackInput
 
 # The postgres image's Debian variant runs as uid 999 (postgres).

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant import tenant_database
-from iotenant.broker.admin_tls import ADMIN_PORT
+from iotenant.vocabulary import tenant_database
+from iotenant.mosquitto.admin_tls import ADMIN_PORT
 from iotenant.licensing.plans import Quota
-from iotenant.render.contract import API_PORT, METRICS_PORT, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
+from iotenant.vocabulary.contract import API_PORT, METRICS_PORT, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant.render.inputs import StackInput
-from iotenant.render.meta import COMPONENT, Owner
+from iotenant.vocabulary.meta import COMPONENT, Owner
 from iotenant.settings import OperatorSettings
 
 Manifest = dict[str, Any]

@@ -13,7 +13,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-from iotenant.render.meta import Owner
+from iotenant.vocabulary.meta import Owner
 
 Manifest = dict[str, Any]
 COPY_PREFIX = "image-pull-"

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant.broker.identities import API, INGEST
+from iotenant.mosquitto.identities import API, INGEST
 from iotenant.render.builders import (
     SMALL, Manifest, container, deployment, empty_dir, http_probe, pod_template, resources, secret, service, spread_over_nodes,
     stateful_set,
 )
-from iotenant.render.contract import (
+from iotenant.vocabulary.contract import (
     API_PORT, API_TOKEN_FILE, API_TOKEN_KEY, API_TOKEN_MOUNT, API_TOKEN_SECRET, BROKER_SERVICE_CREDENTIALS, DATABASE_CREDENTIALS, JWKS_CONFIG_MAP,
     JWKS_FILE, JWKS_MOUNT, LICENCE_FILE, LICENCE_MOUNT, LICENCE_SECRET, METRICS_PORT, MQTT_PASSWORD_FILE, MQTT_PASSWORD_MOUNT, MQTT_INTERNAL_PORT, MQTT_PORT,
     SHARE_GROUP_KEY, Env, broker_host,
 )
 from iotenant.render.cert_manager import ingress_annotations
 from iotenant.render.inputs import StackInput
-from iotenant.render.meta import Owner
+from iotenant.vocabulary.meta import Owner
 
 IOTENANT_UID = 10001
 

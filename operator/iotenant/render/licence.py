@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from iotenant.render.builders import Manifest, config_map, secret
-from iotenant.render.contract import JWKS_CONFIG_MAP, JWKS_KEY, LICENCE_KEY, LICENCE_SECRET
+from iotenant.vocabulary.contract import JWKS_CONFIG_MAP, JWKS_KEY, LICENCE_KEY, LICENCE_SECRET
 from iotenant.render.inputs import StackInput
 
 

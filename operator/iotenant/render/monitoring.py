@@ -9,7 +9,7 @@ import yaml
 
 from iotenant.licensing.licence import Claims
 from iotenant.render.inputs import StackInput
-from iotenant.render.meta import COMPONENT, CUSTOMER
+from iotenant.vocabulary.meta import COMPONENT, CUSTOMER
 from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD, RULES_FILE, prometheus_rule, rule_groups
 from iotenant.render.builders import SMALL, config_map, container, pod_template, resources, service, stateful_set
 

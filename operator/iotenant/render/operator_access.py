@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant.render.meta import Owner
+from iotenant.vocabulary.meta import Owner
 from iotenant.settings import OperatorSettings
 
 Manifest = dict[str, Any]

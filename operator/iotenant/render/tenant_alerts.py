@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant.render.meta import Owner
+from iotenant.vocabulary.meta import Owner
 
 PROMETHEUS_RULE_CRD = "prometheusrules.monitoring.coreos.com"
 RULES_FILE = "tenant-rules.yml"

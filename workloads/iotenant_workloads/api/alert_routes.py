@@ -6,21 +6,21 @@ firing alerts resolve, while its alerts stay listed (history keeps the rule's na
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from psycopg import AsyncCursor
 
-from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.api import route as api_route
+from iotenant_workloads.api.customer_api import CustomerApi
 from iotenant_workloads.alert_rules import FIRING, RESOLVED, SILENCE, THRESHOLD, AlertRule, InvalidRule, judge_rule
 from iotenant_workloads.alert_rules import COMPARISONS, KINDS, MAX_FOR_SECONDS, MAX_NAME, MAX_SILENCE_SECONDS, MIN_SILENCE_SECONDS
 from iotenant_workloads.api.parameters import ALERT_ID, DEVICE, DEVICE_ID_SCHEMA, LIMIT, RULE_ID, STATE, STORABLE_TEXT
-from iotenant_workloads.api.requests import ApiError, Route
+from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.route import Route
 from iotenant_workloads.api.schemas import INTEGER, NUMBER, TEXT, TIME, list_of, named, nullable, record
 from iotenant_workloads.datagram import MAX_TEXT
 
-if TYPE_CHECKING:
-    from iotenant_workloads.api.customer_api import CustomerApi
 
 FEATURE = "alerts"
 RULES_LOCK = 4242101  # serialises rule creation: the licence's bound holds under concurrent requests
@@ -39,14 +39,14 @@ SELECT {ALERT_COLUMNS} FROM a JOIN alert_rules r ON r.id = a.rule_id
 def _rule(row: dict[str, Any]) -> dict[str, Any]:
     rule = AlertRule(row["id"], row["name"], row["kind"], row["device_id"], row["type"], row["operator"], row["threshold"],
                      row["for_seconds"], row["silence_seconds"])
-    return rule.to_json() | {"createdAt": api_requests.iso(row["created_at"])}
+    return rule.to_json() | {"createdAt": api_route.iso(row["created_at"])}
 
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "ruleId": row["rule_id"], "ruleName": row["rule_name"], "deviceId": row["device_id"],
-            "state": row["state"], "value": row["value"], "firedAt": api_requests.iso(row["fired_at"]),
-            "resolvedAt": api_requests.iso(row["resolved_at"]), "resolvedValue": row["resolved_value"],
-            "acknowledgedAt": api_requests.iso(row["acknowledged_at"])}
+            "state": row["state"], "value": row["value"], "firedAt": api_route.iso(row["fired_at"]),
+            "resolvedAt": api_route.iso(row["resolved_at"]), "resolvedValue": row["resolved_value"],
+            "acknowledgedAt": api_route.iso(row["acknowledged_at"])}
 
 
 async def list_rules(api: CustomerApi, request: web.Request) -> Any:
@@ -57,7 +57,7 @@ async def list_rules(api: CustomerApi, request: web.Request) -> Any:
 
 async def create_rule(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
-    body = await api_requests.json_object(request)
+    body = await api_route.json_object(request)
     try:
         rule = judge_rule(body)
     except InvalidRule as error:
@@ -102,7 +102,7 @@ async def delete_rule(api: CustomerApi, request: web.Request) -> Any:
 async def list_alerts(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
     state, device_id = STATE.read(request), DEVICE.read(request)
-    clauses, parameters = api_requests.where(("a.state = %s", state), ("a.device_id = %s", device_id))
+    clauses, parameters = api_route.where(("a.state = %s", state), ("a.device_id = %s", device_id))
     rows = await api.query(f"{ALERT_SELECT} WHERE {clauses} ORDER BY a.fired_at DESC, a.id DESC LIMIT %s",
                            (*parameters, LIMIT.read(request)))
     return {"alerts": [_alert(row) for row in rows], "count": len(rows)}

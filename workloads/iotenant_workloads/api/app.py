@@ -23,12 +23,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from iotenant import logs
 from iotenant.environment_flags import flag
-from iotenant.render.contract import API_PORT, API_TOKEN_FILE, PROBE_TIMEOUT_SECONDS, Env
-from iotenant_workloads.api import export_routes
-from iotenant_workloads.api.command_routes import CommandPublisher
+from iotenant.vocabulary.contract import API_PORT, API_TOKEN_FILE, PROBE_TIMEOUT_SECONDS, Env
+from iotenant_workloads.api.command_publisher import CommandPublisher
+from iotenant_workloads.api.export_slots import CLIENT_STALL_SECONDS, Exports
 from iotenant_workloads.api.customer_api import CustomerApi
 from iotenant_workloads.api.openapi import ROUTES, openapi_document
-from iotenant_workloads.api.requests import ApiError, StreamBroken
+from iotenant_workloads.api.errors import ApiError, StreamBroken
 from iotenant_workloads.rate_limits import KeyedBuckets
 from iotenant_workloads.service_flags import add_common_flags, mounted_licence, mqtt_password
 
@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
                                    kwargs={"autocommit": True})
         await pool.open(wait=False)
         api = CustomerApi(pool, licence, Path(args.token_file), publisher, KeyedBuckets(args.requests_per_second, MAX_TRACKED_CLIENTS),
-                          export_routes.Exports(stall_seconds=args.export_stall_seconds))
+                          Exports(stall_seconds=args.export_stall_seconds))
         app = build_app(api, endpoints=args.metrics_port == args.port)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -179,6 +179,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
          kind=float, default=200.0)
     flag(parser, "--export-stall-seconds", "IOTENANT_EXPORT_STALL_SECONDS",
          "how long an export's client may take no data before the export ends (it holds a database connection)",
-         kind=float, default=export_routes.CLIENT_STALL_SECONDS)
+         kind=float, default=CLIENT_STALL_SECONDS)
     add_common_flags(parser)
     parser.set_defaults(run=_run)

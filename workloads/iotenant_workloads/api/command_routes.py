@@ -1,28 +1,22 @@
-"""The API's command routes (``features.commands``), and its broker connection that sends them."""
+"""The API's command routes (``features.commands``)."""
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import paho.mqtt.client as mqtt
 from aiohttp import web
-from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import Gauge
 
-from iotenant import topics
-from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.api import route as api_route
+from iotenant_workloads.api.customer_api import CustomerApi
 from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, STORABLE_TEXT, anchored
-from iotenant_workloads.api.requests import ApiError, Route
+from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.route import Route
 from iotenant_workloads.api.schemas import ANY_OBJECT, TEXT, TIME, list_of, named, nullable, record
 
-if TYPE_CHECKING:
-    from iotenant_workloads.api.customer_api import CustomerApi
 
-BROKER_UP = Gauge("iotenant_api_broker_up", "1 while connected to the broker (commands)")
 MAX_COMMAND_ID = 64
 COMMAND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
@@ -31,7 +25,7 @@ async def send_command(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature("commands")
     device_id = DEVICE_ID.read(request)
     await api.device_or_404(device_id)
-    body = await api_requests.json_object(request)
+    body = await api_route.json_object(request)
     unknown = sorted(set(body) - set(COMMAND_BODY["properties"]))
     if unknown:
         raise ApiError(422, "invalid_body", f"unknown field {unknown[0]!r}: allowed are {', '.join(COMMAND_BODY['properties'])}")
@@ -63,7 +57,7 @@ async def list_commands(api: CustomerApi, request: web.Request) -> Any:
     )
     return {"deviceId": device_id, "commands": [
         {"cmdId": r["cmd_id"], "name": r["name"], "args": r["args"], "status": r["status"],
-         "createdAt": api_requests.iso(r["created_at"]), "ackedAt": api_requests.iso(r["acked_at"]), "result": r["result"]} for r in rows
+         "createdAt": api_route.iso(r["created_at"]), "ackedAt": api_route.iso(r["acked_at"]), "result": r["result"]} for r in rows
     ]}
 
 
@@ -85,26 +79,3 @@ ROUTES = [
           "Commands and their acknowledgement, newest first (needs features.commands).", "listCommands", (DEVICE_ID, LIMIT),
           response=named("CommandList", record(deviceId=TEXT, commands=list_of(COMMAND))), errors=(403,)),
 ]
-
-
-class CommandPublisher:
-    """The API's broker connection: publishes ``iot/<id>/command`` at QoS 1."""
-
-    def __init__(self, host: str, port: int, username: str, password: str) -> None:
-        self.connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"api-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(username, password)
-        self.client.on_connect = lambda *_: (self.connected.set(), BROKER_UP.set(1))
-        self.client.on_disconnect = lambda *_: (self.connected.clear(), BROKER_UP.set(0))
-        self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
-
-    def publish(self, device_id: str, message: dict[str, Any]) -> None:
-        info = self.client.publish(topics.device_topic(device_id, topics.COMMAND), json.dumps(message), qos=1)
-        info.wait_for_publish(timeout=5)
-        if not info.is_published():
-            raise ApiError(503, "broker_unavailable", "the broker did not accept the command")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()

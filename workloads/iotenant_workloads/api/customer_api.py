@@ -7,7 +7,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from aiohttp import web
@@ -16,13 +16,12 @@ from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from iotenant_workloads.api import device_routes, export_routes
-from iotenant_workloads.api.requests import ApiError
+from iotenant_workloads.api.command_publisher import CommandPublisher
+from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.export_slots import Exports
+from iotenant_workloads.api.tenant_counts import TenantCounts
 from iotenant_workloads.mounted_licence import MountedLicence
 from iotenant_workloads.rate_limits import KeyedBuckets
-
-if TYPE_CHECKING:
-    from iotenant_workloads.api.command_routes import CommandPublisher
 
 T = TypeVar("T")
 # How long a request waits for a database connection before it is answered 503.
@@ -32,14 +31,14 @@ DATABASE_UP = Gauge("iotenant_api_database_up", "1 when the last database query 
 
 class CustomerApi:
     def __init__(self, pool: AsyncConnectionPool, licence: MountedLicence, token_file: Path, publisher: CommandPublisher | None,
-                 rate: KeyedBuckets, exports: export_routes.Exports | None = None) -> None:
+                 rate: KeyedBuckets, exports: Exports | None = None) -> None:
         self.pool = pool
         self.licence = licence
         self.token_file = token_file
         self.publisher = publisher
         self.rate = rate
-        self.exports = exports or export_routes.Exports()
-        self.counts = device_routes.TenantCounts()
+        self.exports = exports or Exports()
+        self.counts = TenantCounts()
         self._token = b""
         self._token_stamp = 0.0
         self._token_checked = 0.0

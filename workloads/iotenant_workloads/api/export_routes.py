@@ -16,19 +16,19 @@ import csv
 import io
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from aiohttp import web
 from prometheus_client import Counter
 
-from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.api import route as api_route
+from iotenant_workloads.api.customer_api import CustomerApi
 from iotenant_workloads import tenant_schema as database
 from iotenant_workloads.api.parameters import DEVICE, FROM, TO, TYPE, choice, time_range
-from iotenant_workloads.api.requests import ApiError, Route, StreamBroken
+from iotenant_workloads.api.errors import ApiError, StreamBroken
+from iotenant_workloads.api.route import Route
 
-if TYPE_CHECKING:
-    from iotenant_workloads.api.customer_api import CustomerApi
 
 log = logging.getLogger("iotenant.api")
 
@@ -41,10 +41,6 @@ CONTENT_TYPES = {CSV: "text/csv; charset=utf-8", NDJSON: "application/x-ndjson"}
 FORMAT = choice("format", FORMATS, CSV, "CSV or newline-delimited JSON")
 CSV_HEADER = ("ts", "deviceId", "type", "val", "unit", "seq")
 CHUNK_ROWS = 5000
-# How long a client may take no data before its export ends (it holds a connection and a transaction).
-CLIENT_STALL_SECONDS = 60.0
-# Exports one API process streams at once (each holds a database connection); more get 429.
-MAX_CONCURRENT = 2
 
 TIMESTAMP = """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 # OWASP's rule against CSV injection: a cell that a spreadsheet would read as a formula gets a leading quote.
@@ -76,21 +72,12 @@ def _range(api: CustomerApi, request: web.Request) -> tuple[datetime, datetime]:
     return since, max(since, min(until or newest, newest))  # from not before to: an empty export
 
 
-class Exports:
-    """How many exports stream now, bounded, and how long a client may take no data before its export ends."""
-
-    def __init__(self, most: int = MAX_CONCURRENT, stall_seconds: float = CLIENT_STALL_SECONDS) -> None:
-        self.most = most
-        self.stall_seconds = stall_seconds
-        self.running = 0
-
-
 async def export(api: CustomerApi, request: web.Request) -> web.StreamResponse:
     api.require_feature(FEATURE)
     chosen = FORMAT.read(request)
     since, until = _range(api, request)
     device_id, measurement_type = DEVICE.read(request), TYPE.read(request)
-    clauses, parameters = api_requests.where(("ts >= %s", since), ("ts < %s", until), ("device_id = %s", device_id),
+    clauses, parameters = api_route.where(("ts >= %s", since), ("ts < %s", until), ("device_id = %s", device_id),
                                              ("type = %s", measurement_type))
     statement = f"SELECT {COLUMNS[chosen]} FROM telemetry WHERE {clauses} ORDER BY ts, device_id, type, seq"
     exports = api.exports
@@ -114,7 +101,7 @@ async def _stream(api: CustomerApi, request: web.Request, chosen: str, statement
     encode = _csv_chunk if chosen == CSV else _ndjson_chunk
     response = web.StreamResponse(headers={
         "Content-Type": CONTENT_TYPES[chosen], "Content-Disposition": f'attachment; filename="telemetry.{chosen}"',
-        "Cache-Control": "no-store", "X-Export-From": api_requests.iso(since) or "", "X-Export-To": api_requests.iso(until) or "",
+        "Cache-Control": "no-store", "X-Export-From": api_route.iso(since) or "", "X-Export-To": api_route.iso(until) or "",
     })
     rows_sent = 0
     try:

@@ -8,7 +8,8 @@ import re
 from typing import Any
 
 from iotenant_workloads.api import alert_routes, command_routes, device_routes, export_routes, ota_routes
-from iotenant_workloads.api.requests import ERROR_SCHEMA, JSON, Route
+from iotenant_workloads.api.errors import ERROR_SCHEMA, JSON
+from iotenant_workloads.api.route import Route
 
 # Every route of the API, in the order /openapi.json lists them.
 ROUTES: list[Route] = [

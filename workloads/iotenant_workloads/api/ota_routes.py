@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from psycopg import AsyncCursor
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant_workloads import ota
-from iotenant_workloads.api import requests as api_requests
+from iotenant_workloads.api import route as api_route
+from iotenant_workloads.api.customer_api import CustomerApi
 from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, anchored
-from iotenant_workloads.api.requests import ApiError, Route
+from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.route import Route
 from iotenant_workloads.api.schemas import INTEGER, TEXT, TIME, list_of, named, nullable, record
 
-if TYPE_CHECKING:
-    from iotenant_workloads.api.customer_api import CustomerApi
 
 FEATURE = "ota"
 DEVICE_LOCK = 4242102  # with the device id's hash: one update decision per device at a time
@@ -40,12 +40,12 @@ UPDATE ota_updates SET state = 'failed', error = %s WHERE cmd_id = %s
 
 def _update(row: dict[str, Any]) -> dict[str, Any]:
     return {"cmdId": row["cmd_id"], "version": row["version"], "url": row["url"], "sha256": row["sha256"], "state": row["state"],
-            "progress": row["progress"], "error": row["error"], "createdAt": api_requests.iso(row["created_at"]),
-            "reportedAt": api_requests.iso(row["reported_at"])}
+            "progress": row["progress"], "error": row["error"], "createdAt": api_route.iso(row["created_at"]),
+            "reportedAt": api_route.iso(row["reported_at"])}
 
 
 def _report(row: dict[str, Any]) -> dict[str, Any]:
-    return {"cmdId": row["cmd_id"], "ts": api_requests.iso(row["ts"]), "state": row["state"], "progress": row["progress"],
+    return {"cmdId": row["cmd_id"], "ts": api_route.iso(row["ts"]), "state": row["state"], "progress": row["progress"],
             "version": row["version"], "error": row["error"]}
 
 
@@ -53,7 +53,7 @@ async def start_update(api: CustomerApi, request: web.Request) -> Any:
     api.require_feature(FEATURE)
     device_id = DEVICE_ID.read(request)
     await api.device_or_404(device_id)
-    body = await api_requests.json_object(request)
+    body = await api_route.json_object(request)
     try:
         update = ota.judge_request(body)
     except ota.InvalidRequest as error:

@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant_workloads import datagram
 from iotenant_workloads.alert_rules import FIRING, RESOLVED
-from iotenant_workloads.api.requests import ApiError
+from iotenant_workloads.api.errors import ApiError
 from iotenant_workloads.untrusted_json import Unacceptable
 
 MAX_LIMIT = 1000

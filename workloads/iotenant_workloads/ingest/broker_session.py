@@ -14,7 +14,6 @@ import queue
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -23,12 +22,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Gauge
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant_workloads.ingest.judge import Incoming
 from iotenant_workloads.ingest.refusals import BUSY, REJECTED
+from iotenant_workloads.ingest.settings import IngestSettings
 
-if TYPE_CHECKING:
-    from iotenant_workloads.ingest.service import IngestSettings
 
 log = logging.getLogger("iotenant.ingest")
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from iotenant import logs
 from iotenant.environment_flags import flag
-from iotenant.render.contract import Env
+from iotenant.vocabulary.contract import Env
 from iotenant_workloads import service_endpoints
 from iotenant_workloads.ingest import service
-from iotenant_workloads.ingest.service import Ingest, IngestSettings
+from iotenant_workloads.ingest.service import Ingest
+from iotenant_workloads.ingest.settings import IngestSettings
 from iotenant_workloads.service_flags import add_common_flags, mounted_licence, mqtt_password
 
 log = logging.getLogger("iotenant.ingest")

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from prometheus_client import Counter
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant.licensing.licence import VerifiedLicence
 from iotenant_workloads import datagram, ota
 from iotenant_workloads.ingest.refusals import RefusedMessage, Refusals

@@ -32,9 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TypeVar
 
 import psycopg
@@ -43,6 +41,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from iotenant_workloads import datagram
 from iotenant_workloads import tenant_schema as database
 from iotenant_workloads.ingest.alert_evaluation import AlertEvaluator
+from iotenant_workloads.ingest.settings import IngestSettings
 from iotenant_workloads.mounted_licence import MountedLicence
 from iotenant_workloads.ingest import broker_session
 from iotenant_workloads.ingest.broker_session import BrokerSession
@@ -67,27 +66,6 @@ LICENCE_STATE = Gauge("iotenant_ingest_licence_state", "1: valid, 0.5: expired w
 
 LICENCE_CHECK_SECONDS = 5.0
 PAUSED_POLL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    database_url: str
-    mqtt_host: str
-    mqtt_port: int
-    mqtt_username: str
-    mqtt_password: str
-    client_id: str
-    share_group: str
-    inflight: int
-    batch_size: int
-    batch_seconds: float
-    licence_file: Path
-    jwks_file: Path
-    customer_id: str | None
-    licence_grace_seconds: int
-    replicas: int
-    metrics_address: str
-    metrics_port: int
 
 
 class Ingest:

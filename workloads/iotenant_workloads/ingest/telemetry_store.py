@@ -16,7 +16,7 @@ from datetime import datetime
 
 import psycopg
 
-from iotenant import topics
+from iotenant.vocabulary import topics
 from iotenant_workloads import ota
 from iotenant_workloads.datagram import DeviceEvent, Telemetry
 from iotenant_workloads.ingest.refusals import RefusedMessage, tally

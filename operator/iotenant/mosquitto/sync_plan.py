@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from iotenant.broker.identities import ADMIN, Identity, Role
+from iotenant.mosquitto.identities import ADMIN, Identity, Role
 
 MAX_COMMANDS_PER_MESSAGE = 100
 # Brokers that save once per message (Mosquitto 2.1 and later) take this many commands in one: with

@@ -35,8 +35,8 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
-from iotenant import topics
-from iotenant.render.contract import MQTT_PORT, MQTTS_PORT
+from iotenant.vocabulary import topics
+from iotenant.vocabulary.contract import MQTT_PORT, MQTTS_PORT
 
 ITERATIONS = 101
 

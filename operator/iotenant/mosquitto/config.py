@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iotenant.broker.admin_tls import ADMIN_PORT, CA_CERT, CERT, KEY
+from iotenant.mosquitto.admin_tls import ADMIN_PORT, CA_CERT, CERT, KEY
 from iotenant.licensing.plans import BrokerLimits
-from iotenant.render.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
+from iotenant.vocabulary.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 
 TLS_MOUNT = "/mosquitto/tls"
 # Where the broker image keeps the dynamic-security plugin (upstream's layout).
@@ -42,7 +42,7 @@ HEAP_SHARE_OF_CONTAINER_LIMIT = 0.8
 def mosquitto_conf(listeners: Listeners, limits: BrokerLimits, container_memory_bytes: int | None = None) -> str:
     """The broker configuration (tests run this very file, with local paths, on the shipped Mosquitto).
 
-    Nothing is allowed without a dynamic-security role (``iotenant.broker.identities``); ``limits`` come from
+    Nothing is allowed without a dynamic-security role (``iotenant.mosquitto.identities``); ``limits`` come from
     the plan of the verified licence; ``container_memory_bytes``, the broker container's memory limit,
     bounds the broker's heap.
     """

@@ -1,42 +1,22 @@
-"""API requests: the route table's row, what a request carries (path and query parameters and JSON
-bodies, judged), and ``ApiError``, the JSON answer every refusal becomes (a stable ``error`` code and
-a message naming the field and the rule)."""
+"""The route table's row (what ``/openapi.json`` says of a route and which handler answers it) and what a
+request carries beyond its parameters: a JSON body, judged."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from iotenant_workloads import untrusted_json
+from iotenant_workloads.api.customer_api import CustomerApi
+from iotenant_workloads.api.errors import JSON, ApiError
+from iotenant_workloads.api.parameters import Parameter
 from iotenant_workloads.untrusted_json import Unacceptable
 
-if TYPE_CHECKING:
-    from iotenant_workloads.api.customer_api import CustomerApi
-    from iotenant_workloads.api.parameters import Parameter
-
 MAX_BODY_BYTES = 64 * 1024
-JSON = "application/json"
-# Every refusal's body (401, 403, 404, 405, 409, 413, 415, 422, 429, 503): a stable code and a message.
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["error", "message"], "additionalProperties": False,
-    "properties": {"error": {"type": "string", "description": "stable code, e.g. invalid_parameter"},
-                   "message": {"type": "string", "description": "what was refused and why, naming the field and the rule"}},
-}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-class StreamBroken(Exception):
-    """A streamed answer that cannot be finished (its status is sent): the connection is closed, so the
-    client sees an incomplete answer rather than a short one that looks whole."""
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotenant.broker.admin_tls import AdminTLS, client_context
-from iotenant.broker.identities import BROKER_VERSION_TOPIC, Identity, desired_roles
-from iotenant.broker.sync_plan import (
+from iotenant.mosquitto.admin_tls import AdminTLS, client_context
+from iotenant.mosquitto.identities import BROKER_VERSION_TOPIC, Identity, desired_roles
+from iotenant.mosquitto.sync_plan import (
     COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, PATTERN_ACLS_FROM, LiveState, SyncResult, commands_per_message, compact_json, next_message, parse_version,
     plan_commands,
 )

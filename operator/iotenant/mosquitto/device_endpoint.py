@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from iotenant.render.contract import MQTT_PORT, MQTTS_PORT
+from iotenant.vocabulary.contract import MQTT_PORT, MQTTS_PORT
 
 # The Service a NodePort or LoadBalancer exposure adds: device ports only, never the admin listener.
 DEVICE_SERVICE = "broker-devices"

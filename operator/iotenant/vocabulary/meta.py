@@ -11,6 +11,8 @@ COMPONENT = "app.kubernetes.io/component"
 NAME = "app.kubernetes.io/name"
 CUSTOMER = "iotenant.io/customer"
 RETAINED_FROM = "iotenant.io/retained-from"
+# On what a DeviceFleet owns: keeps it out of the CustomerInstance's own set of objects.
+FLEET = "iotenant.io/fleet"
 OPERATOR_NAME = "iotenant-operator"
 
 API_VERSION = "iotenant.io/v1alpha1"

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from iotenant.broker.identities import ADMIN
+from iotenant.mosquitto.identities import ADMIN
 
 ADMIN_PORT = 8884
 VALIDITY = datetime.timedelta(days=3650)

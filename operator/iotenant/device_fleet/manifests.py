@@ -10,17 +10,16 @@ import base64
 import hashlib
 from typing import Any
 
-from iotenant.broker.identities import DeviceCredentials
+from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant.device_fleet.admission import Fleet
-from iotenant.render.meta import API_VERSION, Owner
+from iotenant.vocabulary.meta import API_VERSION, FLEET, Owner
 from iotenant.render.builders import container, deployment, empty_dir, http_probe, pod_template
-from iotenant.render.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, MQTT_INTERNAL_PORT, Env, broker_host
+from iotenant.vocabulary.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, MQTT_INTERNAL_PORT, Env, broker_host
 from iotenant.render.ingest_and_api import IOTENANT_UID
 from iotenant.settings import OperatorSettings
 
 Manifest = dict[str, Any]
 
-FLEET_LABEL = "iotenant.io/fleet"
 ROTATED_FOR_ANNOTATION = "iotenant.io/rotated-for"
 DEVICES_HASH_ANNOTATION = "iotenant.io/devices-hash"
 # The API server refuses a Secret whose values add up to more than this.
@@ -39,7 +38,7 @@ def _metadata(owner: Owner, fleet: Fleet, name: str, component: str) -> Manifest
     return {
         "name": name,
         "namespace": fleet.namespace,
-        "labels": {**owner.labels(component), FLEET_LABEL: fleet.name},
+        "labels": {**owner.labels(component), FLEET: fleet.name},
         "ownerReferences": [
             {
                 "apiVersion": API_VERSION,
@@ -120,10 +119,10 @@ def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_fo
         empty_dir("tmp"),
     ]
     template = pod_template(owner, "simulator", IOTENANT_UID, [main], volumes, pull_secrets=settings.image_pull_secrets)
-    template["metadata"]["labels"][FLEET_LABEL] = fleet.name
+    template["metadata"]["labels"][FLEET] = fleet.name
     fingerprint = hashlib.sha256("\n".join([rotated_for, *fleet.devices]).encode()).hexdigest()[:16]
     template["metadata"]["annotations"] = {DEVICES_HASH_ANNOTATION: fingerprint}
     manifest = deployment(owner, simulator_name(fleet.name), "simulator", 1, template)
     manifest["metadata"] = _metadata(owner, fleet, simulator_name(fleet.name), "simulator")
-    manifest["spec"]["selector"]["matchLabels"][FLEET_LABEL] = fleet.name
+    manifest["spec"]["selector"]["matchLabels"][FLEET] = fleet.name
     return manifest

@@ -12,7 +12,7 @@ import logging
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI
-from iotenant.kube.kinds import SECRET
+from iotenant.vocabulary.kinds import SECRET
 from iotenant.render.image_pull import PULL_SECRET_KEYS, PullSecret
 
 log = logging.getLogger("iotenant.operator")

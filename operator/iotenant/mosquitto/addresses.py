@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iotenant.render.contract import MQTT_PORT
+from iotenant.vocabulary.contract import MQTT_PORT
 
 
 def split_address(address: str, default_port: int = MQTT_PORT) -> tuple[str, int]:
