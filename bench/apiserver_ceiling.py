@@ -21,7 +21,8 @@ from iotenant.mosquitto.addresses import split_address
 from iotenant.mosquitto.admin_tls import issue as issue_admin_tls
 from iotenant.mosquitto.device_endpoint import BrokerExposure, device_endpoint
 from iotenant.customer_instance import kept_secrets
-from iotenant.customer_instance.status import REQUIRED_WORKLOADS, ready_replicas
+from iotenant.customer_instance.status import ready_replicas
+from iotenant.render.parts import required_workloads
 from iotenant.kube.apply import with_hash
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.vocabulary.kinds import ResourceKind, kind_of
@@ -111,7 +112,7 @@ def wait_available(api: ClusterAPI, names: list[str], timeout: float = 3600) -> 
                 item["kind"] = kind_name
                 workloads[(kind_name, item["metadata"]["namespace"], item["metadata"]["name"])] = item
         waiting = [namespace for namespace in namespaces
-                   if not all(ready_replicas(workloads.get((kind, namespace, name)))[0] for kind, name in REQUIRED_WORKLOADS)]
+                   if not all(ready_replicas(workloads.get((w.kind, namespace, w.name)))[0] for w in required_workloads())]
         if not waiting:
             return
         pause_after_poll(time.monotonic() - polled, 1.0)

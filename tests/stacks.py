@@ -8,6 +8,8 @@ from iotenant.mosquitto.admin_tls import AdminTLS
 from iotenant.mosquitto.device_endpoint import DeviceEndpoint
 from iotenant.licensing.plans import load_catalogue
 from iotenant.render.inputs import GeneratedSecrets, StackInput
+from iotenant.render.parts import enabled_parts
+from iotenant.render.stack_part import StackPart
 from iotenant.vocabulary.meta import Owner
 from iotenant.settings import OperatorSettings
 
@@ -36,3 +38,8 @@ def fixture_stack(plan_name: str) -> StackInput:
                       licence_token="licence-token-" + plan_name, jwks={"keys": [{"kid": "k1", "kty": "RSA", "n": "n", "e": "AQAB"}]},
                       quota=plan.quota, serving=True, service_monitor_crd_present=True, prometheus_rule_crd_present=True,
                       broker_limits=plan.broker, **exposure)
+
+
+def running_parts(plan_name: str) -> list[StackPart]:
+    """The parts with pods that a tenant of ``plan_name`` runs, as the registry declares them."""
+    return [part for part in enabled_parts(fixture_stack(plan_name)) if part.workload is not None and part.render is not None]

@@ -23,6 +23,7 @@ from conftest import (BILLING_ISSUER, OPERATOR_NAMESPACE, PROMETHEUS_RULE_CRD_FI
 from iotenant.licensing import licence as licences
 from iotenant.licensing import keys as licence_keys
 from iotenant.licensing.plans import load_catalogue
+from stacks import running_parts
 
 GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"
 CATALOGUE = load_catalogue()
@@ -198,8 +199,7 @@ def test_each_plan_becomes_ready_with_a_verifiable_licence(kube: Cluster, operat
 
     pods = kube.core.list_namespaced_pod(namespace).items
     components = sorted(p.metadata.labels["app.kubernetes.io/component"] for p in pods)
-    wanted = ["api", "broker", "database", "ingest"] + (["monitoring"] if plan == "enterprise" else [])
-    assert components == wanted
+    assert components == sorted(part.component for part in running_parts(plan))
     assert all(p.status.phase == "Running" for p in pods)
     labels = kube.core.read_namespace(namespace).metadata.labels
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -227,7 +227,7 @@ def test_every_pod_template_passes_pod_security_restricted(kube: Cluster, operat
                 {"name": claim, "persistentVolumeClaim": {"claimName": f"{claim}-{item['metadata']['name']}-0"}} for claim in claims
             ]
             templates.append((item["metadata"]["name"], template))
-    assert {name for name, _ in templates} == {"api", "ingest", "broker", "database", "prometheus"}
+    assert {name for name, _ in templates} == {part.workload.name for part in running_parts("enterprise") if part.workload}
     for name, template in templates:
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"psa-{name}", "labels": template["metadata"]["labels"]}, "spec": template["spec"]}
         result = kube.kubectl("create", "--dry-run=server", "-n", "customer-plan-enterprise", "-f", "-", stdin=json.dumps(pod), check=False)
@@ -245,7 +245,7 @@ def test_every_tenant_pod_pulls_with_the_operators_registry_credentials(kube: Cl
     assert json.loads(base64.b64decode(copy.data[".dockerconfigjson"])) == PULL_SECRET_CONFIG
     templates = {s.metadata.name: s.spec.template for s in kube.apps.list_namespaced_stateful_set(namespace).items}
     templates |= {d.metadata.name: d.spec.template for d in kube.apps.list_namespaced_deployment(namespace).items}
-    assert set(templates) == {"broker", "database", "prometheus", "ingest", "api"}
+    assert set(templates) == {part.workload.name for part in running_parts("enterprise") if part.workload}
     for workload, template in templates.items():
         assert [s.name for s in template.spec.image_pull_secrets or []] == [f"image-pull-{PULL_SECRET}"], workload
     kube.core.delete_namespaced_secret(f"image-pull-{PULL_SECRET}", namespace)  # drift: the copy comes back

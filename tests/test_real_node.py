@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from conftest import Cluster, wait_for
 from doc_blocks import run_block
 from mqtt_probe import Probe, Refused
+from stacks import running_parts
 from iotenant.mosquitto.identities import INGEST, DeviceCredentials
 from iotenant.vocabulary.contract import API_TOKEN_KEY, API_TOKEN_SECRET
 from iotenant_testbed import cluster as devcluster
@@ -132,8 +133,7 @@ def test_each_plan_runs_its_stack_under_restricted_pod_security(node_cluster: Cl
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     running = pods(node_cluster, namespace)
     components = {pod.metadata.labels["app.kubernetes.io/component"] for pod in running}
-    expected = {"broker", "database", "ingest", "api"} | ({"monitoring"} if plan == "enterprise" else set())
-    assert expected <= components, components
+    assert {part.component for part in running_parts(plan)} <= components, components
     assert all(pod.spec.node_name == NODE_NAME and running_and_ready(pod) for pod in running), \
         [(pod.metadata.name, pod.status.phase) for pod in running]
     if plan == "enterprise":

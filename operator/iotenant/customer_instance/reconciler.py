@@ -37,12 +37,12 @@ from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
 from iotenant.vocabulary import meta
+from iotenant.render import broker as broker_part, monitoring, parts
 from iotenant.render.broker import broker_tls_secret
 from iotenant.render.cert_manager import CERTIFICATE_CRD
 from iotenant.render.ingest_and_api import api_url
 from iotenant.render.image_pull import PullSecret
 from iotenant.render.inputs import StackInput
-from iotenant.render.monitoring import SERVICE_MONITOR_CRD
 from iotenant.render.operator_access import secret_reader_binding
 from iotenant.render.stack import render_customer_stack
 from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD
@@ -59,8 +59,6 @@ TLS_RECHECK_SECONDS = 10.0
 # While a tenant provisions, a status that only says how far it got is written at most this often: a
 # normal provisioning writes its status twice (started, Ready); a stuck one still tells what it waits for.
 PROGRESS_REPORT_SECONDS = 300.0
-# The StatefulSets with a volume, by the spec section that may name its class (None: only the operator's default).
-VOLUMES = (("broker", "broker"), ("database", "database"), ("prometheus", None))
 
 
 def volume_class(live: Manifest | None, wanted: str | None) -> str | None:
@@ -262,7 +260,7 @@ class CustomerInstanceReconciler:
             broker_limits=plan.broker if plan else STRICTEST_BROKER_LIMITS,
             storage_classes=self._storage_classes(spec, live),
             serving=decision.serving and not spec.get("suspended"),
-            service_monitor_crd_present=SERVICE_MONITOR_CRD in crds,
+            service_monitor_crd_present=monitoring.SERVICE_MONITOR_CRD in crds,
             prometheus_rule_crd_present=PROMETHEUS_RULE_CRD in crds,
             certificate_crd_present=CERTIFICATE_CRD in crds,
             device_endpoint=endpoint,
@@ -283,7 +281,7 @@ class CustomerInstanceReconciler:
 
     def _storage_classes(self, spec: dict[str, Any], live: LiveObjects) -> dict[str, str]:
         classes = {}
-        for workload, section in VOLUMES:
+        for workload, section in parts.volumes().items():
             wanted = ((spec.get(section) or {}).get("storageClassName") if section else None) or self.settings.storage_class or None
             chosen = volume_class(live.workload("StatefulSet", workload, live.stack), wanted)
             if chosen:
@@ -292,7 +290,7 @@ class CustomerInstanceReconciler:
 
     def _tenant_access(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects,
                        objects: dict[ObjectKey, Manifest], endpoint: DeviceEndpoint) -> TenantAccess:
-        broker_ready, _ = rules.ready_replicas(live.workload("StatefulSet", "broker", objects))
+        broker_ready, _ = rules.ready_replicas(live.workload(broker_part.WORKLOAD.kind, broker_part.WORKLOAD.name, objects))
         return TenantAccess(
             owner=stack.owner,
             limits=decision.claims.limits if decision.claims else None,
@@ -323,11 +321,11 @@ class CustomerInstanceReconciler:
                   tls: BrokerTLS) -> rules.Findings:
         ready: list[str] = []
         waiting: list[str] = []
-        for kind, workload in rules.REQUIRED_WORKLOADS:
-            ok, detail = rules.ready_replicas(live.workload(kind, workload, result.objects))
-            (ready if ok else waiting).append(f"{workload} {detail}")
+        for workload in parts.required_workloads():
+            ok, detail = rules.ready_replicas(live.workload(workload.kind, workload.name, result.objects))
+            (ready if ok else waiting).append(f"{workload.name} {detail}")
         tier = decision.claims.monitoring.tier if decision.claims else None
-        prometheus = rules.ready_replicas(live.workload("StatefulSet", "prometheus", result.objects))
+        prometheus = rules.ready_replicas(live.workload(monitoring.WORKLOAD.kind, monitoring.WORKLOAD.name, result.objects))
         return rules.Findings(
             decision=decision,
             suspended_by_spec=bool(stack.spec.get("suspended")),

@@ -21,8 +21,6 @@ from iotenant.vocabulary import meta
 Manifest = dict[str, Any]
 PAUSED_ANNOTATION = "iotenant.io/paused"
 WARNING_PHASES = ("Degraded", "Failed", "Suspended")
-# Workloads every serving tenant needs: (kind, name).
-REQUIRED_WORKLOADS = (("StatefulSet", "broker"), ("StatefulSet", "database"), ("StatefulSet", "ingest"), ("Deployment", "api"))
 
 
 def ready_replicas(workload: Manifest | None) -> tuple[bool, str]:

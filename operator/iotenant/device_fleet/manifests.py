@@ -12,7 +12,7 @@ from typing import Any
 
 from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant.device_fleet.admission import Fleet
-from iotenant.vocabulary.meta import API_VERSION, FLEET, Owner
+from iotenant.vocabulary.meta import API_VERSION, FLEET, Component, Owner
 from iotenant.render.builders import container, deployment, empty_dir, http_probe, pod_template
 from iotenant.vocabulary.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, MQTT_INTERNAL_PORT, Env, broker_host
 from iotenant.render.ingest_and_api import IOTENANT_UID
@@ -118,11 +118,11 @@ def simulator(owner: Owner, fleet: Fleet, settings: OperatorSettings, rotated_fo
         {"name": "credentials", "secret": {"secretName": credentials_secret_name(fleet.name)}},
         empty_dir("tmp"),
     ]
-    template = pod_template(owner, "simulator", IOTENANT_UID, [main], volumes, pull_secrets=settings.image_pull_secrets)
+    template = pod_template(owner, Component.SIMULATOR, IOTENANT_UID, [main], volumes, pull_secrets=settings.image_pull_secrets)
     template["metadata"]["labels"][FLEET] = fleet.name
     fingerprint = hashlib.sha256("\n".join([rotated_for, *fleet.devices]).encode()).hexdigest()[:16]
     template["metadata"]["annotations"] = {DEVICES_HASH_ANNOTATION: fingerprint}
-    manifest = deployment(owner, simulator_name(fleet.name), "simulator", 1, template)
-    manifest["metadata"] = _metadata(owner, fleet, simulator_name(fleet.name), "simulator")
+    manifest = deployment(owner, simulator_name(fleet.name), Component.SIMULATOR, 1, template)
+    manifest["metadata"] = _metadata(owner, fleet, simulator_name(fleet.name), Component.SIMULATOR)
     manifest["spec"]["selector"]["matchLabels"][FLEET] = fleet.name
     return manifest

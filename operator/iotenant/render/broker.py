@@ -19,8 +19,13 @@ from iotenant.vocabulary.contract import (
     BROKER_SERVICE_CREDENTIALS, BROKER_TLS_SECRET, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT, SHARE_GROUP_KEY,
 )
 from iotenant.render.inputs import StackInput
+from iotenant.render.stack_part import Peers, StackPart, Volume, WayIn, Workload
+from iotenant.vocabulary.meta import Component
 
 BROKER_UID = 1883
+WORKLOAD = Workload("StatefulSet", "broker")
+# Ingest, api and simulators connect here when devices take TLS only.
+INTERNAL_MQTT = "allow-internal-mqtt-from-our-pods"
 # The broker restarts when its listeners' certificates change (they are read at start only): the admin
 # listener's, and the device listener's when cert-manager renews it.
 ADMIN_TLS_ANNOTATION = "iotenant.io/admin-tls"
@@ -40,9 +45,9 @@ def broker(stack: StackInput) -> list[Manifest]:
     template, service_ports = _broker_pod(stack, tls_secret, broker_resources)
     objects = [
         *_broker_files(stack, tls_secret, broker_resources),
-        stateful_set(owner, "broker", "broker", 1 if stack.serving else 0, template, spec.get("storage", "1Gi"),
-                     storage_class=stack.storage_classes.get("broker")),
-        service(owner, "broker", "broker", service_ports),
+        stateful_set(owner, WORKLOAD.name, Component.BROKER, 1 if stack.serving else 0, template, spec.get("storage", "1Gi"),
+                     storage_class=stack.storage_classes.get(WORKLOAD.name)),
+        service(owner, "broker", Component.BROKER, service_ports),
     ]
     if stack.exposure.exposed:
         objects.append(device_service(stack))
@@ -93,7 +98,7 @@ def _broker_pod(stack: StackInput, tls_secret: str | None, broker_resources: Man
         readinessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 5},
         livenessProbe={"tcpSocket": {"port": plaintext[0]}, "periodSeconds": 20},
     )
-    template = pod_template(owner, "broker", BROKER_UID, [main], volumes, init_containers=[init],
+    template = pod_template(owner, Component.BROKER, BROKER_UID, [main], volumes, init_containers=[init],
                             pull_secrets=stack.settings.image_pull_secrets)
     annotations = template["metadata"].setdefault("annotations", {})
     annotations[ADMIN_TLS_ANNOTATION] = hashlib.sha256(stack.secrets.broker_admin_tls.ca_cert.encode()).hexdigest()[:16]
@@ -110,13 +115,13 @@ def _broker_files(stack: StackInput, tls_secret: str | None, broker_resources: M
     seed = json.dumps(dynamic_security_config(services, generated.ingest_share_group), sort_keys=True)
     listeners = Listeners(device_plaintext=not stack.exposure.tls_only, tls=bool(tls_secret))
     return [
-        secret(owner, "broker-admin", "broker", {"username": ADMIN, **generated.broker_admin_tls.client_secret()}),
-        secret(owner, "broker-admin-listener", "broker", generated.broker_admin_tls.server_secret()),
-        secret(owner, BROKER_SERVICE_CREDENTIALS, "broker",
+        secret(owner, "broker-admin", Component.BROKER, {"username": ADMIN, **generated.broker_admin_tls.client_secret()}),
+        secret(owner, "broker-admin-listener", Component.BROKER, generated.broker_admin_tls.server_secret()),
+        secret(owner, BROKER_SERVICE_CREDENTIALS, Component.BROKER,
                {"ingest-password": generated.ingest_broker_password, "api-password": generated.api_broker_password,
                 SHARE_GROUP_KEY: generated.ingest_share_group}),
-        secret(owner, "broker-dynamic-security", "broker", {"dynamic-security.json": seed}),
-        config_map(owner, "broker-config", "broker",
+        secret(owner, "broker-dynamic-security", Component.BROKER, {"dynamic-security.json": seed}),
+        config_map(owner, "broker-config", Component.BROKER,
                    {"mosquitto.conf": mosquitto_conf(listeners, stack.broker_limits, memory_limit_bytes(broker_resources))}),
     ]
 
@@ -134,7 +139,7 @@ def device_service(stack: StackInput) -> Manifest:
     ports = [] if exposure.tls_only else [("mqtt", MQTT_PORT)]
     if broker_tls_secret(spec):
         ports.append(("mqtts", MQTTS_PORT))
-    manifest = service(stack.owner, DEVICE_SERVICE, "broker", ports)
+    manifest = service(stack.owner, DEVICE_SERVICE, Component.BROKER, ports)
     manifest["spec"]["type"] = exposure.service_type
     if service_spec.get("annotations"):
         manifest["metadata"]["annotations"] = dict(service_spec["annotations"])
@@ -169,7 +174,7 @@ def certificate(stack: StackInput) -> Manifest:
     dns, ips = certificate_names(stack)
     spec: Manifest = {
         "secretName": BROKER_TLS_SECRET,
-        "secretTemplate": {"labels": stack.owner.labels("broker")},
+        "secretTemplate": {"labels": stack.owner.labels(Component.BROKER)},
         "issuerRef": issuer_ref((stack.spec.get("broker") or {})["tls"]["issuerRef"]),
         "commonName": dns[0],
         "dnsNames": dns,
@@ -183,6 +188,30 @@ def certificate(stack: StackInput) -> Manifest:
     return {
         "apiVersion": CERTIFICATE_API_VERSION,
         "kind": "Certificate",
-        "metadata": stack.owner.metadata(BROKER_TLS_SECRET, "broker"),
+        "metadata": stack.owner.metadata(BROKER_TLS_SECRET, Component.BROKER),
         "spec": spec,
     }
+
+
+def _tls_only(stack: StackInput) -> bool:
+    return stack.exposure.tls_only
+
+
+def _plaintext_too(stack: StackInput) -> bool:
+    return not stack.exposure.tls_only
+
+
+PART = StackPart(
+    name="broker",
+    component=Component.BROKER,
+    render=broker,
+    workload=WORKLOAD,
+    required=True,
+    volume=Volume(section="broker"),
+    ways_in=(
+        WayIn("allow-mqtt-from-devices", (MQTT_PORT, MQTTS_PORT), Peers(anyone=True), when=_plaintext_too),
+        WayIn("allow-mqtt-from-devices", (MQTTS_PORT,), Peers(anyone=True), when=_tls_only),
+        WayIn("allow-broker-admin-from-operator", (ADMIN_PORT,), Peers(namespaces=("namespace",))),
+        WayIn(INTERNAL_MQTT, (MQTT_INTERNAL_PORT,), Peers(clients=True), when=_tls_only),
+    ),
+)

@@ -6,9 +6,14 @@ from iotenant.vocabulary import tenant_database
 from iotenant.render.builders import Manifest, container, empty_dir, pod_template, resources, secret, service, stateful_set
 from iotenant.vocabulary.contract import DATABASE_CREDENTIALS
 from iotenant.render.inputs import StackInput
+from iotenant.render.stack_part import Peers, StackPart, Volume, WayIn, Workload
+from iotenant.vocabulary.meta import Component
 
 # The postgres image's Debian variant runs as uid 999 (postgres).
 DATABASE_UID = 999
+WORKLOAD = Workload("StatefulSet", "database")
+# The parts that connect to the database (ingest and api) are let in by this policy, and no other pod.
+CLIENTS_WAY = "allow-database-from-its-clients"
 DATABASE_DEFAULT = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
 
 
@@ -36,7 +41,7 @@ def database(stack: StackInput) -> list[Manifest]:
         readinessProbe=ready,
         livenessProbe={**ready, "periodSeconds": 20, "failureThreshold": 6},
     )
-    template = pod_template(owner, "database", DATABASE_UID, [main], [empty_dir("run"), empty_dir("tmp")],
+    template = pod_template(owner, Component.DATABASE, DATABASE_UID, [main], [empty_dir("run"), empty_dir("tmp")],
                             pull_secrets=stack.settings.image_pull_secrets)
     credentials = {
         # The superuser: the image initialises the database with it; only ingest's init container uses it.
@@ -49,8 +54,19 @@ def database(stack: StackInput) -> list[Manifest]:
         "api-url": tenant_database.url(tenant_database.API_ROLE, generated.database_api_password, namespace),
     }
     return [
-        secret(owner, DATABASE_CREDENTIALS, "database", credentials),
-        stateful_set(owner, "database", "database", 1, template, spec.get("storage", "5Gi"),
-                     storage_class=stack.storage_classes.get("database")),
-        service(owner, "database", "database", [("postgres", tenant_database.PORT)]),
+        secret(owner, DATABASE_CREDENTIALS, Component.DATABASE, credentials),
+        stateful_set(owner, WORKLOAD.name, Component.DATABASE, 1, template, spec.get("storage", "5Gi"),
+                     storage_class=stack.storage_classes.get(WORKLOAD.name)),
+        service(owner, "database", Component.DATABASE, [("postgres", tenant_database.PORT)]),
     ]
+
+
+PART = StackPart(
+    name="database",
+    component=Component.DATABASE,
+    render=database,
+    workload=WORKLOAD,
+    required=True,
+    volume=Volume(section="database"),
+    ways_in=(WayIn(CLIENTS_WAY, (tenant_database.PORT,), Peers(clients=True)),),
+)

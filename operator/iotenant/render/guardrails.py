@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from iotenant.vocabulary import tenant_database
-from iotenant.mosquitto.admin_tls import ADMIN_PORT
 from iotenant.licensing.plans import Quota
-from iotenant.vocabulary.contract import API_PORT, METRICS_PORT, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant.render.inputs import StackInput
-from iotenant.vocabulary.meta import COMPONENT, Owner
+from iotenant.render.parts import enabled_parts
+from iotenant.render.stack_part import StackPart, WayIn
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.contract import METRICS_PORT
+from iotenant.vocabulary.meta import Owner
 
 Manifest = dict[str, Any]
 
@@ -22,9 +23,6 @@ POD_SECURITY_LABELS = {
 }
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 QUOTA_NAME = "iotenant-quota"
-MQTT_PORTS = (MQTT_PORT, MQTTS_PORT)
-# The pods that use the broker's internal listener when devices take TLS only.
-INTERNAL_MQTT_CLIENTS = ("ingest", "api", "simulator")
 
 
 def namespace(owner: Owner) -> Manifest:
@@ -112,54 +110,41 @@ def _ingress(owner: Owner, name: str, pod_selector: dict[str, str], sources: lis
     return _policy(owner, name, pod_selector, {"policyTypes": ["Ingress"], "ingress": [rule]})
 
 
-def _pods(*components: str) -> list[Manifest]:
-    return [{"podSelector": {"matchLabels": {COMPONENT: component}}} for component in components]
-
-
 def network_policies(stack: StackInput) -> list[Manifest]:
-    """Default deny, then each way in or out the stack needs, and only those."""
-    return [*_namespace_policies(stack), *_broker_policies(stack), *_service_policies(stack), *_monitoring_policies(stack)]
+    """Default deny, then each way in or out that the stack's parts declare, and only those."""
+    parts = enabled_parts(stack)
+    policies = [*_namespace_policies(stack, parts)]
+    for part in parts:
+        for way in part.ways_in:
+            if way.when(stack):
+                policies.append(_ingress(stack.owner, way.policy, part.selector(), _sources(stack, parts, way), *way.ports))
+        for destination in part.egress:
+            policies.append(_policy(stack.owner, f"allow-{part.name}-to-{destination}",
+                                    part.selector(), {"policyTypes": ["Egress"], "egress": [EGRESS[destination](stack.settings)]}))
+    return policies
 
 
-def _namespace_policies(stack: StackInput) -> list[Manifest]:
-    """Nothing in or out, but the cluster DNS and the namespace's own pods."""
+def _sources(stack: StackInput, parts: list[StackPart], way: WayIn) -> list[Manifest] | None:
+    """Who ``way`` admits, as NetworkPolicy peers (None: anyone)."""
+    if way.peers.anyone:
+        return None
+    sources = [_from_namespace(getattr(stack.settings, setting)) for setting in way.peers.namespaces]
+    if way.peers.clients:
+        sources += [{"podSelector": {"matchLabels": part.selector()}} for part in parts if way.policy in part.connects_to]
+    return sources
+
+
+def _namespace_policies(stack: StackInput, parts: list[StackPart]) -> list[Manifest]:
+    """Nothing in or out, but the cluster DNS and the namespace's own pods; metrics from whoever scrapes."""
     owner = stack.owner
+    scrapers = [{"podSelector": {"matchLabels": part.selector()}} for part in parts if part.scrapes]
     return [
         _policy(owner, "default-deny", {}, {"policyTypes": ["Ingress", "Egress"]}),
         _policy(owner, "allow-egress-dns-and-namespace", {},
                 {"policyTypes": ["Egress"], "egress": [_dns_egress(stack.settings), {"to": [{"podSelector": {}}]}]}),
+        _ingress(owner, "allow-metrics-scraping", {}, [_from_namespace(stack.settings.monitoring_namespace), *scrapers], METRICS_PORT),
     ]
 
 
-def _broker_policies(stack: StackInput) -> list[Manifest]:
-    """Devices reach MQTT (TLS only: 8883 alone), the operator the admin listener."""
-    owner, broker = stack.owner, {COMPONENT: "broker"}
-    device_ports = (MQTTS_PORT,) if stack.exposure.tls_only else MQTT_PORTS
-    return [
-        _ingress(owner, "allow-mqtt-from-devices", broker, None, *device_ports),
-        _ingress(owner, "allow-broker-admin-from-operator", broker, [_from_namespace(stack.settings.namespace)], ADMIN_PORT),
-    ]
-
-
-def _service_policies(stack: StackInput) -> list[Manifest]:
-    """The API from the ingress controller, the database from ingest and api alone, and (TLS only) the
-    broker's internal listener from our own clients."""
-    owner = stack.owner
-    policies = [
-        _ingress(owner, "allow-api-from-ingress", {COMPONENT: "api"}, [_from_namespace(stack.settings.ingress_namespace)], API_PORT),
-        _ingress(owner, "allow-database-from-ingest-and-api", {COMPONENT: "database"}, _pods("ingest", "api"), tenant_database.PORT),
-        _ingress(owner, "allow-metrics-scraping", {}, [_from_namespace(stack.settings.monitoring_namespace), *_pods("monitoring")],
-                 METRICS_PORT),
-    ]
-    if stack.exposure.tls_only:
-        policies.append(_ingress(owner, "allow-internal-mqtt-from-our-pods", {COMPONENT: "broker"}, _pods(*INTERNAL_MQTT_CLIENTS),
-                                 MQTT_INTERNAL_PORT))
-    return policies
-
-
-def _monitoring_policies(stack: StackInput) -> list[Manifest]:
-    """A dedicated Prometheus discovers its targets through the API server."""
-    if stack.claims is None or stack.claims.monitoring.tier != "dedicated":
-        return []
-    return [_policy(stack.owner, "allow-prometheus-to-apiserver", {COMPONENT: "monitoring"},
-                    {"policyTypes": ["Egress"], "egress": [_apiserver_egress(stack.settings)]})]
+# Ways out of the namespace a part may declare (``StackPart.egress``), by name.
+EGRESS: dict[str, Callable[[OperatorSettings], Manifest]] = {"apiserver": _apiserver_egress}

@@ -15,10 +15,14 @@ from iotenant.vocabulary.contract import (
     SHARE_GROUP_KEY, Env, broker_host,
 )
 from iotenant.render.cert_manager import ingress_annotations
+from iotenant.render import broker as broker_part, database as database_part
 from iotenant.render.inputs import StackInput
-from iotenant.vocabulary.meta import Owner
+from iotenant.render.stack_part import Peers, StackPart, WayIn, Workload
+from iotenant.vocabulary.meta import Component, Owner
 
 IOTENANT_UID = 10001
+INGEST_WORKLOAD = Workload("StatefulSet", "ingest")
+API_WORKLOAD = Workload("Deployment", "api")
 
 
 def _from_database_credentials(name: str, key: str) -> Manifest:
@@ -102,16 +106,16 @@ def _iotenant_volumes(service: str) -> list[Manifest]:
 def ingest(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("ingest", {})
     main = _iotenant_container(stack, "ingest", [], spec.get("resources"))
-    template = pod_template(owner, "ingest", IOTENANT_UID, [main], _iotenant_volumes("ingest"), init_containers=[database_setup(stack)],
+    template = pod_template(owner, Component.INGEST, IOTENANT_UID, [main], _iotenant_volumes("ingest"), init_containers=[database_setup(stack)],
                             pull_secrets=stack.settings.image_pull_secrets)
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     if replicas > 1:
-        template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, "ingest")
+        template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, Component.INGEST)
     # Stable pod names give each replica the same MQTT client id after a restart, so its persistent
     # session (and the messages queued for it in the shared subscription) is picked up again.
     return [
-        stateful_set(owner, "ingest", "ingest", replicas, template, storage=None),
-        service(owner, "ingest", "ingest", [("metrics", METRICS_PORT)]),
+        stateful_set(owner, INGEST_WORKLOAD.name, Component.INGEST, replicas, template, storage=None),
+        service(owner, "ingest", Component.INGEST, [("metrics", METRICS_PORT)]),
     ]
 
 
@@ -119,14 +123,14 @@ def api(stack: StackInput) -> list[Manifest]:
     owner, spec = stack.owner, stack.spec.get("api", {})
     http = [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
     main = _iotenant_container(stack, "api", http, spec.get("resources"))
-    template = pod_template(owner, "api", IOTENANT_UID, [main], _iotenant_volumes("api"), pull_secrets=stack.settings.image_pull_secrets)
+    template = pod_template(owner, Component.API, IOTENANT_UID, [main], _iotenant_volumes("api"), pull_secrets=stack.settings.image_pull_secrets)
     replicas = int(spec.get("replicas", 1)) if stack.serving else 0
     if replicas > 1:
-        template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, "api")
+        template["spec"]["topologySpreadConstraints"] = spread_over_nodes(owner, Component.API)
     objects = [
-        secret(owner, API_TOKEN_SECRET, "api", {API_TOKEN_KEY: stack.secrets.api_token}),
-        deployment(owner, "api", "api", replicas, template),
-        service(owner, "api", "api", [("http", API_PORT), ("metrics", METRICS_PORT)]),
+        secret(owner, API_TOKEN_SECRET, Component.API, {API_TOKEN_KEY: stack.secrets.api_token}),
+        deployment(owner, API_WORKLOAD.name, Component.API, replicas, template),
+        service(owner, "api", Component.API, [("http", API_PORT), ("metrics", METRICS_PORT)]),
     ]
     if spec.get("ingress"):
         objects.append(api_ingress(owner, spec["ingress"]))
@@ -139,7 +143,7 @@ API_TLS_SECRET = "api-tls"
 def api_ingress(owner: Owner, ingress: dict[str, Any]) -> Manifest:
     """``spec.api.ingress``: the API's HTTP port on ``host``, with TLS from a Secret or a cert-manager issuer."""
     host = str(ingress["host"])
-    metadata = owner.metadata("api", "api")
+    metadata = owner.metadata("api", Component.API)
     spec: Manifest = {
         "rules": [{"host": host, "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"name": "http"}}}},
@@ -161,3 +165,22 @@ def api_url(namespace: str, api_spec: dict[str, Any]) -> str:
     if ingress:
         return f"{'https' if ingress.get('tls') else 'http'}://{ingress['host']}"
     return f"http://api.{namespace}.svc:{API_PORT}"
+
+
+INGEST_PART = StackPart(
+    name="ingest",
+    component=Component.INGEST,
+    render=ingest,
+    workload=INGEST_WORKLOAD,
+    required=True,
+    connects_to=(database_part.CLIENTS_WAY, broker_part.INTERNAL_MQTT),
+)
+API_PART = StackPart(
+    name="api",
+    component=Component.API,
+    render=api,
+    workload=API_WORKLOAD,
+    required=True,
+    ways_in=(WayIn("allow-api-from-ingress", (API_PORT,), Peers(namespaces=("ingress_namespace",))),),
+    connects_to=(database_part.CLIENTS_WAY, broker_part.INTERNAL_MQTT),
+)

@@ -8,10 +8,11 @@ from typing import Any
 import yaml
 
 from iotenant.licensing.licence import Claims
+from iotenant.render.builders import config_map, container, pod_template, resources, service, stateful_set
 from iotenant.render.inputs import StackInput
-from iotenant.vocabulary.meta import COMPONENT, CUSTOMER
+from iotenant.render.stack_part import StackPart, Volume, Workload
 from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD, RULES_FILE, prometheus_rule, rule_groups
-from iotenant.render.builders import SMALL, config_map, container, pod_template, resources, service, stateful_set
+from iotenant.vocabulary.meta import CUSTOMER, Component
 
 Manifest = dict[str, Any]
 
@@ -19,6 +20,7 @@ PROMETHEUS_UID = 65534
 PROMETHEUS_PORT = 9090
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 MONITORING_CRDS = (SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD)
+WORKLOAD = Workload("StatefulSet", "prometheus")
 
 
 def prometheus_config(namespace: str) -> dict[str, Any]:
@@ -54,17 +56,17 @@ PROMETHEUS_RULES = [{"apiGroups": [""], "resources": ["pods", "services", "endpo
 def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
     owner = stack.owner
     namespace = owner.namespace
-    labels_sa = owner.metadata("prometheus", "monitoring")
+    labels_sa = owner.metadata("prometheus", Component.MONITORING)
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": owner.metadata("prometheus", "monitoring"),
+        "metadata": owner.metadata("prometheus", Component.MONITORING),
         "rules": PROMETHEUS_RULES,
     }
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": owner.metadata("prometheus", "monitoring"),
+        "metadata": owner.metadata("prometheus", Component.MONITORING),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "prometheus"},
         "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": namespace}],
     }
@@ -90,7 +92,7 @@ def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
     )
     template = pod_template(
         owner,
-        "monitoring",
+        Component.MONITORING,
         PROMETHEUS_UID,
         [server],
         [{"name": "config", "configMap": {"name": "prometheus-config"}}],
@@ -103,11 +105,11 @@ def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": labels_sa, "automountServiceAccountToken": True},
         role,
         binding,
-        config_map(owner, "prometheus-config", "monitoring",
+        config_map(owner, "prometheus-config", Component.MONITORING,
                    {"prometheus.yml": config_text, RULES_FILE: rules_text}),
-        stateful_set(owner, "prometheus", "monitoring", 1, template, f"{claims.monitoring.storageGb}Gi",
-                     storage_class=stack.storage_classes.get("prometheus")),
-        service(owner, "prometheus", "monitoring", [("web", PROMETHEUS_PORT)]),
+        stateful_set(owner, WORKLOAD.name, Component.MONITORING, 1, template, f"{claims.monitoring.storageGb}Gi",
+                     storage_class=stack.storage_classes.get(WORKLOAD.name)),
+        service(owner, "prometheus", Component.MONITORING, [("web", PROMETHEUS_PORT)]),
     ]
 
 
@@ -116,26 +118,44 @@ def service_monitor(stack: StackInput) -> Manifest:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": owner.metadata("iotenant", "monitoring"),
+        "metadata": owner.metadata("iotenant", Component.MONITORING),
         "spec": {
-            "selector": {
-                "matchLabels": {CUSTOMER: owner.name},
-                "matchExpressions": [{"key": COMPONENT, "operator": "In", "values": ["ingest", "api"]}],
-            },
+            # Every Service of the tenant with a port named metrics (the others give no target), so a part
+            # serving metrics is scraped without being named here.
+            "selector": {"matchLabels": {CUSTOMER: owner.name}},
             "namespaceSelector": {"matchNames": [owner.namespace]},
             "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
         },
     }
 
 
-def monitoring(stack: StackInput) -> list[Manifest]:
+def _dedicated(stack: StackInput) -> bool:
     """Nothing without verified claims: no tier is ever granted by default."""
-    if stack.claims is None:
-        return []
-    if stack.claims.monitoring.tier == "dedicated":
-        return dedicated(stack, stack.claims)
-    shared = [service_monitor(stack)] if stack.service_monitor_crd_present else []
-    return shared + ([prometheus_rule(stack.owner, stack.settings.runbook_base_url)] if stack.prometheus_rule_crd_present else [])
+    return stack.claims is not None and stack.claims.monitoring.tier == "dedicated"
 
 
-__all__ = ["monitoring", "prometheus_config", "MONITORING_CRDS", "SERVICE_MONITOR_CRD", "SMALL"]
+def _shared(stack: StackInput) -> bool:
+    return stack.claims is not None and stack.claims.monitoring.tier == "shared"
+
+
+def shared(stack: StackInput) -> list[Manifest]:
+    """The shared Prometheus' ServiceMonitor and the tenant's alert rules, each once its CRD is installed."""
+    return ([service_monitor(stack)] if stack.service_monitor_crd_present else []) + (
+        [prometheus_rule(stack.owner, stack.settings.runbook_base_url)] if stack.prometheus_rule_crd_present else [])
+
+
+def prometheus(stack: StackInput) -> list[Manifest]:
+    return dedicated(stack, stack.claims) if stack.claims is not None else []
+
+
+PROMETHEUS_PART = StackPart(
+    name="prometheus",
+    component=Component.MONITORING,
+    render=prometheus,
+    enabled=_dedicated,
+    workload=WORKLOAD,
+    volume=Volume(section=None),
+    scrapes=True,
+    egress=("apiserver",),
+)
+SHARED_MONITORING_PART = StackPart(name="shared-monitoring", component=Component.MONITORING, render=shared, enabled=_shared)

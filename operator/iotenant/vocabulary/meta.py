@@ -15,6 +15,18 @@ RETAINED_FROM = "iotenant.io/retained-from"
 FLEET = "iotenant.io/fleet"
 OPERATOR_NAME = "iotenant-operator"
 
+
+class Component:
+    """The component label's values (fixed): what each part of a tenant is."""
+
+    BROKER = "broker"
+    DATABASE = "database"
+    INGEST = "ingest"
+    API = "api"
+    MONITORING = "monitoring"
+    SIMULATOR = "simulator"
+
+
 API_VERSION = "iotenant.io/v1alpha1"
 
 
