@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import re
 from dataclasses import dataclass
@@ -153,13 +154,10 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("create_signing_keys", "IOTENANT_CREATE_SIGNING_KEYS", boolean,
      "create the licence signing key ring on first start when its Secret is absent (false: it must be restored or provided)"),
 ]
-# (image attribute, environment variable); the flag is --<attribute>-image.
-_IMAGE_FLAGS = [
-    ("broker", "IOTENANT_BROKER_IMAGE"),
-    ("database", "IOTENANT_DATABASE_IMAGE"),
-    ("prometheus", "IOTENANT_PROMETHEUS_IMAGE"),
-    ("iotenant", "IOTENANT_IMAGE"),
-]
+# (image attribute, environment variable); the flag is --<attribute>-image. The chart sets each variable
+# from its stackImages (IOTENANT_<ATTRIBUTE>_IMAGE), and the product's own image as IOTENANT_IMAGE.
+_IMAGE_FLAGS = [(image.name, "IOTENANT_IMAGE" if image.name == "iotenant" else f"IOTENANT_{image.name.upper()}_IMAGE")
+                for image in dataclasses.fields(Images)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

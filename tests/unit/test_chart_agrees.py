@@ -52,9 +52,12 @@ def operator_flags() -> dict[str, Any]:
 
 
 def deployment_env() -> dict[str, str]:
-    """Each IOTENANT_ variable the chart's Deployment sets, with the values path or template it takes."""
+    """Each IOTENANT_ variable the chart's Deployment sets, with the values path or template it takes (one
+    variable for each of the stack images, set in a loop)."""
     text = (TEMPLATES / "deployment.yaml").read_text()
-    return dict(re.findall(r"- name: (IOTENANT_\w+)\n\s+(?:value: (.*)|valueFrom:)", text))
+    assert "- name: IOTENANT_{{ upper $part }}_IMAGE" in text, "the stack images' loop"
+    images = {f"IOTENANT_{part.upper()}_IMAGE": f"{{{{ .Values.stackImages.{part} | quote }}}}" for part in VALUES["stackImages"]}
+    return images | dict(re.findall(r"- name: (IOTENANT_\w+)\n\s+(?:value: (.*)|valueFrom:)", text))
 
 
 def test_every_variable_the_chart_sets_is_an_operator_setting_and_every_setting_is_set_or_left_on_purpose() -> None:
@@ -92,7 +95,10 @@ def test_the_charts_defaults_are_the_operators() -> None:
 
 def test_the_stack_images_are_pinned_alike() -> None:
     images = Images()
-    assert VALUES["stackImages"] == {"broker": images.broker, "database": images.database, "prometheus": images.prometheus}
+    pinned = {image.name: getattr(images, image.name) for image in dataclasses.fields(Images) if image.name != "iotenant"}
+    assert VALUES["stackImages"] == pinned, "stackImages in values.yaml against settings.Images"
+    schema = SCHEMA["properties"]["stackImages"]
+    assert set(schema["properties"]) == set(schema["required"]) == set(pinned), "stackImages in values.schema.json"
     assert images.iotenant == f"{VALUES['image']['repository']}:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
 
 

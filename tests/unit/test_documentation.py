@@ -3,6 +3,7 @@ every alert's runbook and every condition reason is in the troubleshooting guide
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -90,6 +91,38 @@ def test_every_licence_and_fleet_reason_is_in_the_troubleshooting_table() -> Non
         "Admitting", "NamespaceConflict", "MonitoringCRDMissing", "VolumeExpansionRefused", "UnknownPlan"}
     missing = sorted(reason for reason in reasons if f"`{reason}`" not in table)
     assert missing == [], f"docs/operate.md's troubleshooting table lacks {missing}"
+
+
+# Conditions whose True is the trouble: their False reasons say all is well.
+TRUE_IS_TROUBLE = ("Reconciling", "Stalled")
+
+
+def failure_reasons(source: str) -> set[str]:
+    """The reasons written as text in ``Condition(type, status, reason, ...)`` calls that can say False or
+    Unknown: a literal reason with such a status, or the else branch of ``"Ok" if ok else "NotOk"``."""
+    reasons = set()
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Condition" and len(node.args) >= 3):
+            continue
+        kind, status, reason = node.args[:3]
+        if isinstance(kind, ast.Constant) and kind.value in TRUE_IS_TROUBLE:
+            continue
+        if isinstance(reason, ast.IfExp):
+            reason = reason.orelse
+        elif isinstance(status, ast.Name) and status.id == "TRUE":
+            continue
+        if isinstance(reason, ast.Constant) and isinstance(reason.value, str):
+            reasons.add(reason.value)
+    return reasons
+
+
+def test_every_failure_reason_of_a_condition_is_in_the_troubleshooting_table() -> None:
+    table = OPERATE.read_text()
+    reasons = set().union(*(failure_reasons(path.read_text()) for path in (REPO / "operator" / "iotenant").rglob("*.py")))
+    assert {"PrometheusNotReady", "Provisioning", "SecretMissing"} <= reasons, "the reasons are read from the Condition calls"
+    missing = sorted(reason for reason in reasons if f"`{reason}`" not in table)
+    assert missing == [], f"docs/operate.md's troubleshooting table lacks {missing}"
+    assert failure_reasons('Condition("DatabaseReady", TRUE if ok else FALSE, "Available" if ok else "Unavailable", "m")') == {"Unavailable"}
 
 
 def test_the_flux_example_and_the_changelog_keep_their_promises() -> None:

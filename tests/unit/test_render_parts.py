@@ -4,10 +4,13 @@ clients, egress) has its counterpart in the manifests, and no selector picks ano
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from typing import Any
 
 import pytest
 
+from iotenant import render
 from iotenant.render import guardrails
 from iotenant.render.inputs import StackInput
 from iotenant.render.parts import PARTS, enabled_parts, required_workloads, volumes
@@ -64,6 +67,21 @@ def test_each_part_renders_what_it_declares_and_selects_only_its_own_pods(stack:
     for service in (o for o in everything if o["kind"] == "Service"):
         picked = [o["metadata"]["name"] for o in workloads_of(everything) if selects(service["spec"]["selector"], o["spec"]["template"]["metadata"]["labels"])]
         assert len(picked) == 1, f"Service {service['metadata']['name']} must select one part's pods: {picked}"
+
+
+def test_every_part_declared_in_a_render_module_is_in_the_list() -> None:
+    declared = [value for module in pkgutil.iter_modules(render.__path__, "iotenant.render.")
+                for value in vars(importlib.import_module(module.name)).values() if isinstance(value, StackPart)]
+    assert {part.name for part in declared} <= {part.name for part in PARTS}, "a part that render.parts does not list is never rendered"
+
+
+def test_every_port_a_parts_service_offers_is_opened_to_someone() -> None:
+    for stack in variants():
+        for part in enabled_parts(stack):
+            opened = {port for way in part.ways_in if way.when(stack) for port in way.ports}
+            for service in (o for o in (part.render(stack) if part.render else []) if o["kind"] == "Service"):
+                offered = {port["port"] for port in service["spec"]["ports"] if port["name"] != "metrics"}
+                assert offered <= opened, f"{part.name}: Service {service['metadata']['name']} offers {offered - opened}, which no way in opens"
 
 
 def test_every_declared_connection_and_way_out_exists() -> None:

@@ -319,22 +319,21 @@ class CustomerInstanceReconciler:
 
     def _findings(self, stack: StackInput, decision: LicenceDecision, live: LiveObjects, result: Convergence,
                   tls: BrokerTLS) -> rules.Findings:
-        ready: list[str] = []
-        waiting: list[str] = []
-        for workload in parts.required_workloads():
-            ok, detail = rules.ready_replicas(live.workload(workload.kind, workload.name, result.objects))
-            (ready if ok else waiting).append(f"{workload.name} {detail}")
+        readiness = {part.workload.name: rules.ready_replicas(live.workload(part.workload.kind, part.workload.name, result.objects))
+                     for part in parts.enabled_parts(stack) if part.workload is not None and part.render is not None}
+        required = [workload.name for workload in parts.required_workloads()]
         tier = decision.claims.monitoring.tier if decision.claims else None
-        prometheus = rules.ready_replicas(live.workload(monitoring.WORKLOAD.kind, monitoring.WORKLOAD.name, result.objects))
+        prometheus = readiness.get(monitoring.WORKLOAD.name, (False, "not created yet"))
         return rules.Findings(
             decision=decision,
             suspended_by_spec=bool(stack.spec.get("suspended")),
             serving=stack.serving,
-            workloads_ready=tuple(ready),
-            workloads_waiting=tuple(waiting),
+            workloads_ready=tuple(f"{name} {readiness[name][1]}" for name in required if readiness[name][0]),
+            workloads_waiting=tuple(f"{name} {readiness[name][1]}" for name in required if not readiness[name][0]),
             monitoring=rules.monitoring_condition(tier, prometheus, stack.service_monitor_crd_present),
             applied_anything=bool(result.applied),
             tls=tls.condition,
+            readiness=readiness,
         )
 
     def _status_extra(self, stack: StackInput, decision: LicenceDecision, fleets: FleetsOutcome) -> dict[str, Any]:

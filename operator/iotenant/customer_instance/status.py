@@ -8,7 +8,7 @@ retrying cannot fix; ``lastTransitionTime`` moves only when a condition flips.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from iotenant.customer_instance.licence_decision import UNFIXABLE_LICENCE_REASONS, LicenceDecision
@@ -52,6 +52,8 @@ class Findings:
     monitoring: Condition
     applied_anything: bool
     tls: Condition | None = None  # TLSReady, when spec.broker.tls asks for TLS
+    # Each running part's workload by name (``render.parts``): (available, what its rollout says).
+    readiness: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
 
 def monitoring_condition(tier: str | None, prometheus: tuple[bool, str], service_monitor_crd: bool) -> Condition:

@@ -58,7 +58,7 @@ def credentials_data_size(credentials: list[DeviceCredentials]) -> int:
 
 def credentials_secret(owner: Owner, fleet: Fleet, credentials: list[DeviceCredentials], rotated_for: str) -> Manifest:
     """One key per device id holding its ``mqtt://`` URL; the handled rotation request in an annotation."""
-    metadata = _metadata(owner, fleet, credentials_secret_name(fleet.name), "broker")
+    metadata = _metadata(owner, fleet, credentials_secret_name(fleet.name), Component.BROKER)
     metadata["annotations"] = {ROTATED_FOR_ANNOTATION: rotated_for}
     return {
         "apiVersion": "v1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ DEFAULT_CATALOGUE: dict[str, dict[str, Any]] = {
     },
     "enterprise": {
         "limits": {"maxDevices": 10000, "maxFleets": 200, "retentionDays": 365, "maxMessagesPerSecond": 10000, "maxAlertRules": 1000},
-        "features": {"commands": True, "alerts": True, "export": True, "ota": True},
+        # Every feature, those of later releases included (their enterprise licences are re-issued with them).
+        "features": {feature.name: True for feature in dataclasses.fields(Features)},
         "monitoring": {"tier": "dedicated", "retentionDays": 30, "storageGb": 50},
         "quota": {"cpu": "32", "memory": "64Gi", "limitsCpu": "128", "limitsMemory": "256Gi", "storage": "2Ti", "pods": 250, "persistentVolumeClaims": 16},
         "broker": {"maxPacketBytes": 66_560, "maxInflightMessages": 20, "maxQueuedMessages": 2_000_000, "maxQueuedBytes": 1024 * 1024 * 1024, "sessionExpirySeconds": 7 * 86_400},

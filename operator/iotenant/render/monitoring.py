@@ -10,7 +10,7 @@ import yaml
 from iotenant.licensing.licence import Claims
 from iotenant.render.builders import config_map, container, pod_template, resources, service, stateful_set
 from iotenant.render.inputs import StackInput
-from iotenant.render.stack_part import StackPart, Volume, Workload
+from iotenant.render.stack_part import Peers, StackPart, Volume, WayIn, Workload
 from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD, RULES_FILE, prometheus_rule, rule_groups
 from iotenant.vocabulary.meta import CUSTOMER, Component
 
@@ -155,6 +155,8 @@ PROMETHEUS_PART = StackPart(
     enabled=_dedicated,
     workload=WORKLOAD,
     volume=Volume(section=None),
+    # Queries (Grafana, federation) from the monitoring namespace.
+    ways_in=(WayIn("allow-prometheus-from-monitoring", (PROMETHEUS_PORT,), Peers(namespaces=("monitoring_namespace",))),),
     scrapes=True,
     egress=("apiserver",),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant.vocabulary.meta import Owner
+from iotenant.vocabulary.meta import Component, Owner
 
 PROMETHEUS_RULE_CRD = "prometheusrules.monitoring.coreos.com"
 RULES_FILE = "tenant-rules.yml"
@@ -50,6 +50,6 @@ def prometheus_rule(owner: Owner, runbook_base: str) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": owner.metadata("iotenant", "monitoring"),
+        "metadata": owner.metadata("iotenant", Component.MONITORING),
         "spec": {"groups": rule_groups(owner.namespace, runbook_base)},
     }
