@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from iotenant.customer_instance.status import CONDITIONS
+from iotenant.kube.conditions import FALSE
 from doc_blocks import REPO, documents, shell_blocks
 from iotenant.customer_instance import licence_decision
 from iotenant.licensing import licence
@@ -94,7 +96,7 @@ def test_every_licence_and_fleet_reason_is_in_the_troubleshooting_table() -> Non
 
 
 # Conditions whose True is the trouble: their False reasons say all is well.
-TRUE_IS_TROUBLE = ("Reconciling", "Stalled")
+TRUE_IS_TROUBLE = tuple(kind.type for kind in CONDITIONS if kind.healthy == FALSE)
 
 
 def failure_reasons(source: str) -> set[str]:

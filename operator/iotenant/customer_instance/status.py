@@ -127,14 +127,16 @@ ANNOUNCED, TOLD_BY_PHASE_CHANGE, TOLD_BY_PHASE = "announced", "told by a phase c
 class ConditionKind:
     """One condition type of a CustomerInstance, in the order the status lists them: how it is computed
     (None: not reported, as TLSReady without TLS), what it says when the instance is refused (reason,
-    message, the licence's status; None: not reported), how its flips are announced, and whether a new
-    message alone, while provisioning, is progress (written now and then, not at every step)."""
+    message, the licence's status; None: not reported), how its flips are announced, whether a new
+    message alone, while provisioning, is progress (written now and then, not at every step), and its
+    status when all is well (False for the conditions whose True is the trouble)."""
 
     type: str
     compute: Callable[[Findings, Verdict], Condition | None]
     refusal: Callable[[str, str, str], Condition | None]
     announced: str
     message_is_progress: bool = False
+    healthy: str = TRUE
 
 
 def _licence_valid(found: Findings, _verdict: Verdict) -> Condition:
@@ -168,8 +170,10 @@ CONDITIONS: tuple[ConditionKind, ...] = (
                   message_is_progress=True),
     ConditionKind("TLSReady", lambda found, _verdict: found.tls, lambda _reason, _message, _licence: None, ANNOUNCED),
     ConditionKind("Reconciling", _reconciling,
-                  lambda reason, message, _licence: Condition("Reconciling", FALSE, reason, message), TOLD_BY_PHASE, message_is_progress=True),
-    ConditionKind("Stalled", _stalled, lambda reason, message, _licence: Condition("Stalled", TRUE, reason, message), ANNOUNCED),
+                  lambda reason, message, _licence: Condition("Reconciling", FALSE, reason, message), TOLD_BY_PHASE, message_is_progress=True,
+                  healthy=FALSE),
+    ConditionKind("Stalled", _stalled, lambda reason, message, _licence: Condition("Stalled", TRUE, reason, message), ANNOUNCED,
+                  healthy=FALSE),
 )
 _KINDS = {kind.type: kind for kind in CONDITIONS}
 
