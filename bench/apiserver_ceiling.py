@@ -17,22 +17,22 @@ from pathlib import Path
 from bench_cluster import pause_after_poll
 from kubernetes import config
 
-from iotenant.mosquitto.addresses import split_address
-from iotenant.mosquitto.admin_tls import issue as issue_admin_tls
-from iotenant.mosquitto.device_endpoint import BrokerExposure, device_endpoint
 from iotenant.customer_instance import kept_secrets
 from iotenant.customer_instance.status import ready_replicas
-from iotenant.render.parts import required_workloads
 from iotenant.kube.apply import with_hash
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.vocabulary.kinds import ResourceKind, kind_of
 from iotenant.licensing import licence as licences
 from iotenant.licensing.plans import load_catalogue
 from iotenant.licensing.signing_keys import KeyRing
+from iotenant.mosquitto.addresses import split_address
+from iotenant.mosquitto.admin_tls import issue as issue_admin_tls
+from iotenant.mosquitto.device_endpoint import BrokerExposure, device_endpoint
 from iotenant.render.inputs import StackInput
-from iotenant.vocabulary.meta import Owner
+from iotenant.render.parts import required_workloads
 from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.kinds import ResourceKind, kind_of
+from iotenant.vocabulary.meta import Owner
 
 
 def tenant_manifests(name: str, ring: KeyRing, settings: OperatorSettings) -> list[Manifest]:

@@ -39,15 +39,15 @@ from kubernetes import config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_cluster import fresh_cluster, stop  # noqa: E402
+
 from conftest import Cluster  # noqa: E402
+from iotenant.device_fleet.manifests import simulator_resources  # noqa: E402
+from iotenant.licensing.plans import DEFAULT_CATALOGUE  # noqa: E402
+from iotenant.mosquitto.identities import DeviceCredentials  # noqa: E402
+from iotenant_testbed.loopback import free_port  # noqa: E402
 from mqtt_probe import Probe, Refused  # noqa: E402
 from real_services import cpu_seconds, resident_kib, scrape_metrics  # noqa: E402
 from tenants import Tenant, start_tenant  # noqa: E402
-
-from iotenant.mosquitto.identities import DeviceCredentials  # noqa: E402
-from iotenant.device_fleet.manifests import simulator_resources  # noqa: E402
-from iotenant_testbed.loopback import free_port  # noqa: E402
-from iotenant.licensing.plans import DEFAULT_CATALOGUE  # noqa: E402
 
 NAME = "iotenant-fleet-bench"
 FLEET_CRD = Path(__file__).resolve().parents[1] / "crds" / "devicefleets.iotenant.io.yaml"

@@ -29,15 +29,13 @@ from datetime import datetime, timezone
 
 import paho.mqtt.client as mqtt
 import psycopg
+from dataplane_bench import Services, histogram_quantile, services
 from paho.mqtt.enums import CallbackAPIVersion
 
-from dataplane_bench import Services, histogram_quantile, services
 from dataplane import DEVICES, IngestProcess, telemetry
 from iotenant.mosquitto.identities import INGEST
-
 from iotenant_workloads import tenant_schema as database
 from iotenant_workloads.ingest.telemetry_store import STAGING_COLUMNS
-
 
 # Below this, a reference measured nothing real (a refused subscription, a broker that is not up).
 SANITY_FLOOR_MSG_PER_S = 500.0

@@ -18,15 +18,14 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from real_services import PostgresServer
-from iotenant_testbed.mosquitto import MosquittoBroker
-
 from dataplane import LicenceFiles, Stack, broker_identities, start_stack, write_licence
 from iotenant.licensing import keys as licence_keys
 from iotenant.mosquitto.identities import new_share_group
 from iotenant_testbed import cluster as devcluster
-from iotenant_testbed.loopback import free_port
 from iotenant_testbed.binaries import Binaries, MissingPart, ensure_binaries
+from iotenant_testbed.loopback import free_port
+from iotenant_testbed.mosquitto import MosquittoBroker
+from real_services import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"

@@ -18,11 +18,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotenant.licensing import licence as licences
-
-from iotenant.licensing import keys as licence_keys
-from iotenant.mosquitto.identities import API, INGEST, Identity, service_identities
+from iotenant.licensing import keys as licence_keys, licence as licences
 from iotenant.licensing.plans import load_catalogue
+from iotenant.mosquitto.identities import API, INGEST, Identity, service_identities
 from iotenant_testbed.loopback import free_port
 from iotenant_testbed.mosquitto import MosquittoBroker
 from real_services import resident_kib, scrape_metrics

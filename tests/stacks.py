@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from iotenant.licensing.plans import load_catalogue
 from iotenant.mosquitto.admin_tls import AdminTLS
 from iotenant.mosquitto.device_endpoint import DeviceEndpoint
-from iotenant.licensing.plans import load_catalogue
 from iotenant.render.inputs import GeneratedSecrets, StackInput
 from iotenant.render.parts import enabled_parts
 from iotenant.render.stack_part import StackPart
-from iotenant.vocabulary.meta import Owner
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.meta import Owner
 
 
 def fixture_stack(plan_name: str) -> StackInput:

@@ -16,7 +16,6 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from conftest import Cluster, wait_for
-
 from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant_testbed.local_pods import LocalProcess, read_secret, run_container
 from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +20,9 @@ from conftest import wait_for
 from dataplane import TOKEN, Stack, start_stack, write_licence
 from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant.vocabulary.contract import PROBE_TIMEOUT_SECONDS
-from real_services import PostgresServer
 from iotenant_testbed.mosquitto import MosquittoBroker
+from real_services import PostgresServer
+
 
 @pytest.fixture
 def professional(api_stack: Callable[..., Stack]) -> Stack:

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from mqtt_probe import NOT_AUTHORIZED, Probe, Refused, refused
-from iotenant_testbed.mosquitto import MosquittoBroker
-
 from iotenant.mosquitto.dynamic_security import DynamicSecurity
-from iotenant.mosquitto.sync_plan import LiveState, plan_commands
 from iotenant.mosquitto.identities import ADMIN, INGEST, Identity, Role, desired_roles, device_role_name, service_identities
+from iotenant.mosquitto.sync_plan import LiveState, plan_commands
+from iotenant_testbed.mosquitto import MosquittoBroker
+from mqtt_probe import NOT_AUTHORIZED, Probe, Refused, refused
 
 SHARE_GROUP = "ingest-0123456789abcdef"
 

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from iotenant.licensing.plans import load_catalogue
+from iotenant.mosquitto.identities import Identity, new_share_group, service_identities
+from iotenant.render.broker import memory_limit_bytes
+from iotenant.render.builders import SMALL, resources
+from iotenant_testbed.mosquitto import MosquittoBroker
 from mqtt_probe import Probe
 from raw_mqtt import MQTT_5, MQTT_311, RawClient, publish_packet, subscribe_packet
 from real_services import resident_kib
-from iotenant_testbed.mosquitto import MosquittoBroker
-
-from iotenant.mosquitto.identities import Identity, new_share_group, service_identities
-from iotenant.licensing.plans import load_catalogue
-from iotenant.render.broker import memory_limit_bytes
-from iotenant.render.builders import SMALL, resources
 
 STARTER = load_catalogue()["starter"].broker
 PAYLOAD = b"x" * (STARTER.maxPacketBytes - 200)  # as large as the plan lets a packet be

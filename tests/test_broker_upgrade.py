@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from conftest import wait_for
-from mqtt_probe import NOT_AUTHORIZED, Probe
-from iotenant_testbed.mosquitto import MosquittoBroker
-from iotenant_testbed.mosquitto_package import PREVIOUS, installed
-
-from iotenant.vocabulary import topics
 from iotenant.mosquitto.config import Listeners, mosquitto_conf
 from iotenant.mosquitto.dynamic_security import DynamicSecurity
-from iotenant.mosquitto.identities import DEVICE_ROLE_PREFIX, INGEST, Identity, device_role_name, dynamic_security_config, service_identities
+from iotenant.mosquitto.identities import (
+    DEVICE_ROLE_PREFIX, INGEST, Identity, device_role_name, dynamic_security_config, service_identities,
+)
 from iotenant.settings import MOSQUITTO_VERSION
+from iotenant.vocabulary import topics
+from iotenant_testbed.mosquitto import MosquittoBroker
+from iotenant_testbed.mosquitto_package import PREVIOUS, installed
+from mqtt_probe import NOT_AUTHORIZED, Probe
 
 SHARE_GROUP = "ingest-upgrade"
 DEVICES = {name: Identity(name, f"{name}-password", None, "fleet/meters") for name in ("m1", "m2")}

@@ -18,10 +18,11 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import (BILLING_ISSUER, OPERATOR_NAMESPACE, PROMETHEUS_RULE_CRD_FILE, PULL_SECRET, PULL_SECRET_CONFIG, RESYNC_SECONDS,
-                      SERVICE_MONITOR_CRD_FILE, BillingIssuer, Cluster, RunningOperator, wait_for)
-from iotenant.licensing import licence as licences
-from iotenant.licensing import keys as licence_keys
+from conftest import (
+    BILLING_ISSUER, OPERATOR_NAMESPACE, PROMETHEUS_RULE_CRD_FILE, PULL_SECRET, PULL_SECRET_CONFIG, RESYNC_SECONDS,
+    SERVICE_MONITOR_CRD_FILE, BillingIssuer, Cluster, RunningOperator, wait_for,
+)
+from iotenant.licensing import keys as licence_keys, licence as licences
 from iotenant.licensing.plans import load_catalogue
 from stacks import running_parts
 

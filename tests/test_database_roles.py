@@ -17,6 +17,7 @@ from iotenant_workloads.datagram import Measurement, Telemetry
 from iotenant_workloads.ingest.telemetry_store import Accepted, store
 from real_services import PostgresServer
 
+
 @pytest.fixture
 def scram_postgres(postgres: PostgresServer) -> PostgresServer:
     assert postgres.superuser_password, "the session's PostgreSQL must check passwords"

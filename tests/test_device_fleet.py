@@ -17,15 +17,14 @@ import yaml
 from kubernetes import watch
 
 from conftest import PULL_SECRET, Cluster, RunningOperator, wait_for
-from mqtt_probe import NOT_AUTHORIZED, Probe, refused
-from real_services import PostgresServer
-from tenants import GROUP, VERSION, Tenant, delete_tenant, run_generated, start_tenant
-
 from iotenant.mosquitto.dynamic_security import DynamicSecurity
 from iotenant.mosquitto.identities import ADMIN, API, INGEST
 from iotenant_testbed.local_pods import localise_database_url
-from iotenant_testbed.mosquitto import admin_tls_of, generated_broker_files
 from iotenant_testbed.loopback import free_port
+from iotenant_testbed.mosquitto import admin_tls_of, generated_broker_files
+from mqtt_probe import NOT_AUTHORIZED, Probe, refused
+from real_services import PostgresServer
+from tenants import GROUP, VERSION, Tenant, delete_tenant, run_generated, start_tenant
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
-
-from conftest import Cluster, RunningOperator, wait_for
-from tenants import Tenant
 from test_customer_instance import GROUP, PLURAL, VERSION, condition, create_instance, delete_instance, exists, instance, patch_instance
 
+from conftest import Cluster, RunningOperator, wait_for
 from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address
+from tenants import Tenant
 
 CERTIFICATE_CRD_FILE = Path(__file__).parent / "crds" / "certificates.cert-manager.io.yaml"
 

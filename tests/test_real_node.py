@@ -23,15 +23,14 @@ from kubernetes.client.exceptions import ApiException
 
 from conftest import Cluster, wait_for
 from doc_blocks import run_block
-from mqtt_probe import Probe, Refused
-from stacks import running_parts
 from iotenant.mosquitto.identities import INGEST, DeviceCredentials
 from iotenant.vocabulary.contract import API_TOKEN_KEY, API_TOKEN_SECRET
-from iotenant_testbed import cluster as devcluster
-from iotenant_testbed import containerd_runtime, real_node
+from iotenant_testbed import cluster as devcluster, containerd_runtime, real_node
 from iotenant_testbed.binaries import Binaries
-from iotenant_testbed.real_node import NODE_NAME
 from iotenant_testbed.node_network import NODE_ADDRESS
+from iotenant_testbed.real_node import NODE_NAME
+from mqtt_probe import Probe, Refused
+from stacks import running_parts
 
 REAL_NODE_CLUSTER = "iotenant-node-test"
 GROUP, VERSION, PLURAL = "iotenant.io", "v1alpha1", "customerinstances"

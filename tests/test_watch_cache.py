@@ -12,10 +12,9 @@ import pytest
 from kubernetes import config
 
 from conftest import Cluster, token_kubeconfig, wait_for
-
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.vocabulary.kinds import CONFIG_MAP, NAMESPACE, SECRET, ResourceKind
 from iotenant.kube.watch_cache import NotListedYet, WatchCache, Watched
+from iotenant.vocabulary.kinds import CONFIG_MAP, NAMESPACE, SECRET, ResourceKind
 from iotenant.vocabulary.meta import CUSTOMER
 
 NS = "cache-test"

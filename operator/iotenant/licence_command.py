@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from iotenant.licensing import licence as licences
-from iotenant.timestamps import rfc3339
-
-from iotenant.licensing import keys as licence_keys
+from iotenant.licensing import keys as licence_keys, licence as licences
 from iotenant.licensing.plans import load_catalogue
+from iotenant.timestamps import rfc3339
 
 
 def _read_token(args: argparse.Namespace) -> str:
@@ -28,8 +26,8 @@ def _read_token(args: argparse.Namespace) -> str:
 def _trusted_keys(args: argparse.Namespace) -> dict[str, Any]:
     if args.jwks:
         return dict(json.loads(Path(args.jwks).read_text()))
-    from iotenant.licensing import signing_keys
     from iotenant.kube.client import ClusterAPI
+    from iotenant.licensing import signing_keys
     from iotenant.vocabulary.kinds import CONFIG_MAP
 
     api = ClusterAPI.from_environment()
@@ -100,8 +98,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from iotenant.licensing import signing_keys
     from iotenant.kube.client import ClusterAPI
+    from iotenant.licensing import signing_keys
 
     old, new = signing_keys.rotate(ClusterAPI.from_environment(), args.namespace)
     print(f"active signing key {old} -> {new}; the operator re-signs every licence and retires {old} once unused")

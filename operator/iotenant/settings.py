@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import argparse
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 from iotenant import __version__
 from iotenant.environment_flags import boolean, flag
-
 
 # Where the alerts' runbooks are: the troubleshooting guide of this release's documentation.
 RUNBOOK_BASE_URL = f"https://github.com/iotenant/iotenant/blob/v{__version__}/docs/operate.md"

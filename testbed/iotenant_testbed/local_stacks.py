@@ -19,14 +19,13 @@ import psycopg
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from iotenant.vocabulary import tenant_database
 from iotenant.mosquitto.identities import DeviceCredentials
+from iotenant.vocabulary import tenant_database
+from iotenant.vocabulary.meta import COMPONENT, FLEET, namespace_for
 from iotenant_testbed.local_pods import LocalProcess, localise_database_url, read_secret, run_container
-from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
 from iotenant_testbed.loopback import free_port
+from iotenant_testbed.mosquitto import MosquittoBroker, generated_broker_files, set_broker_address, start_tenant_broker
 from iotenant_testbed.postgres import PostgresServer
-from iotenant.vocabulary.meta import FLEET
-from iotenant.vocabulary.meta import COMPONENT, namespace_for
 
 # Simulated sensors follow a wave between about 17 and 28 (iotenant simulate): this fires and resolves.
 DEMO_ALERT_RULE = {"name": "sensor0 above 26 for 10 s", "type": "sensor0", "operator": ">", "threshold": 26, "forSeconds": 10}

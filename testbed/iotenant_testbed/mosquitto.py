@@ -19,11 +19,10 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from iotenant.mosquitto.admin_tls import ADMIN_PORT, AdminTLS
-from iotenant.mosquitto.admin_tls import issue as issue_admin_tls
-from iotenant.mosquitto.identities import Identity, dynamic_security_config
 from iotenant.licensing.plans import BrokerLimits, load_catalogue
+from iotenant.mosquitto.admin_tls import ADMIN_PORT, AdminTLS, issue as issue_admin_tls
 from iotenant.mosquitto.config import ADMIN_TLS_MOUNT, DYNSEC_PLUGIN, TLS_MOUNT, Listeners, mosquitto_conf
+from iotenant.mosquitto.identities import Identity, dynamic_security_config
 from iotenant.vocabulary.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 from iotenant_testbed.loopback import free_port, wait_port
 from iotenant_testbed.mosquitto_package import MosquittoPackage, installed

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from iotenant.licensing.plans import CatalogueError, load_catalogue
 from iotenant.mosquitto.admin_tls import ADMIN_PORT, AdminTLS, issue
+from iotenant.mosquitto.config import Listeners, mosquitto_conf
 from iotenant.mosquitto.identities import (
     ADMIN, DEVICE_ROLE_SHARDS, Identity, device_role, device_role_name, dynamic_security_config, service_identities,
 )
-from iotenant.licensing.plans import CatalogueError, load_catalogue
-from iotenant.mosquitto.config import Listeners, mosquitto_conf
 
 
 def test_the_configuration_carries_the_plan_limits_and_the_admin_listener() -> None:

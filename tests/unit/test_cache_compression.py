@@ -7,11 +7,11 @@ import secrets
 
 from iotenant.customer_instance.live_objects import cache_dictionary
 from iotenant.kube.apply import with_hash
-from iotenant.vocabulary.kinds import kind_of_manifest
 from iotenant.kube.object_store import DICTIONARY_BYTES, CompressedJSON
 from iotenant.licensing.plans import load_catalogue
 from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.kinds import kind_of_manifest
 from stacks import fixture_stack
 
 

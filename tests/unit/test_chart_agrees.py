@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 
 from iotenant.cli import build_parser
-from iotenant.vocabulary.kinds import NAMESPACED_KINDS, ResourceKind
 from iotenant.licensing.licence import Features, Limits, Monitoring
 from iotenant.licensing.plans import BrokerLimits
 from iotenant.settings import Images
+from iotenant.vocabulary.kinds import NAMESPACED_KINDS, ResourceKind
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "iotenant"
 TEMPLATES = CHART / "templates"

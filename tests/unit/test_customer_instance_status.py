@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from iotenant.customer_instance import status as rules
-from iotenant.render.parts import PARTS
 from iotenant.customer_instance.licence_decision import DUPLICATE_CUSTOMER_ID, LicenceDecision
 from iotenant.kube.conditions import FALSE, TRUE, UNKNOWN, Condition, find
 from iotenant.licensing import licence as licences
 from iotenant.licensing.plans import load_catalogue
+from iotenant.render.parts import PARTS
 
 STAMP = "2026-11-25T10:00:00Z"
 CLAIMS = load_catalogue()["professional"].claims("acme-0001", "iotenant-operator", 86400, now=1_790_000_000)

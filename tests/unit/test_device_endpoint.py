@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from iotenant.customer_instance.broker_tls import broker_tls
 from iotenant.mosquitto.device_endpoint import BrokerExposure, DeviceEndpoint, device_endpoint
 from iotenant.mosquitto.identities import DeviceCredentials
-from iotenant.customer_instance.broker_tls import broker_tls
 
 IN_CLUSTER = ("broker.customer-acme.svc", 1883)
 

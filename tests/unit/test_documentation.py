@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iotenant.customer_instance.status import CONDITIONS
-from iotenant.kube.conditions import FALSE
 from doc_blocks import REPO, documents, shell_blocks
 from iotenant.customer_instance import licence_decision
+from iotenant.customer_instance.status import CONDITIONS
+from iotenant.kube.conditions import FALSE
 from iotenant.licensing import licence
 from iotenant.render.tenant_alerts import rule_groups
 from iotenant.settings import RUNBOOK_BASE_URL

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from iotenant.vocabulary import meta
 from iotenant.render.image_pull import PullSecret, image_pull_secrets, pull_secret_copies
+from iotenant.vocabulary import meta
 
 OWNER = meta.Owner("acme", "00000000-0000-0000-0000-000000000001")
 

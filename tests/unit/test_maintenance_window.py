@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 
 from iotenant.customer_instance.maintenance_window import MaintenanceWindow, defer_restarts, plan_restarts
 from iotenant.kube.apply import key_of
-from iotenant.vocabulary import meta
 from iotenant.render.broker import ADMIN_TLS_ANNOTATION
 from iotenant.render.builders import deployment
+from iotenant.vocabulary import meta
 
 OWNER = meta.Owner("acme", "00000000-0000-0000-0000-000000000001")
 SUNDAY_LATE = MaintenanceWindow.from_spec({"days": ["Sun"], "start": "23:00", "durationMinutes": 120})

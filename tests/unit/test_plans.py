@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iotenant.licensing import keys as licence_keys
-from iotenant.licensing import licence as licences
+from iotenant.licensing import keys as licence_keys, licence as licences
 from iotenant.licensing.licence import DEFAULT_MAX_ALERT_RULES
 from iotenant.licensing.plans import DEFAULT_CATALOGUE, CatalogueError, load_catalogue
 

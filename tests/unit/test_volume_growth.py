@@ -6,8 +6,8 @@ from typing import Any
 
 from iotenant.customer_instance.volume_growth import bytes_of, claim_size, grow_volumes, with_claim_size
 from iotenant.kube.apply import key_of
-from iotenant.vocabulary import meta
 from iotenant.render.builders import stateful_set
+from iotenant.vocabulary import meta
 
 OWNER = meta.Owner("acme", "00000000-0000-0000-0000-000000000001")
 

@@ -23,8 +23,8 @@ import psycopg
 from psycopg import sql
 
 from iotenant import logs
-from iotenant.vocabulary import tenant_database
 from iotenant.environment_flags import flag
+from iotenant.vocabulary import tenant_database
 from iotenant_workloads import tenant_schema as database
 
 log = logging.getLogger("iotenant.database_setup")

@@ -8,9 +8,9 @@ from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.apply import controlled_by
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.vocabulary.kinds import NAMESPACE, NAMESPACED_KINDS, PVC, ROLE_BINDING
-from iotenant.vocabulary import meta
 from iotenant.render.operator_access import SECRET_READER_BINDING
+from iotenant.vocabulary import meta
+from iotenant.vocabulary.kinds import NAMESPACE, NAMESPACED_KINDS, PVC, ROLE_BINDING
 
 
 def finalize(api: ClusterAPI, body: Manifest, post_event: Callable[[Manifest, str, str, str], None]) -> None:

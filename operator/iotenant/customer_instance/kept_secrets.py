@@ -11,9 +11,9 @@ import logging
 import secrets
 from collections.abc import Callable
 
+from iotenant.kube.client import Manifest
 from iotenant.mosquitto.admin_tls import AdminTLS
 from iotenant.mosquitto.identities import new_share_group
-from iotenant.kube.client import Manifest
 from iotenant.render.inputs import GeneratedSecrets
 
 log = logging.getLogger("iotenant.customer_instance")

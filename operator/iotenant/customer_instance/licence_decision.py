@@ -13,13 +13,13 @@ from typing import Any
 
 from iotenant.customer_instance.kept_secrets import Undecodable, decode
 from iotenant.kube.client import ClusterAPI
-from iotenant.vocabulary.kinds import SECRET
 from iotenant.licensing import licence as licences
-from iotenant.timestamps import rfc3339
 from iotenant.licensing.plans import Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
 from iotenant.settings import OperatorSettings
+from iotenant.timestamps import rfc3339
+from iotenant.vocabulary.kinds import SECRET
 
 log = logging.getLogger("iotenant.customer_instance")
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from iotenant.kube.apply import ObjectKey, key_of, with_hash
+from iotenant.kube.client import Manifest
+from iotenant.kube.watch_cache import WatchCache, Watched
+from iotenant.licensing.plans import Plan
 from iotenant.mosquitto.addresses import split_address
 from iotenant.mosquitto.admin_tls import AdminTLS
 from iotenant.mosquitto.device_endpoint import BrokerExposure, device_endpoint
-from iotenant.kube.apply import ObjectKey, key_of, with_hash
-from iotenant.kube.client import Manifest
-from iotenant.vocabulary.kinds import CUSTOMER_INSTANCE, DEVICE_FLEET, NAMESPACE, NAMESPACED_KINDS, SECRET
-from iotenant.kube.watch_cache import WatchCache, Watched
-from iotenant.licensing.plans import Plan
-from iotenant.vocabulary import meta
-from iotenant.vocabulary.meta import FLEET
 from iotenant.render.inputs import GeneratedSecrets, StackInput
 from iotenant.render.stack import render_customer_stack
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary import meta
+from iotenant.vocabulary.kinds import CUSTOMER_INSTANCE, DEVICE_FLEET, NAMESPACE, NAMESPACED_KINDS, SECRET
+from iotenant.vocabulary.meta import FLEET
 
 # Whose status a reconcile reads: workload readiness, a load balancer's address, a fleet's last report.
 _STATUS_READ = frozenset({"Deployment", "StatefulSet", "Service"})

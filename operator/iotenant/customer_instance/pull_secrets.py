@@ -12,8 +12,8 @@ import logging
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI
-from iotenant.vocabulary.kinds import SECRET
 from iotenant.render.image_pull import PULL_SECRET_KEYS, PullSecret
+from iotenant.vocabulary.kinds import SECRET
 
 log = logging.getLogger("iotenant.operator")
 

@@ -12,41 +12,38 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from iotenant.mosquitto.admin_tls import AdminTLS
-from iotenant.mosquitto.admin_tls import issue as issue_admin_tls
-from iotenant.mosquitto.addresses import split_address
-from iotenant.mosquitto.device_endpoint import DEVICE_SERVICE, BrokerExposure, DeviceEndpoint, device_endpoint
-from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance import kept_secrets, status as rules
-from iotenant.customer_instance.live_objects import LiveObjects, live_objects
+from iotenant.customer_instance.broker_tls import BrokerTLS, broker_tls
 from iotenant.customer_instance.finalize import finalize
+from iotenant.customer_instance.licence_decision import DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate
+from iotenant.customer_instance.live_objects import LiveObjects, live_objects
 from iotenant.customer_instance.maintenance_window import Deferral, plan_restarts
 from iotenant.customer_instance.volume_growth import announce_refusals, grow_volumes
-from iotenant.customer_instance.licence_decision import (
-    DUPLICATE_CUSTOMER_ID, ISSUING_REASONS, LicenceDecider, LicenceDecision, duplicate,
-)
 from iotenant.device_fleet.reconciler import DeviceFleetReconciler, FleetsOutcome, TenantAccess
 from iotenant.kube.apply import Convergence, ObjectKey, apply_if_changed, controlled_by, converge, key_of
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.conditions import FALSE, UNKNOWN, find
 from iotenant.kube.events import post_event
-from iotenant.vocabulary.kinds import CUSTOMER_INSTANCE, NAMESPACE, ROLE_BINDING, SECRET
 from iotenant.kube.status import write_status
 from iotenant.kube.watch_cache import NotListedYet, WatchCache
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, Plan
 from iotenant.licensing.signing_keys import KeyRing
 from iotenant.licensing.trusted_issuers import TrustedIssuers
-from iotenant.vocabulary import meta
+from iotenant.mosquitto.addresses import split_address
+from iotenant.mosquitto.admin_tls import AdminTLS, issue as issue_admin_tls
+from iotenant.mosquitto.device_endpoint import DEVICE_SERVICE, BrokerExposure, DeviceEndpoint, device_endpoint
 from iotenant.render import broker as broker_part, monitoring, parts
 from iotenant.render.broker import broker_tls_secret
 from iotenant.render.cert_manager import CERTIFICATE_CRD
-from iotenant.render.ingest_and_api import api_url
 from iotenant.render.image_pull import PullSecret
+from iotenant.render.ingest_and_api import api_url
 from iotenant.render.inputs import StackInput
 from iotenant.render.operator_access import secret_reader_binding
 from iotenant.render.stack import render_customer_stack
 from iotenant.render.tenant_alerts import PROMETHEUS_RULE_CRD
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary import meta
+from iotenant.vocabulary.kinds import CUSTOMER_INSTANCE, NAMESPACE, ROLE_BINDING, SECRET
 
 log = logging.getLogger("iotenant.customer_instance")
 
@@ -321,7 +318,7 @@ class CustomerInstanceReconciler:
                   tls: BrokerTLS) -> rules.Findings:
         readiness = {part.workload.name: rules.ready_replicas(live.workload(part.workload.kind, part.workload.name, result.objects))
                      for part in parts.enabled_parts(stack) if part.workload is not None and part.render is not None}
-        required = [workload.name for workload in parts.required_workloads()]
+        required = [part.workload.name for part in parts.enabled_parts(stack) if part.required and part.workload is not None]
         tier = decision.claims.monitoring.tier if decision.claims else None
         prometheus = readiness.get(monitoring.WORKLOAD.name, (False, "not created yet"))
         return rules.Findings(

@@ -29,8 +29,8 @@ from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.apply import ObjectKey, apply_if_changed, key_of, quantity
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.vocabulary.kinds import PVC, STATEFUL_SET
 from iotenant.vocabulary import meta
+from iotenant.vocabulary.kinds import PVC, STATEFUL_SET
 
 # The resize admission's refusals: the class does not allow expansion (403), the claim cannot take it (422).
 REFUSALS = (403, 422)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 
-from iotenant.mosquitto.device_endpoint import DeviceEndpoint
-from iotenant.mosquitto.identities import DeviceCredentials, new_password
+from iotenant.device_fleet import manifests as fleet_objects
 from iotenant.device_fleet.admission import Fleet
 from iotenant.kube.client import Manifest
-from iotenant.device_fleet import manifests as fleet_objects
+from iotenant.mosquitto.device_endpoint import DeviceEndpoint
+from iotenant.mosquitto.identities import DeviceCredentials, new_password
 
 
 def fleet_credentials(

@@ -10,13 +10,13 @@ import base64
 import hashlib
 from typing import Any
 
-from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant.device_fleet.admission import Fleet
-from iotenant.vocabulary.meta import API_VERSION, FLEET, Component, Owner
+from iotenant.mosquitto.identities import DeviceCredentials
 from iotenant.render.builders import container, deployment, empty_dir, http_probe, pod_template
-from iotenant.vocabulary.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, MQTT_INTERNAL_PORT, Env, broker_host
 from iotenant.render.ingest_and_api import IOTENANT_UID
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.contract import DEVICE_CREDENTIALS_MOUNT, METRICS_PORT, MQTT_INTERNAL_PORT, Env, broker_host
+from iotenant.vocabulary.meta import API_VERSION, FLEET, Component, Owner
 
 Manifest = dict[str, Any]
 

@@ -17,24 +17,24 @@ from typing import Callable
 
 from prometheus_client import Counter, Histogram
 
-from iotenant.mosquitto.addresses import BrokerAddresses
-from iotenant.mosquitto.admin_tls import AdminTLS
-from iotenant.mosquitto.device_endpoint import DeviceEndpoint
-from iotenant.mosquitto.dynamic_security import AdmissionProgress, BrokerCommandFailed, BrokerUnavailable, DynamicSecurity
-from iotenant.mosquitto.identities import Identity, desired_roles, fleet_label, service_identities
-from iotenant.mosquitto.sync_plan import LiveState, SyncResult, plan_commands
+from iotenant.device_fleet import manifests as fleet_objects
 from iotenant.device_fleet.admission import ADMITTED, Admission, Fleet, admit
 from iotenant.device_fleet.credentials import fleet_credentials
 from iotenant.device_fleet.status import ADMITTING, FleetReport, report_not_in_customer_namespace, write_fleet_status
 from iotenant.kube.apply import ObjectKey, apply_if_changed
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.events import post_event
-from iotenant.vocabulary.kinds import DEPLOYMENT, DEVICE_FLEET
 from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing.licence import Limits
-from iotenant.device_fleet import manifests as fleet_objects
-from iotenant.vocabulary.meta import Owner
+from iotenant.mosquitto.addresses import BrokerAddresses
+from iotenant.mosquitto.admin_tls import AdminTLS
+from iotenant.mosquitto.device_endpoint import DeviceEndpoint
+from iotenant.mosquitto.dynamic_security import AdmissionProgress, BrokerCommandFailed, BrokerUnavailable, DynamicSecurity
+from iotenant.mosquitto.identities import Identity, desired_roles, fleet_label, service_identities
+from iotenant.mosquitto.sync_plan import LiveState, SyncResult, plan_commands
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.kinds import DEPLOYMENT, DEVICE_FLEET
+from iotenant.vocabulary.meta import Owner
 
 log = logging.getLogger("iotenant.device_fleet")
 

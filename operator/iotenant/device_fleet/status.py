@@ -9,8 +9,8 @@ from prometheus_client import Counter
 
 from iotenant.kube.client import ClusterAPI, Manifest
 from iotenant.kube.conditions import FALSE, TRUE, Condition, find, merge_conditions
-from iotenant.vocabulary.kinds import DEVICE_FLEET
 from iotenant.kube.status import EventNote, write_status
+from iotenant.vocabulary.kinds import DEVICE_FLEET
 
 NOT_IN_CUSTOMER_NAMESPACE = "NotInCustomerNamespace"
 # A fleet whose new devices are being created in the broker (Ready=False, but all is well).

@@ -13,25 +13,25 @@ from typing import Any, TypeVar
 
 import kopf
 
+from iotenant.customer_instance import pull_secrets
 from iotenant.customer_instance.live_objects import TENANT_WATCHES, cache_dictionary
+from iotenant.customer_instance.pull_secrets import read_pull_secrets
 from iotenant.customer_instance.reconciler import CustomerInstanceReconciler
 from iotenant.device_fleet.status import report_not_in_customer_namespace
 from iotenant.kopf_handlers import instance_loop
 from iotenant.kopf_handlers.keyring_upkeep import maintain_keyring, publish_jwks
 from iotenant.kopf_handlers.state import RECONCILE_THREADS, OperatorState, state
-from iotenant.customer_instance import pull_secrets
 from iotenant.kube import apiserver_endpoints
 from iotenant.kube.apiserver_endpoints import settings_with_endpoints
-from iotenant.customer_instance.pull_secrets import read_pull_secrets
-from iotenant.vocabulary.kinds import CRD, DEVICE_FLEET, NAMESPACE
 from iotenant.kube.watch_cache import WatchCache
 from iotenant.licensing import signing_keys
 from iotenant.licensing.plans import load_catalogue
 from iotenant.licensing.trusted_issuers import TrustedIssuers
-from iotenant.vocabulary.meta import API_VERSION, CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF, is_managed_namespace
 from iotenant.render.image_pull import PullSecret
 from iotenant.render.stack import OPTIONAL_CRDS
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.kinds import CRD, DEVICE_FLEET, NAMESPACE
+from iotenant.vocabulary.meta import API_VERSION, CUSTOMER, MANAGED_BY, OPERATOR_NAME, PART_OF, is_managed_namespace
 
 log = logging.getLogger("iotenant.operator")
 T = TypeVar("T")

@@ -8,8 +8,8 @@ import logging
 from iotenant.kopf_handlers.metrics import SIGNING_KEYS
 from iotenant.kopf_handlers.state import OperatorState
 from iotenant.kube.apply import apply_if_changed
-from iotenant.vocabulary.kinds import CONFIG_MAP
 from iotenant.licensing import signing_keys
+from iotenant.vocabulary.kinds import CONFIG_MAP
 
 log = logging.getLogger("iotenant.operator")
 

@@ -15,8 +15,8 @@ from dataclasses import replace
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.vocabulary.kinds import ENDPOINT_SLICE
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.kinds import ENDPOINT_SLICE
 
 log = logging.getLogger("iotenant.operator")
 

@@ -7,8 +7,8 @@ import logging
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.vocabulary import meta
 from iotenant.timestamps import rfc3339
+from iotenant.vocabulary import meta
 
 log = logging.getLogger("iotenant.events")
 

@@ -32,8 +32,8 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from iotenant.kube.client import ClusterAPI, Manifest
-from iotenant.vocabulary.kinds import NAMESPACE, ResourceKind
 from iotenant.kube.object_store import CompressedJSON, ObjectStore, newer
+from iotenant.vocabulary.kinds import NAMESPACE, ResourceKind
 
 log = logging.getLogger("iotenant.watch_cache")
 

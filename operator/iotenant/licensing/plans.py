@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from iotenant.vocabulary import topics
 from iotenant.licensing.licence import Claims, Features, Limits, Monitoring
+from iotenant.vocabulary import topics
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from iotenant.kube.client import ClusterAPI
-from iotenant.vocabulary.kinds import NAMESPACE, SECRET
-from iotenant.vocabulary.contract import JWKS_CONFIG_MAP, JWKS_KEY
-from iotenant.vocabulary.meta import MANAGED_BY, OPERATOR_NAME, PART_OF
 from iotenant.licensing.keys import SigningKey, jwks
+from iotenant.vocabulary.contract import JWKS_CONFIG_MAP, JWKS_KEY
+from iotenant.vocabulary.kinds import NAMESPACE, SECRET
+from iotenant.vocabulary.meta import MANAGED_BY, OPERATOR_NAME, PART_OF
 
 SECRET_NAME = "iotenant-licence-signing-keys"
 SECRET_KEY = "keyring.json"

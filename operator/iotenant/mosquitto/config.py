@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iotenant.mosquitto.admin_tls import ADMIN_PORT, CA_CERT, CERT, KEY
 from iotenant.licensing.plans import BrokerLimits
+from iotenant.mosquitto.admin_tls import ADMIN_PORT, CA_CERT, CERT, KEY
 from iotenant.vocabulary.contract import MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT
 
 TLS_MOUNT = "/mosquitto/tls"

@@ -32,8 +32,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotenant.mosquitto.admin_tls import AdminTLS, client_context
 from iotenant.mosquitto.identities import BROKER_VERSION_TOPIC, Identity, desired_roles
 from iotenant.mosquitto.sync_plan import (
-    COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, PATTERN_ACLS_FROM, LiveState, SyncResult, commands_per_message, compact_json, next_message, parse_version,
-    plan_commands,
+    COMMAND_MESSAGE_BYTES, PACKET_MARGIN_BYTES, PATTERN_ACLS_FROM, LiveState, SyncResult, commands_per_message, compact_json,
+    next_message, parse_version, plan_commands,
 )
 
 log = logging.getLogger("iotenant.broker_control")

@@ -13,13 +13,15 @@ from iotenant.mosquitto.admin_tls import ADMIN_PORT
 from iotenant.mosquitto.config import ADMIN_TLS_MOUNT, DYNSEC_SEED, TLS_MOUNT, Listeners, mosquitto_conf
 from iotenant.mosquitto.device_endpoint import DEVICE_SERVICE
 from iotenant.mosquitto.identities import ADMIN, dynamic_security_config, service_identities
-from iotenant.render.builders import SMALL, Manifest, config_map, container, empty_dir, pod_template, resources, secret, service, stateful_set
+from iotenant.render.builders import (
+    SMALL, Manifest, config_map, container, empty_dir, pod_template, resources, secret, service, stateful_set,
+)
 from iotenant.render.cert_manager import CERTIFICATE_API_VERSION, issuer_ref
+from iotenant.render.inputs import StackInput
+from iotenant.render.stack_part import Peers, StackPart, Volume, WayIn, Workload
 from iotenant.vocabulary.contract import (
     BROKER_SERVICE_CREDENTIALS, BROKER_TLS_SECRET, MQTT_INTERNAL_PORT, MQTT_PORT, MQTTS_PORT, SHARE_GROUP_KEY,
 )
-from iotenant.render.inputs import StackInput
-from iotenant.render.stack_part import Peers, StackPart, Volume, WayIn, Workload
 from iotenant.vocabulary.meta import Component
 
 BROKER_UID = 1883

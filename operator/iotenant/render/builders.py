@@ -6,10 +6,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from iotenant.vocabulary.contract import PROBE_TIMEOUT_SECONDS
 from iotenant.render.image_pull import image_pull_secrets
-from iotenant.vocabulary.meta import Owner
 from iotenant.render.pod_security import container_security_context, pod_security_context
+from iotenant.vocabulary.contract import PROBE_TIMEOUT_SECONDS
+from iotenant.vocabulary.meta import Owner
 
 Manifest = dict[str, Any]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from iotenant.vocabulary import tenant_database
 from iotenant.render.builders import Manifest, container, empty_dir, pod_template, resources, secret, service, stateful_set
-from iotenant.vocabulary.contract import DATABASE_CREDENTIALS
 from iotenant.render.inputs import StackInput
 from iotenant.render.stack_part import Peers, StackPart, Volume, WayIn, Workload
+from iotenant.vocabulary import tenant_database
+from iotenant.vocabulary.contract import DATABASE_CREDENTIALS
 from iotenant.vocabulary.meta import Component
 
 # The postgres image's Debian variant runs as uid 999 (postgres).

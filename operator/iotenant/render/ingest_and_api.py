@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from iotenant.mosquitto.identities import API, INGEST
+from iotenant.render import broker as broker_part, database as database_part
 from iotenant.render.builders import (
     SMALL, Manifest, container, deployment, empty_dir, http_probe, pod_template, resources, secret, service, spread_over_nodes,
     stateful_set,
 )
-from iotenant.vocabulary.contract import (
-    API_PORT, API_TOKEN_FILE, API_TOKEN_KEY, API_TOKEN_MOUNT, API_TOKEN_SECRET, BROKER_SERVICE_CREDENTIALS, DATABASE_CREDENTIALS, JWKS_CONFIG_MAP,
-    JWKS_FILE, JWKS_MOUNT, LICENCE_FILE, LICENCE_MOUNT, LICENCE_SECRET, METRICS_PORT, MQTT_PASSWORD_FILE, MQTT_PASSWORD_MOUNT, MQTT_INTERNAL_PORT, MQTT_PORT,
-    SHARE_GROUP_KEY, Env, broker_host,
-)
 from iotenant.render.cert_manager import ingress_annotations
-from iotenant.render import broker as broker_part, database as database_part
 from iotenant.render.inputs import StackInput
 from iotenant.render.stack_part import Peers, StackPart, WayIn, Workload
+from iotenant.vocabulary.contract import (
+    API_PORT, API_TOKEN_FILE, API_TOKEN_KEY, API_TOKEN_MOUNT, API_TOKEN_SECRET, BROKER_SERVICE_CREDENTIALS, DATABASE_CREDENTIALS,
+    JWKS_CONFIG_MAP, JWKS_FILE, JWKS_MOUNT, LICENCE_FILE, LICENCE_MOUNT, LICENCE_SECRET, METRICS_PORT, MQTT_INTERNAL_PORT,
+    MQTT_PASSWORD_FILE, MQTT_PASSWORD_MOUNT, MQTT_PORT, SHARE_GROUP_KEY, Env, broker_host,
+)
 from iotenant.vocabulary.meta import Component, Owner
 
 IOTENANT_UID = 10001

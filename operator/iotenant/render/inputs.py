@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from iotenant.mosquitto.admin_tls import AdminTLS
-from iotenant.mosquitto.device_endpoint import BrokerExposure, DeviceEndpoint
 from iotenant.licensing.licence import Claims
 from iotenant.licensing.plans import STRICTEST_BROKER_LIMITS, BrokerLimits, Quota
+from iotenant.mosquitto.admin_tls import AdminTLS
+from iotenant.mosquitto.device_endpoint import BrokerExposure, DeviceEndpoint
 from iotenant.render.image_pull import PullSecret
-from iotenant.vocabulary.meta import Owner
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.meta import Owner
 
 
 @dataclass(frozen=True)

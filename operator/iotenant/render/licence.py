@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from iotenant.render.builders import Manifest, config_map, secret
-from iotenant.vocabulary.contract import JWKS_CONFIG_MAP, JWKS_KEY, LICENCE_KEY, LICENCE_SECRET
 from iotenant.render.inputs import StackInput
+from iotenant.vocabulary.contract import JWKS_CONFIG_MAP, JWKS_KEY, LICENCE_KEY, LICENCE_SECRET
 
 
 def licence_objects(stack: StackInput) -> list[Manifest]:

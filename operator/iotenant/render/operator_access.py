@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotenant.vocabulary.meta import Owner
 from iotenant.settings import OperatorSettings
+from iotenant.vocabulary.meta import Owner
 
 Manifest = dict[str, Any]
 

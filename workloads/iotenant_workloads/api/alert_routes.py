@@ -11,16 +11,17 @@ from typing import Any
 from aiohttp import web
 from psycopg import AsyncCursor
 
+from iotenant_workloads.alert_rules import (
+    COMPARISONS, FIRING, KINDS, MAX_FOR_SECONDS, MAX_NAME, MAX_SILENCE_SECONDS, MIN_SILENCE_SECONDS, RESOLVED, SILENCE, THRESHOLD,
+    AlertRule, InvalidRule, judge_rule,
+)
 from iotenant_workloads.api import route as api_route
 from iotenant_workloads.api.customer_api import CustomerApi
-from iotenant_workloads.alert_rules import FIRING, RESOLVED, SILENCE, THRESHOLD, AlertRule, InvalidRule, judge_rule
-from iotenant_workloads.alert_rules import COMPARISONS, KINDS, MAX_FOR_SECONDS, MAX_NAME, MAX_SILENCE_SECONDS, MIN_SILENCE_SECONDS
-from iotenant_workloads.api.parameters import ALERT_ID, DEVICE, DEVICE_ID_SCHEMA, LIMIT, RULE_ID, STATE, STORABLE_TEXT
 from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.parameters import ALERT_ID, DEVICE, DEVICE_ID_SCHEMA, LIMIT, RULE_ID, STATE, STORABLE_TEXT
 from iotenant_workloads.api.route import Route
 from iotenant_workloads.api.schemas import INTEGER, NUMBER, TEXT, TIME, list_of, named, nullable, record
 from iotenant_workloads.datagram import MAX_TEXT
-
 
 FEATURE = "alerts"
 RULES_LOCK = 4242101  # serialises rule creation: the licence's bound holds under concurrent requests

@@ -25,10 +25,10 @@ from iotenant import logs
 from iotenant.environment_flags import flag
 from iotenant.vocabulary.contract import API_PORT, API_TOKEN_FILE, PROBE_TIMEOUT_SECONDS, Env
 from iotenant_workloads.api.command_publisher import CommandPublisher
-from iotenant_workloads.api.export_slots import CLIENT_STALL_SECONDS, Exports
 from iotenant_workloads.api.customer_api import CustomerApi
-from iotenant_workloads.api.openapi import ROUTES, openapi_document
 from iotenant_workloads.api.errors import ApiError, StreamBroken
+from iotenant_workloads.api.export_slots import CLIENT_STALL_SECONDS, Exports
+from iotenant_workloads.api.openapi import ROUTES, openapi_document
 from iotenant_workloads.rate_limits import KeyedBuckets
 from iotenant_workloads.service_flags import add_common_flags, mounted_licence, mqtt_password
 

@@ -11,11 +11,10 @@ from aiohttp import web
 
 from iotenant_workloads.api import route as api_route
 from iotenant_workloads.api.customer_api import CustomerApi
-from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, STORABLE_TEXT, anchored
 from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, STORABLE_TEXT, anchored
 from iotenant_workloads.api.route import Route
 from iotenant_workloads.api.schemas import ANY_OBJECT, TEXT, TIME, list_of, named, nullable, record
-
 
 MAX_COMMAND_ID = 64
 COMMAND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")

@@ -9,11 +9,10 @@ from aiohttp import web
 
 from iotenant_workloads.api import route as api_route
 from iotenant_workloads.api.customer_api import CustomerApi
-from iotenant_workloads.api.parameters import DEVICE_ID, FROM, LIMIT, TO, TYPE, time_range
 from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.parameters import DEVICE_ID, FROM, LIMIT, TO, TYPE, time_range
 from iotenant_workloads.api.route import Route
 from iotenant_workloads.api.schemas import ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, TEXT, TIME, list_of, named, nullable, record
-
 
 # The telemetry routes' statements (the latency benchmark times them bare beside the routes).
 LAST_OF_TYPE = "SELECT ts, type, val, unit, seq FROM telemetry WHERE device_id = %s AND type = %s ORDER BY ts DESC LIMIT 1"

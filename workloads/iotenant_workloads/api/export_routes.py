@@ -22,13 +22,12 @@ import psycopg
 from aiohttp import web
 from prometheus_client import Counter
 
+from iotenant_workloads import tenant_schema as database
 from iotenant_workloads.api import route as api_route
 from iotenant_workloads.api.customer_api import CustomerApi
-from iotenant_workloads import tenant_schema as database
-from iotenant_workloads.api.parameters import DEVICE, FROM, TO, TYPE, choice, time_range
 from iotenant_workloads.api.errors import ApiError, StreamBroken
+from iotenant_workloads.api.parameters import DEVICE, FROM, TO, TYPE, choice, time_range
 from iotenant_workloads.api.route import Route
-
 
 log = logging.getLogger("iotenant.api")
 

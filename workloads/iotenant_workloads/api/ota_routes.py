@@ -19,11 +19,10 @@ from iotenant.vocabulary import topics
 from iotenant_workloads import ota
 from iotenant_workloads.api import route as api_route
 from iotenant_workloads.api.customer_api import CustomerApi
-from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, anchored
 from iotenant_workloads.api.errors import ApiError
+from iotenant_workloads.api.parameters import DEVICE_ID, LIMIT, anchored
 from iotenant_workloads.api.route import Route
 from iotenant_workloads.api.schemas import INTEGER, TEXT, TIME, list_of, named, nullable, record
-
 
 FEATURE = "ota"
 DEVICE_LOCK = 4242102  # with the device id's hash: one update decision per device at a time

@@ -27,7 +27,6 @@ from iotenant_workloads.ingest.judge import Incoming
 from iotenant_workloads.ingest.refusals import BUSY, REJECTED
 from iotenant_workloads.ingest.settings import IngestSettings
 
-
 log = logging.getLogger("iotenant.ingest")
 
 BROKER_UP = Gauge("iotenant_ingest_broker_up", "1 while connected to the broker")

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 
 from prometheus_client import Counter
 
-from iotenant.vocabulary import topics
 from iotenant.licensing.licence import VerifiedLicence
+from iotenant.vocabulary import topics
 from iotenant_workloads import datagram, ota
-from iotenant_workloads.ingest.refusals import RefusedMessage, Refusals
+from iotenant_workloads.ingest.refusals import Refusals, RefusedMessage
 from iotenant_workloads.ingest.telemetry_store import Accepted
 from iotenant_workloads.rate_limits import KeyedBuckets, TokenBucket
 from iotenant_workloads.untrusted_json import Unacceptable

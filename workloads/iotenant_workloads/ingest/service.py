@@ -38,17 +38,16 @@ from typing import TypeVar
 import psycopg
 from prometheus_client import Counter, Gauge, Histogram
 
-from iotenant_workloads import datagram
-from iotenant_workloads import tenant_schema as database
-from iotenant_workloads.ingest.alert_evaluation import AlertEvaluator
-from iotenant_workloads.ingest.settings import IngestSettings
-from iotenant_workloads.mounted_licence import MountedLicence
+from iotenant_workloads import datagram, tenant_schema as database
 from iotenant_workloads.ingest import broker_session
+from iotenant_workloads.ingest.alert_evaluation import AlertEvaluator
 from iotenant_workloads.ingest.broker_session import BrokerSession
 from iotenant_workloads.ingest.judge import Incoming, MessageJudge
 from iotenant_workloads.ingest.refusals import RefusedMessage
-from iotenant_workloads.ingest.upkeep import Upkeep
+from iotenant_workloads.ingest.settings import IngestSettings
 from iotenant_workloads.ingest.telemetry_store import Accepted, record_refusals, store
+from iotenant_workloads.ingest.upkeep import Upkeep
+from iotenant_workloads.mounted_licence import MountedLicence
 
 log = logging.getLogger("iotenant.ingest")
 T = TypeVar("T")

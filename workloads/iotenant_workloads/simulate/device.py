@@ -21,8 +21,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter, Gauge
 
-from iotenant.vocabulary import topics
 from iotenant.mosquitto.identities import DeviceCredentials
+from iotenant.vocabulary import topics
 
 log = logging.getLogger("iotenant.simulate")
 
