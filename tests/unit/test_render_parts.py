@@ -16,6 +16,7 @@ from iotenant.render.inputs import StackInput
 from iotenant.render.parts import PARTS, enabled_parts, required_workloads, volumes
 from iotenant.render.stack import render_customer_stack
 from iotenant.render.stack_part import StackPart
+from iotenant.vocabulary.kinds import NAMESPACED_KINDS, kind_of_manifest
 from iotenant.vocabulary.meta import COMPONENT, Component
 from stacks import fixture_stack
 
@@ -82,6 +83,12 @@ def test_every_port_a_parts_service_offers_is_opened_to_someone() -> None:
             for service in (o for o in (part.render(stack) if part.render else []) if o["kind"] == "Service"):
                 offered = {port["port"] for port in service["spec"]["ports"] if port["name"] != "metrics"}
                 assert offered <= opened, f"{part.name}: Service {service['metadata']['name']} offers {offered - opened}, which no way in opens"
+
+
+def test_every_kind_the_stack_renders_is_watched_for_drift_and_pruned() -> None:
+    rendered = {kind_of_manifest(o) for stack in variants() for o in render_customer_stack(stack)}
+    unwatched = sorted(kind.kind for kind in rendered if kind.namespaced and kind not in NAMESPACED_KINDS)
+    assert unwatched == [], f"kinds a stack renders that vocabulary.kinds.NAMESPACED_KINDS does not list: {unwatched}"
 
 
 def test_every_declared_connection_and_way_out_exists() -> None:
