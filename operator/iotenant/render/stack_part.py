@@ -63,11 +63,13 @@ class WayIn:
 class StackPart:
     """One part of a customer stack.
 
-    ``name`` says which part it is (unique; its golden manifests are named after it). ``component`` is its value of the component label, which its Services and workloads select on: only
-    one part that runs pods may use a component. ``enabled`` is the licence feature, tier or plan that
-    gates it (a disabled part renders nothing and opens nothing). ``connects_to`` names other parts' ways
-    in (by policy name) that its pods use; ``scrapes`` says it scrapes the namespace's metrics ports;
-    ``egress`` names ways out of the namespace it needs (``render.guardrails.EGRESS``)."""
+    ``name`` says which part it is (unique; its golden manifests are named after it). ``component`` is its
+    value of the component label, which its Services and workloads select on: only one part that runs
+    pods may use a component. ``render`` is None for a part rendered elsewhere (a fleet's simulator).
+    ``enabled`` is the licence feature, tier or plan that gates it (a disabled part renders nothing and
+    opens nothing). ``connects_to`` names other parts' ways in (by policy name) that its pods use;
+    ``scrapes`` says it scrapes the namespace's metrics ports; ``egress`` names ways out of the namespace
+    it needs (``render.guardrails.EGRESS``)."""
 
     name: str
     component: str
