@@ -318,7 +318,7 @@ class CustomerInstanceReconciler:
                   tls: BrokerTLS) -> rules.Findings:
         readiness = {part.workload.name: rules.ready_replicas(live.workload(part.workload.kind, part.workload.name, result.objects))
                      for part in parts.enabled_parts(stack) if part.workload is not None and part.render is not None}
-        required = [part.workload.name for part in parts.enabled_parts(stack) if part.required and part.workload is not None]
+        required = [workload.name for workload in parts.required_workloads(stack)]
         tier = decision.claims.monitoring.tier if decision.claims else None
         prometheus = readiness.get(monitoring.WORKLOAD.name, (False, "not created yet"))
         return rules.Findings(

@@ -3,11 +3,11 @@ as a PrometheusRule) for the shared one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
-from iotenant.licensing.licence import Claims
 from iotenant.render.builders import config_map, container, pod_template, resources, service, stateful_set
 from iotenant.render.inputs import StackInput
 from iotenant.render.stack_part import Peers, StackPart, Volume, WayIn, Workload
@@ -53,8 +53,11 @@ def retention_size(storage_gb: int) -> str:
 PROMETHEUS_RULES = [{"apiGroups": [""], "resources": ["pods", "services", "endpoints"], "verbs": ["get", "list", "watch"]}]
 
 
-def dedicated(stack: StackInput, claims: Claims) -> list[Manifest]:
-    owner = stack.owner
+def prometheus(stack: StackInput) -> list[Manifest]:
+    """The dedicated Prometheus, sized by the verified claims (nothing without them)."""
+    if stack.claims is None:
+        return []
+    claims, owner = stack.claims, stack.owner
     namespace = owner.namespace
     labels_sa = owner.metadata("prometheus", Component.MONITORING)
     role = {
@@ -129,13 +132,9 @@ def service_monitor(stack: StackInput) -> Manifest:
     }
 
 
-def _dedicated(stack: StackInput) -> bool:
-    """Nothing without verified claims: no tier is ever granted by default."""
-    return stack.claims is not None and stack.claims.monitoring.tier == "dedicated"
-
-
-def _shared(stack: StackInput) -> bool:
-    return stack.claims is not None and stack.claims.monitoring.tier == "shared"
+def _tier(name: str) -> Callable[[StackInput], bool]:
+    """Whether the verified claims sell tier ``name``; nothing without them: no tier is granted by default."""
+    return lambda stack: stack.claims is not None and stack.claims.monitoring.tier == name
 
 
 def shared(stack: StackInput) -> list[Manifest]:
@@ -144,15 +143,11 @@ def shared(stack: StackInput) -> list[Manifest]:
         [prometheus_rule(stack.owner, stack.settings.runbook_base_url)] if stack.prometheus_rule_crd_present else [])
 
 
-def prometheus(stack: StackInput) -> list[Manifest]:
-    return dedicated(stack, stack.claims) if stack.claims is not None else []
-
-
 PROMETHEUS_PART = StackPart(
     name="prometheus",
     component=Component.MONITORING,
     render=prometheus,
-    enabled=_dedicated,
+    enabled=_tier("dedicated"),
     workload=WORKLOAD,
     volume=Volume(section=None),
     # Queries (Grafana, federation) from the monitoring namespace.
@@ -160,4 +155,4 @@ PROMETHEUS_PART = StackPart(
     scrapes=True,
     egress=("apiserver",),
 )
-SHARED_MONITORING_PART = StackPart(name="shared-monitoring", component=Component.MONITORING, render=shared, enabled=_shared)
+SHARED_MONITORING_PART = StackPart(name="shared-monitoring", component=Component.MONITORING, render=shared, enabled=_tier("shared"))

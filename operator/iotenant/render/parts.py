@@ -27,9 +27,10 @@ def enabled_parts(stack: StackInput) -> list[StackPart]:
     return [part for part in PARTS if part.enabled(stack)]
 
 
-def required_workloads() -> tuple[Workload, ...]:
-    """What Ready waits for: every required part's workload available."""
-    return tuple(part.workload for part in PARTS if part.required and part.workload is not None)
+def required_workloads(stack: StackInput | None = None) -> tuple[Workload, ...]:
+    """What Ready waits for: every required part's workload available (of the parts ``stack`` has, when given)."""
+    chosen = PARTS if stack is None else enabled_parts(stack)
+    return tuple(part.workload for part in chosen if part.required and part.workload is not None)
 
 
 def volumes() -> dict[str, str | None]:
